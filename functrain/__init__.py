@@ -1,0 +1,51 @@
+"""functrain: a functional, JAX-style training API for PyTorch.
+
+Write a pure ``step(state, batch) -> (state, metrics)`` with ``torch.func``; `fit` runs it
+through a compiled-step runner that owns device placement, compilation, donation, metric
+accumulation, logging and callbacks.
+
+Example:
+    >>> import torch, functrain as ft
+    >>> model = torch.nn.Linear(4, 2)
+    >>> state = ft.TrainState.create(model, ft.optim.adamw(1e-3), seed=0)
+    >>> sorted(state.params)
+    ['bias', 'weight']
+"""
+
+from . import loggers as loggers
+from . import metrics as metrics
+from . import optim as optim
+from . import random as random
+from . import tree as tree
+from ._bridge import call as call
+from ._bridge import split as split
+from ._callbacks import Callback as Callback
+from ._callbacks import Loop as Loop
+from ._donation import DonatedStateError as DonatedStateError
+from ._fit import evaluate as evaluate
+from ._fit import fit as fit
+from ._runner import CompiledStep as CompiledStep
+from ._runner import RecompileError as RecompileError
+from ._runner import compile_step as compile_step
+from ._state import TrainState as TrainState
+from ._version import __version__ as __version__
+
+__all__ = [
+    "Callback",
+    "CompiledStep",
+    "DonatedStateError",
+    "Loop",
+    "RecompileError",
+    "TrainState",
+    "__version__",
+    "call",
+    "compile_step",
+    "evaluate",
+    "fit",
+    "loggers",
+    "metrics",
+    "optim",
+    "random",
+    "split",
+    "tree",
+]

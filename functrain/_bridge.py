@@ -1,0 +1,125 @@
+"""The model bridge: an ``nn.Module`` as a pure function of ``(params, buffers, inputs)``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["call", "split"]
+
+
+def split(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Take a module's parameters and buffers out as two dicts of detached copies.
+
+    The dicts are keyed by qualified names (``"layers.0.weight"``). The tensors are copies:
+    changing them never changes the module, and the module is never touched afterwards (it only
+    serves as the code that `call` runs). Tied parameters appear once, under their first name.
+
+    Args:
+        module: any ``torch.nn.Module``.
+
+    Returns:
+        ``(params, buffers)``: plain tensors, ``requires_grad=False``; differentiate with
+        ``torch.func.grad`` rather than autograd's ``.backward()``.
+
+    Raises:
+        TypeError: if ``module`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch, functrain as ft
+        >>> params, buffers = ft.split(torch.nn.BatchNorm1d(3))
+        >>> sorted(params), sorted(buffers)
+        (['bias', 'weight'], ['num_batches_tracked', 'running_mean', 'running_var'])
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}.")
+    params = {k: v.detach().clone() for k, v in module.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
+    return params, buffers
+
+
+def call(
+    module: nn.Module,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    *args: Any,
+    rng: torch.Tensor | None = None,
+    train: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Run ``module`` as a pure function of ``params`` and ``buffers``.
+
+    This is ``torch.func.functional_call`` without its impurity: the dicts you pass are never
+    mutated. Buffers the module updates in place (BatchNorm's running statistics) are updated on
+    copies, which come back as ``new_buffers``. Works under ``torch.func.grad``/``vmap`` and
+    inside ``torch.compile(fullgraph=True)`` with no graph break (the copies then cost nothing:
+    the compiler sees a functional program).
+
+    Args:
+        module: the module whose code to run (its own tensors are not used).
+        params: parameters by qualified name, as from `split`.
+        buffers: buffers by qualified name, as from `split`.
+        *args: positional inputs of ``module.forward``.
+        rng: a `functrain.random` key. When given, dropout and ``torch.rand*`` calls inside
+            the module draw from it (see `functrain.random.keyed`) instead of the global
+            generator, so the draws are a pure function of the key.
+        train: run in training (``True``) or evaluation (``False``) mode for this call; ``None``
+            keeps the module's current mode.
+        **kwargs: keyword inputs of ``module.forward``.
+
+    Returns:
+        ``(output, new_buffers)``.
+
+    Raises:
+        TypeError: if ``params`` or ``buffers`` is not a dict.
+        KeyError: if a parameter or buffer of the module is missing (names it).
+
+    Example:
+        >>> import torch, functrain as ft
+        >>> bn = torch.nn.BatchNorm1d(2)
+        >>> params, buffers = ft.split(bn)
+        >>> y, new_buffers = ft.call(bn, params, buffers, torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+        >>> buffers["running_mean"], new_buffers["running_mean"]
+        (tensor([0., 0.]), tensor([0.1000, 0.2000]))
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params: expected a dict of tensors, got {type(params).__name__}.")
+    if not isinstance(buffers, dict):
+        raise TypeError(f"buffers: expected a dict of tensors, got {type(buffers).__name__}.")
+    # Copies of the buffers: functional_call writes in-place buffer updates into the tensors it
+    # is given, so handing it copies keeps the caller's dict untouched.
+    new_buffers = {k: v.clone() for k, v in buffers.items()}
+    with contextlib.ExitStack() as stack:
+        if rng is not None:
+            from . import random as _random
+
+            stack.enter_context(_random.keyed(rng))
+        if train is not None and train != module.training:
+            stack.enter_context(_mode(module, train))
+        try:
+            out = torch.func.functional_call(
+                module, (params, new_buffers), args, kwargs, strict=True
+            )
+        except RuntimeError as e:
+            msg = str(e)
+            if "Missing key" in msg or "Unexpected key" in msg:
+                raise KeyError(
+                    f"params/buffers do not match {type(module).__name__}'s tensors: {msg} "
+                    "HINT: build them with functrain.split(module)."
+                ) from None
+            raise
+    return out, new_buffers
+
+
+@contextlib.contextmanager
+def _mode(module: nn.Module, train: bool):
+    previous = {m: m.training for m in module.modules()}
+    module.train(train)
+    try:
+        yield
+    finally:
+        for m, was in previous.items():
+            m.training = was

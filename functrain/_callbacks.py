@@ -1,0 +1,72 @@
+"""The callback protocol: small objects that `functrain.fit` calls at a few named points."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["Callback", "Loop"]
+
+
+@dataclasses.dataclass
+class Loop:
+    """What a callback sees of a running `functrain.fit` loop.
+
+    Attributes:
+        state: the latest training state (valid until the next step donates it).
+        step: the global step count (a Python int, no host sync).
+        epoch: the current epoch, from 0.
+        run_dir: the run directory, or ``None``.
+        metrics: the latest logged values, ``{"train/loss": ..., "val/accuracy": ...}``.
+        stop_reason: set by `request_stop`; the loop stops at the next step boundary.
+
+    Example:
+        >>> loop = Loop(state=None, step=10, epoch=0)
+        >>> loop.request_stop("enough")
+        >>> loop.stop_reason
+        'enough'
+    """
+
+    state: Any
+    step: int
+    epoch: int
+    run_dir: str | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop at the next step boundary, recording why."""
+        self.stop_reason = reason
+
+
+class Callback:
+    """Base class of callbacks; override the methods you need (each is a no-op here).
+
+    `functrain.fit` calls, in order: `on_run_start` once; `on_log` after each logged window of
+    training metrics; `on_eval` after each evaluation; `on_run_end` once (also after a stop or
+    an interruption). A callback stops training with ``loop.request_stop(reason)``; return
+    values are ignored.
+
+    Example:
+        >>> class StopAt(Callback):
+        ...     def __init__(self, n):
+        ...         self.n = n
+        ...     def on_log(self, loop, metrics):
+        ...         if loop.step >= self.n:
+        ...             loop.request_stop(f"reached step {self.n}")
+        >>> cb, loop = StopAt(5), Loop(state=None, step=6, epoch=0)
+        >>> cb.on_log(loop, {"train/loss": 0.1}); loop.stop_reason
+        'reached step 5'
+    """
+
+    def on_run_start(self, loop: Loop) -> None:
+        """Called once before the first step."""
+
+    def on_log(self, loop: Loop, metrics: dict[str, float]) -> None:
+        """Called after a window of training metrics was read and logged."""
+
+    def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
+        """Called after an evaluation, with its metrics (prefixed ``val/``)."""
+
+    def on_run_end(self, loop: Loop) -> None:
+        """Called once at the end, whatever ended the run."""

@@ -1,0 +1,384 @@
+"""`fit` and `evaluate`: the training loop around the compiled-step runner."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from . import loggers as _loggers
+from ._callbacks import Callback, Loop
+from ._donation import is_donated
+from ._progress import ProgressBar, format_summary
+from ._runner import CompiledStep, _leading
+
+__all__ = ["evaluate", "fit"]
+
+PRECISIONS = ("32",)
+
+
+def _check_positive_int(value: Any, name: str, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}: expected a positive int{' or None' if allow_none else ''}, "
+                         f"got {value!r}.")
+
+
+def _check_loader(loader: Any, name: str) -> None:
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{name}: expected an iterable of batches (a DataLoader, a list...), "
+                        f"got {type(loader).__name__}.")
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if n == 0:
+        raise ValueError(f"{name} is empty: it yields no batches. HINT: check the dataset's "
+                         "size and the batch size (drop_last=True drops a lone partial batch).")
+
+
+def _eval_step(eval_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], tuple[Any, Any]]:
+    def step(state: Any, batch: Any) -> tuple[Any, Any]:
+        return state, eval_fn(state, batch)
+
+    return step
+
+
+class _Evaluator:
+    """Runs ``eval_fn`` compiled over a loader, accumulating its metrics on the device."""
+
+    def __init__(self, eval_fn: Callable[[Any, Any], Any], compile: Any, device: Any,
+                 on_recompile: str) -> None:
+        if not callable(eval_fn):
+            raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
+                            f"got {type(eval_fn).__name__}.")
+        self.runner = CompiledStep(_eval_step(eval_fn), compile=compile, device=device,
+                                   donate=False, on_recompile=on_recompile,
+                                   return_metrics=False)
+
+    def __call__(self, state: Any, loader: Iterable[Any]) -> dict[str, float]:
+        self.runner.reset_metrics()
+        n = 0
+        for batch in loader:
+            state, _ = self.runner(state, batch)
+            n += 1
+        if n == 0:
+            raise ValueError("eval_loader is empty: it yielded no batches.")
+        return self.runner.read_metrics()
+
+
+def evaluate(
+    eval_fn: Callable[[Any, Any], Any],
+    state: Any,
+    loader: Iterable[Any],
+    *,
+    device: str | torch.device = "auto",
+    compile: str | bool = "auto",
+) -> dict[str, float]:
+    """Run ``eval_fn(state, batch) -> metrics`` over ``loader``; return the metrics' values.
+
+    Metrics accumulate on the device (a bare 0-d tensor is a mean over batches; use
+    ``functrain.metrics.Mean.from_value(v, weight=batch_size)`` or ``Accuracy`` for exact
+    per-example averages) and are read once at the end. ``state`` is not consumed.
+
+    Args:
+        eval_fn: the evaluation step.
+        state: the state to evaluate.
+        loader: an iterable of batches.
+        device: where to run (see `functrain.compile_step`).
+        compile: the backend (see `functrain.compile_step`).
+
+    Returns:
+        ``{name: float}``.
+
+    Example:
+        >>> import torch, functrain as ft
+        >>> model = torch.nn.Linear(2, 1)
+        >>> torch.nn.init.zeros_(model.bias)
+        Parameter containing:
+        tensor([0.], requires_grad=True)
+        >>> state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+        >>> def eval_fn(state, batch):
+        ...     x, y = batch
+        ...     out, _ = state.apply(x)
+        ...     return {"mse": ((out - y) ** 2).mean()}
+        >>> data = [(torch.zeros(4, 2), torch.zeros(4, 1))] * 3
+        >>> ft.evaluate(eval_fn, state, data, compile="eager")
+        {'mse': 0.0}
+    """
+    _check_loader(loader, "loader")
+    return _Evaluator(eval_fn, compile, device, "warn")(state, loader)
+
+
+def fit(
+    step_fn: Callable[[Any, Any], tuple[Any, Any]],
+    state: Any,
+    loader: Iterable[Any],
+    *,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    eval_fn: Callable[[Any, Any], Any] | None = None,
+    eval_loader: Iterable[Any] | None = None,
+    eval_every: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "32",
+    compile: str | bool = "auto",
+    callbacks: Sequence[Callback] = (),
+    loggers: Sequence[Any] | None | bool = None,
+    log_every: int = 50,
+    progress: bool | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    on_recompile: str = "warn",
+    summary: bool = True,
+) -> Any:
+    """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
+
+    The loop is the runner (`functrain.compile_step`) plus what a run needs around it: metric
+    windows read once every ``log_every`` steps (one host transfer per window), logs (JSONL
+    and CSV under ``run_dir``, TensorBoard when installed), a progress bar, evaluation,
+    callbacks, a clean stop on Ctrl-C / SIGTERM at the next step boundary, and an end-of-run
+    summary.
+
+    Args:
+        step_fn: ``step_fn(state, batch) -> (state, metrics)``, pure; metrics a dict of 0-d
+            tensors (means over the window) or `functrain.metrics` values.
+        state: the initial state (usually a `functrain.TrainState`). It is donated: use the
+            returned state afterwards.
+        loader: an iterable of batches (tensors, or tuples/dicts of tensors); iterated once
+            per epoch.
+        epochs: how many passes over ``loader``.
+        max_steps: stop after this many steps in total (counting from ``state.step``), even
+            mid-epoch. At least one of ``epochs`` and ``max_steps`` is required.
+        eval_fn: ``eval_fn(state, batch) -> metrics``, run over ``eval_loader``.
+        eval_loader: the evaluation batches; required with ``eval_fn``.
+        eval_every: evaluate every this many steps; ``None``: at the end of every epoch.
+            Training always ends with an evaluation when ``eval_fn`` is given.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
+        precision: ``"32"``. (Mixed precision is not part of this version.)
+        compile: ``"auto"``, ``"inductor"``, ``"cudagraphs"``, ``"eager"`` (see
+            `functrain.compile_step`).
+        callbacks: `functrain.Callback` objects.
+        loggers: ``None``: JSONL + CSV (+ TensorBoard when installed) under ``run_dir``;
+            ``False`` or ``[]``: none; or a list of `functrain.loggers.Logger` objects.
+        log_every: read, log and display the training metrics every this many steps (and at
+            the end of each epoch).
+        progress: show a progress bar; ``None``: only when stderr is a terminal.
+        run_dir: where logs go; default ``runs/<date>-<time>`` (only created if logging).
+        on_recompile: ``"warn"``, ``"raise"`` or ``"ignore"`` a recompilation after warm-up.
+        summary: print the end-of-run summary.
+
+    Returns:
+        The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
+        step's state).
+
+    Raises:
+        ValueError / TypeError: for bad arguments, naming the argument, before any step.
+
+    Example:
+        >>> import torch, functrain as ft
+        >>> model = torch.nn.Linear(3, 1)
+        >>> def step(state, batch):
+        ...     x, y = batch
+        ...     def loss_fn(params):
+        ...         out, _ = ft.call(model, params, state.buffers, x)
+        ...         return ((out - y) ** 2).mean()
+        ...     grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
+        ...     return state.apply_gradients(grads), {"loss": loss}
+        >>> data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
+        >>> state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+        >>> state = ft.fit(step, state, data, epochs=2, compile="eager", loggers=False,
+        ...                progress=False, summary=False)
+        >>> int(state.step)
+        8
+    """
+    # -- validate everything before the first step ----------------------------------------
+    if not callable(step_fn):
+        raise TypeError(f"step_fn: expected a callable step_fn(state, batch) -> (state, "
+                        f"metrics), got {type(step_fn).__name__}.")
+    if epochs is None and max_steps is None:
+        raise ValueError("fit needs epochs or max_steps (or both); got neither. "
+                         "HINT: fit(step, state, loader, epochs=10).")
+    _check_positive_int(epochs, "epochs")
+    _check_positive_int(max_steps, "max_steps")
+    _check_positive_int(log_every, "log_every", allow_none=False)
+    _check_positive_int(eval_every, "eval_every")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}. "
+                         "Mixed precision ('bf16-mixed', '16-mixed') is not part of this "
+                         "version of functrain.")
+    _check_loader(loader, "loader")
+    if (eval_fn is None) != (eval_loader is None):
+        raise ValueError("eval_fn and eval_loader go together: got "
+                         f"eval_fn={'set' if eval_fn else None}, "
+                         f"eval_loader={'set' if eval_loader is not None else None}.")
+    if eval_loader is not None:
+        _check_loader(eval_loader, "eval_loader")
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
+                            f"got {type(cb).__name__}.")
+
+    runner = CompiledStep(step_fn, compile=compile, device=device, on_recompile=on_recompile,
+                          return_metrics=False)
+    evaluator = (_Evaluator(eval_fn, compile, device, on_recompile)
+                 if eval_fn is not None else None)
+    if loggers is None or loggers is True:
+        run_dir = run_dir or os.path.join(
+            "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        loggers = _loggers.default_loggers(run_dir)
+    elif loggers is False:
+        loggers = []
+    loggers = list(loggers)
+    start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
+    try:
+        steps_per_epoch: int | None = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = None
+    total = max_steps
+    if epochs is not None and steps_per_epoch is not None:
+        total = min(total or math.inf, epochs * steps_per_epoch) if total else (
+            epochs * steps_per_epoch)
+    bar = ProgressBar(total=None if total is None else int(total), enabled=progress)
+    loop = Loop(state=state, step=start_step, epoch=0,
+                run_dir=None if run_dir is None else str(run_dir))
+    best: dict[str, float] = {}
+    samples = 0
+    t_start = time.perf_counter()
+
+    def log(values: dict[str, float], step: int) -> None:
+        loop.metrics.update(values)
+        for lg in loggers:
+            lg.log_metrics(values, step)
+
+    evaluated_at = [None]
+
+    def run_eval() -> None:
+        assert evaluator is not None and eval_loader is not None
+        evaluated_at[0] = loop.step
+        values = {f"val/{k}": v for k, v in evaluator(loop.state, eval_loader).items()}
+        for k, v in values.items():
+            if math.isfinite(v):
+                better = max if _higher_is_better(k) else min
+                best[k] = better(best.get(k, v), v)
+        log(values, loop.step)
+        bar.write(" ".join(f"{k}={v:.4g}" for k, v in values.items()) + f" (step {loop.step})")
+        for cb in callbacks:
+            cb.on_eval(loop, values)
+
+    def flush_train(window_steps: int, window_samples: int) -> None:
+        values = {f"train/{k}": v for k, v in runner.read_metrics().items()}
+        if values:
+            log(values, loop.step)
+        bar.update(window_steps, {k.removeprefix("train/"): v for k, v in values.items()},
+                   samples=window_samples, epoch=loop.epoch)
+        for cb in callbacks:
+            cb.on_log(loop, values)
+
+    stop = _StopSignal()
+    for lg in loggers:
+        lg.log_hparams({"epochs": epochs, "max_steps": max_steps, "log_every": log_every,
+                        "compile": runner.backend, "device": str(runner.device),
+                        "precision": precision, "start_step": start_step})
+    for cb in callbacks:
+        cb.on_run_start(loop)
+    end_step = None if max_steps is None else start_step + max_steps
+    window_steps = window_samples = 0
+    done = False
+    with stop:
+        try:
+            epoch = 0
+            while not done and (epochs is None or epoch < epochs):
+                loop.epoch = epoch
+                n_batches = 0
+                for batch in loader:
+                    n_batches += 1
+                    loop.state, _ = runner(loop.state, batch)
+                    loop.step += 1
+                    n = _leading(batch) or 0
+                    samples += n
+                    window_steps += 1
+                    window_samples += n
+                    if loop.step % log_every == 0:
+                        flush_train(window_steps, window_samples)
+                        window_steps = window_samples = 0
+                    if evaluator is not None and eval_every and loop.step % eval_every == 0:
+                        run_eval()
+                    if end_step is not None and loop.step >= end_step:
+                        done = True
+                    if stop.reason or loop.stop_reason:
+                        loop.stop_reason = loop.stop_reason or stop.reason
+                        done = True
+                    if done:
+                        break
+                if n_batches == 0:
+                    raise ValueError(f"loader yielded no batches in epoch {epoch}. HINT: an "
+                                     "iterator is exhausted after one pass; pass a re-iterable "
+                                     "(a DataLoader or a list).")
+                if window_steps:
+                    flush_train(window_steps, window_samples)
+                    window_steps = window_samples = 0
+                epoch += 1
+                if evaluator is not None and eval_every is None and not done:
+                    run_eval()
+            if (evaluator is not None and not loop.stop_reason
+                    and evaluated_at[0] != loop.step):
+                run_eval()
+        except KeyboardInterrupt:
+            loop.stop_reason = "interrupted (KeyboardInterrupt)"
+        finally:
+            if is_donated(loop.state):  # interrupted between donation and hand-back
+                loop.state = runner._checked_state
+            for cb in callbacks:
+                cb.on_run_end(loop)
+            for lg in loggers:
+                lg.close()
+            bar.close()
+    wall = time.perf_counter() - t_start
+    if summary:
+        last = {k: v for k, v in loop.metrics.items()}
+        report = {"steps": loop.step - start_step, "epochs": loop.epoch + 1, "samples": samples,
+                  "wall_time": wall, "samples_per_s": samples / wall if wall > 0 else 0.0,
+                  "last": last, "best": best}
+        if loop.stop_reason:
+            report["stopped"] = loop.stop_reason
+        if runner.compiles:
+            report["compiles"] = runner.compiles
+        print(format_summary(report))
+    return loop.state
+
+
+def _higher_is_better(name: str) -> bool:
+    low = name.lower()
+    return any(w in low for w in ("acc", "f1", "precision", "recall", "auc", "score"))
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM -> stop at the next step boundary; a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.reason = f"received {name}"
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -1,0 +1,388 @@
+"""The compiled-step runner: placement, whole-step compile, donation, on-device metrics.
+
+`compile_step(step_fn)` turns a pure ``step_fn(state, batch) -> (state, metrics)`` into a
+callable with the same signature that
+
+* moves the state (once) and each batch to the device,
+* compiles the whole step (forward, backward, optimizer, metric merge) as one graph with
+  ``torch.compile(fullgraph=True, dynamic=False)``,
+* donates the input state: new values are written into the old tensors inside the graph, so
+  memory is updated in place while the user's code stays pure; the old state object is then
+  invalid (`functrain.DonatedStateError` on use),
+* merges the step's metrics into an on-device accumulator with no host sync; the host reads
+  it only when asked (`CompiledStep.read_metrics`),
+* checks the step once before the first real call by running it on fake tensors (no compute,
+  no memory): a wrong return structure, a state whose tree, shapes or dtypes change, or a bad
+  metric fails there, naming the leaf path,
+* counts compilations, and reports any recompilation after the first with its reason (or raises,
+  with ``on_recompile="raise"``).
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optree
+import torch
+
+from . import metrics as _metrics
+from . import tree as _tree
+from ._donation import check_not_donated, donate, poison, remember_nodes, write_back
+from ._state import TrainState
+
+__all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
+
+BACKENDS = ("eager", "inductor", "cudagraphs", "xla")
+
+
+class RecompileError(RuntimeError):
+    """The compiled step recompiled after warm-up while ``on_recompile="raise"``."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else -> ``torch.device(device)``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device in ("xla", "tpu"):
+        raise ValueError(
+            f"device={device!r}: the XLA backend is not part of this version of functrain. "
+            "HINT: use device='cpu' or 'cuda'.")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, "
+                         f"got {device!r}.") from None
+
+
+def _resolve_backend(compile: str | bool, device: torch.device) -> str:
+    if compile is True or compile == "auto":
+        return "cudagraphs" if device.type == "cuda" else "inductor"
+    if compile is False:
+        return "eager"
+    if compile not in BACKENDS:
+        raise ValueError(f"compile: expected one of 'auto', {', '.join(map(repr, BACKENDS))}, "
+                         f"True or False, got {compile!r}.")
+    if compile == "xla":
+        raise ValueError("compile='xla': the XLA backend is not part of this version of "
+                         "functrain. HINT: use compile='inductor' or 'eager'.")
+    if compile == "cudagraphs" and device.type != "cuda":
+        raise ValueError(f"compile='cudagraphs' needs a CUDA device, got device={device}. "
+                         "HINT: use compile='inductor' on CPU.")
+    return compile
+
+
+def _place(x: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(x, torch.Tensor) and x.device != device:
+        return x.to(device, non_blocking=non_blocking)
+    return x
+
+
+def _batch_signature(batch: Any) -> tuple[Any, ...]:
+    return tuple((p, tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else (p, None, x)
+                 for p, x in _tree.leaves_with_path(batch, "batch"))
+
+
+_RUNNERS = 0
+
+
+class CompiledStep:
+    """A step function compiled and run by functrain; build it with `compile_step`.
+
+    Call it like the step itself: ``state, metrics = step(state, batch)``. ``metrics`` is the
+    step's own metric dict (tensors on the device, not synced). The step's metrics are also merged
+    into an on-device window that `read_metrics` returns and resets.
+
+    Attributes:
+        backend: ``"eager"``, ``"inductor"`` or ``"cudagraphs"``.
+        device: where state and batches live.
+        compiles: how many graphs have been compiled so far.
+        recompiles: list of ``(call_index, reason)`` for each compile after the first.
+    """
+
+    def __init__(
+        self,
+        step_fn: Callable[[Any, Any], tuple[Any, Any]],
+        *,
+        compile: str | bool = "auto",
+        device: str | torch.device = "auto",
+        donate: bool = True,
+        on_recompile: str = "warn",
+        return_metrics: bool = True,
+    ) -> None:
+        if not callable(step_fn):
+            raise TypeError(f"step_fn: expected a callable step(state, batch) -> "
+                            f"(state, metrics), got {type(step_fn).__name__}.")
+        if on_recompile not in ("warn", "raise", "ignore"):
+            raise ValueError(f"on_recompile: expected 'warn', 'raise' or 'ignore', "
+                             f"got {on_recompile!r}.")
+        self.step_fn = step_fn
+        self.device = resolve_device(device)
+        self.backend = _resolve_backend(compile, self.device)
+        self.donate = donate
+        self.on_recompile = on_recompile
+        self.return_metrics = return_metrics
+        self.compiles = 0
+        self.recompiles: list[tuple[int, str]] = []
+        self.calls = 0
+        self._acc: Any = None
+        self._checked_state: Any = None
+        self._signatures: list[tuple[Any, ...]] = []
+        self._first_batch_len: int | None = None
+        self._fn = self._build()
+
+    # -- compilation -------------------------------------------------------------------------
+    def _inner(self, state: Any, batch: Any, acc: Any) -> tuple[Any, Any, Any]:
+        new_state, raw_metrics = self.step_fn(state, batch)
+        new_acc = _metrics.merge_all(acc, _metrics.to_metrics(raw_metrics))
+        # Returning the step's own metrics costs a little every call (dynamo rebuilds the
+        # objects), so the fit loop, which only reads the window, turns it off.
+        step_metrics = raw_metrics if self.return_metrics else None
+        if self.backend == "eager":
+            return new_state, step_metrics, new_acc
+        # In the graph: write the results into the inputs, so the compiled code updates
+        # the donated state and the metric window in place.
+        if self.donate:
+            write_back(state, new_state)
+        write_back(acc, new_acc)
+        return (None if self.donate else new_state), step_metrics, None
+
+    def _build(self) -> Callable[..., Any]:
+        if self.backend == "eager":
+            return self._inner
+        # Dynamo caches compiled code per code object, with a small limit per object; give
+        # each runner its own copy of _inner's code so runners never share (or evict) entries.
+        global _RUNNERS
+        _RUNNERS += 1
+        code = CompiledStep._inner.__code__.replace(co_name=f"functrain_step_{_RUNNERS}")
+        fn = types.FunctionType(code, CompiledStep._inner.__globals__, code.co_name)
+        self._code_name = code.co_name
+        return torch.compile(types.MethodType(fn, self), backend=self._compile_graph,
+                             fullgraph=True, dynamic=False)
+
+    def _compile_graph(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        from torch._inductor.compile_fx import compile_fx
+
+        self.compiles += 1
+        patches = {"triton.cudagraphs": True} if self.backend == "cudagraphs" else {}
+        return compile_fx(gm, example_inputs, config_patches=patches)
+
+    # -- checks ------------------------------------------------------------------------------
+    def _dry_run(self, state: Any, batch: Any) -> Any:
+        """Run the step on fake tensors: validates its outputs and returns its metrics."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode(allow_non_fake_inputs=False)
+
+        def fake(x: Any) -> Any:
+            return mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
+
+        fstate = optree.tree_map(fake, state, namespace=_tree.NAMESPACE)
+        fbatch = optree.tree_map(fake, batch, namespace=_tree.NAMESPACE)
+        with mode:
+            out = self.step_fn(fstate, fbatch)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                "step_fn must return a pair (state, metrics), got "
+                f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}"
+                ". HINT: end the step with `return new_state, {'loss': loss}`.")
+        new_state, step_metrics = out
+        try:
+            _tree.assert_trees_match(state, new_state, "step_fn(state, batch)[0]")
+        except _tree.TreeMismatchError as e:
+            raise _tree.TreeMismatchError(
+                f"{e} HINT: the step must return a state with the same tree, shapes and dtypes "
+                "as the one it received, so that it compiles once and can update it in place."
+            ) from None
+        return _metrics.to_metrics(step_metrics)
+
+    def _prepare(self, state: Any, batch: Any) -> Any:
+        """First call with this state: validate, place on the device, build the metric window."""
+        for path, x in _tree.leaves_with_path(state, "state"):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(
+                    f"{path}: expected a tensor, got {type(x).__name__}. HINT: keep per-step "
+                    "values in the state as 0-d tensors (torch.tensor(...)) so the step "
+                    "compiles once.")
+        state = _tree.map(lambda x: _place(x, self.device, False), state)
+        if self._acc is None:  # first call: run the step on fake tensors to check it
+            fake_metrics = self._dry_run(state, batch)
+            self._acc = _tree.map(
+                lambda x: torch.zeros(x.shape, dtype=x.dtype, device=self.device),
+                _metrics.empty_like(fake_metrics))
+        remember_nodes(state)
+        remember_nodes(self._acc)
+        if self.backend == "cudagraphs":
+            for x in _tree.leaves(state):
+                torch._dynamo.mark_static_address(x)
+        return state
+
+    def _batch(self, batch: Any) -> Any:
+        if type(batch) in (tuple, list):
+            if all(type(x) is torch.Tensor and x.device == self.device for x in batch):
+                return batch  # fast path: nothing to check or move
+        elif type(batch) is torch.Tensor and batch.device == self.device:
+            return batch
+        for path, x in _tree.leaves_with_path(batch, "batch"):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(
+                    f"{path}: expected a tensor, got {type(x).__name__}. HINT: the loader must "
+                    "yield tensors (or tuples/dicts of tensors); convert other values in the "
+                    "dataset or collate_fn.")
+        return _tree.map(lambda x: _place(x, self.device, True), batch)
+
+    def _report_recompile(self, batch: Any) -> None:
+        sig = _batch_signature(batch)
+        reason = None
+        for old in self._signatures:
+            diffs = [f"{p}: {tuple(a[1])} -> {tuple(b[1])}" if a[1] != b[1] else
+                     f"{p}: dtype {a[2]} -> {b[2]}"
+                     for a, b in zip(old, sig) for p in [a[0]] if a[1:] != b[1:]]
+            if diffs and len(old) == len(sig):
+                reason = "; ".join(diffs)
+        self._signatures.append(sig)
+        partial = self._is_partial(batch)
+        if reason is None:
+            reason = _dynamo_reason(getattr(self, "_code_name", "")) or "guards failed (state or step changed)"
+        self.recompiles.append((self.calls, reason))
+        if partial:
+            return  # the documented extra compile for a smaller last batch
+        msg = (f"functrain: the step recompiled (compile #{self.compiles}) at call "
+               f"{self.calls}: {reason}.")
+        if self.on_recompile == "raise":
+            raise RecompileError(msg + " HINT: keep batch shapes fixed (drop_last=True) and "
+                                 "per-step values in the state as tensors.")
+        if self.on_recompile == "warn":
+            warnings.warn(msg, stacklevel=3)
+
+    def _is_partial(self, batch: Any) -> bool:
+        n = _leading(batch)
+        return (n is not None and self._first_batch_len is not None
+                and n < self._first_batch_len)
+
+    # -- running -----------------------------------------------------------------------------
+    def __call__(self, state: Any, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Run one step: ``(state, batch) -> (new_state, metrics)``; ``state`` is donated."""
+        check_not_donated(state)
+        given = state
+        batch = self._batch(batch)
+        if state is not self._checked_state:  # not the state we returned last: check it
+            state = self._prepare(state, batch)
+        if self._first_batch_len is None:
+            self._first_batch_len = _leading(batch)
+            self._signatures.append(_batch_signature(batch))
+        before = self.compiles
+        self.calls += 1
+        new_state, step_metrics, new_acc = self._fn(state, batch, self._acc)
+        if self.compiles > before and before > 0:
+            self._report_recompile(batch)
+        if self.backend == "eager":
+            self._acc = new_acc
+            if self.donate and new_state is not state:
+                poison(state)  # same contract as the compiled backends
+        elif self.donate:
+            new_state = donate(state)
+        if self.donate and given is not state:
+            poison(given)  # the caller's object, when _prepare made a placed copy of it
+        self._checked_state = new_state
+        return new_state, step_metrics
+
+    def read_metrics(self, reset: bool = True) -> dict[str, float]:
+        """Compute the metric window on the device and read it with one host transfer.
+
+        Args:
+            reset: start a new window afterwards.
+
+        Returns:
+            ``{name: value}`` as Python floats; ``{}`` before the first step.
+        """
+        if self._acc is None:
+            return {}
+        out = _metrics.compute_all(self._acc)
+        if reset:
+            self.reset_metrics()
+        return out
+
+    def reset_metrics(self) -> None:
+        """Empty the metric window (in place, no host sync)."""
+        if self._acc is not None:
+            for x in _tree.leaves(self._acc):
+                x.zero_()
+
+
+def _leading(batch: Any) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else None
+    for x in _tree.leaves(batch):
+        if isinstance(x, torch.Tensor) and x.dim():
+            return x.shape[0]
+    return None
+
+
+def _dynamo_reason(code_name: str) -> str | None:
+    try:
+        from torch._dynamo.utils import guard_failures
+
+        for code, reasons in guard_failures.items():
+            if getattr(code, "co_name", None) == code_name and reasons:
+                return str(reasons[-1])
+    except Exception:  # pragma: no cover - private API, best effort
+        return None
+    return None
+
+
+def compile_step(
+    step_fn: Callable[[Any, Any], tuple[Any, Any]],
+    *,
+    compile: str | bool = "auto",
+    device: str | torch.device = "auto",
+    donate: bool = True,
+    on_recompile: str = "warn",
+) -> CompiledStep:
+    """Compile a pure ``step_fn(state, batch) -> (state, metrics)`` into functrain's runner.
+
+    Args:
+        step_fn: the training step. ``state`` is any pytree of tensors (usually a
+            `functrain.TrainState`); ``metrics`` is a dict of 0-d tensors (each the mean over
+            a window) or `functrain.metrics` values.
+        compile: ``"auto"`` (CUDA graphs on a GPU, inductor on CPU), ``"inductor"``,
+            ``"cudagraphs"``, ``"eager"`` (no compilation), or True/False.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... where state and batches are placed.
+        donate: reuse the input state's memory for the output (in place). The input state
+            object is then invalid. ``False`` keeps old states usable, at the cost of new
+            allocations every step.
+        on_recompile: after the first compile, a recompile is ``"warn"``-ed with its reason,
+            ``"raise"``-d as `RecompileError`, or ``"ignore"``-d. A smaller last batch (a
+            partial batch at the end of an epoch) compiles once more and is never reported;
+            pass ``drop_last=True`` to the DataLoader to avoid that compile.
+
+    Returns:
+        A `CompiledStep`.
+
+    Example:
+        >>> import torch, functrain as ft
+        >>> model = torch.nn.Linear(4, 1)
+        >>> def step(state, batch):
+        ...     x, y = batch
+        ...     def loss_fn(params):
+        ...         out, _ = ft.call(model, params, state.buffers, x)
+        ...         return ((out - y) ** 2).mean()
+        ...     loss, grads = torch.func.grad_and_value(loss_fn)(state.params)[::-1]
+        ...     return state.apply_gradients(grads), {"loss": loss}
+        >>> run = ft.compile_step(step, compile="eager")
+        >>> state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+        >>> for _ in range(3):
+        ...     state, metrics = run(state, (torch.ones(8, 4), torch.zeros(8, 1)))
+        >>> int(state.step), sorted(run.read_metrics())
+        (3, ['loss'])
+    """
+    return CompiledStep(step_fn, compile=compile, device=device, donate=donate,
+                        on_recompile=on_recompile)
+

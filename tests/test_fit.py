@@ -1,0 +1,178 @@
+"""fit and evaluate: parity with a hand-written loop, logs, syncs, stops, bad arguments."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+
+import pytest
+import torch
+from conftest import count_host_syncs
+from torch import nn
+
+import functrain as ft
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _data(n=8, batch=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 6, generator=g), torch.randint(0, 3, (batch,), generator=g))
+            for _ in range(n)]
+
+
+def _step(model):
+    def step(state, batch):
+        x, y = batch
+
+        def loss_fn(params):
+            out, nb = ft.call(model, params, state.buffers, x)
+            return nn.functional.cross_entropy(out, y), nb
+
+        grads, (loss, nb) = torch.func.grad_and_value(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads, buffers=nb), {"loss": loss}
+
+    return step
+
+
+def _eval(model):
+    def eval_fn(state, batch):
+        x, y = batch
+        out, _ = ft.call(model, state.params, state.buffers, x, train=False)
+        return {"loss": nn.functional.cross_entropy(out, y),
+                "accuracy": ft.metrics.Accuracy.from_logits(out, y)}
+
+    return eval_fn
+
+
+QUIET = dict(loggers=False, progress=False, summary=False)
+
+
+def test_fit_matches_hand_written_pytorch_loop():
+    """50 steps of fit (compiled) == nn.Module + torch.optim.AdamW on the same data order."""
+    model = _model()
+    data = _data(10)
+    ref = copy.deepcopy(model)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(5):
+        for x, y in data:
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref(x), y).backward()
+            opt.step()
+    state = ft.TrainState.create(model, ft.optim.adamw(1e-2, weight_decay=1e-2))
+    state = ft.fit(_step(model), state, data, epochs=5, compile="inductor", **QUIET)
+    assert int(state.step) == 50
+    for k, v in ref.named_parameters():
+        torch.testing.assert_close(state.params[k], v.detach(), rtol=1e-4, atol=1e-5, msg=k)
+    for k, v in ref.named_buffers():
+        torch.testing.assert_close(state.buffers[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_fit_logs_window_means_and_evaluates(tmp_path):
+    model = _model()
+    data, val = _data(8), _data(3, seed=2)
+    # reference: the same steps run eagerly by hand
+    ref_state = ft.TrainState.create(model, ft.optim.sgd(0.05))
+    losses = []
+    step = _step(model)
+    for _ in range(2):
+        for b in data:
+            ref_state, m = step(ref_state, b)
+            losses.append(float(m["loss"]))
+    state = ft.TrainState.create(model, ft.optim.sgd(0.05))
+    state = ft.fit(step, state, data, epochs=2, log_every=4, eval_fn=_eval(model),
+                   eval_loader=val, compile="eager", run_dir=tmp_path, progress=False,
+                   summary=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    train = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train] == [4, 8, 12, 16]
+    for i, r in enumerate(train):
+        assert r["train/loss"] == pytest.approx(sum(losses[4 * i:4 * i + 4]) / 4, rel=1e-5)
+    evals = [r for r in rows if "val/accuracy" in r]
+    assert [r["step"] for r in evals] == [8, 16]  # end of each epoch (the last is the end)
+    expected = ft.evaluate(_eval(model), state, val, compile="eager")
+    assert evals[-1]["val/accuracy"] == pytest.approx(expected["accuracy"])
+    assert os.path.exists(tmp_path / "metrics.csv")
+    assert json.load(open(tmp_path / "hparams.json"))["epochs"] == 2
+
+
+def test_fit_max_steps_stops_mid_epoch_and_resumes_counting():
+    model = _model()
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+    state = ft.fit(_step(model), state, _data(8), max_steps=5, compile="eager", **QUIET)
+    assert int(state.step) == 5
+    state = ft.fit(_step(model), state, _data(8), max_steps=5, compile="eager", **QUIET)
+    assert int(state.step) == 10
+
+
+def test_fit_host_syncs_once_per_log_window():
+    model = _model()
+    snapshots = []
+
+    class Snap(ft.Callback):
+        def on_log(self, loop, metrics):
+            snapshots.append(dict(counts))
+
+    state = ft.TrainState.create(model, ft.optim.adamw(1e-3))
+    with count_host_syncs() as counts:
+        ft.fit(_step(model), state, _data(40), epochs=1, log_every=10, compile="inductor",
+               callbacks=[Snap()], **QUIET)
+    # between the first and the last log (steps 10 -> 40: 30 steps) exactly 3 reads happened
+    first, last = snapshots[0], snapshots[-1]
+    diff = {k: last[k] - first[k] for k in counts}
+    assert diff == {**dict.fromkeys(counts, 0), "tolist": 3}, diff
+
+
+def test_callback_stop_and_sigint_return_last_good_state():
+    model = _model()
+
+    class StopAt(ft.Callback):
+        def on_log(self, loop, metrics):
+            if loop.step >= 6:
+                loop.request_stop("enough")
+
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+    state = ft.fit(_step(model), state, _data(8), epochs=3, log_every=3, compile="eager",
+                   callbacks=[StopAt()], **QUIET)
+    assert int(state.step) == 6
+
+    class Interrupt(ft.Callback):
+        def on_log(self, loop, metrics):
+            if loop.step == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+    state = ft.fit(_step(model), state, _data(8), epochs=3, log_every=2, compile="eager",
+                   callbacks=[Interrupt()], **QUIET)
+    assert int(state.step) == 4  # stopped at the step boundary after the signal
+    assert torch.isfinite(state.params["0.weight"]).all()
+
+
+def test_fit_bad_arguments():
+    model = _model()
+    step = _step(model)
+
+    def state():
+        return ft.TrainState.create(model, ft.optim.sgd(0.1))
+
+    with pytest.raises(ValueError, match="needs epochs or max_steps"):
+        ft.fit(step, state(), _data(2), **QUIET)
+    with pytest.raises(ValueError, match="loader is empty"):
+        ft.fit(step, state(), [], epochs=1, **QUIET)
+    with pytest.raises(ValueError, match="epochs: expected a positive int"):
+        ft.fit(step, state(), _data(2), epochs=0, **QUIET)
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        ft.fit(step, state(), _data(2), epochs=1, precision="bf16-mixed", **QUIET)
+    with pytest.raises(ValueError, match="eval_fn and eval_loader go together"):
+        ft.fit(step, state(), _data(2), epochs=1, eval_fn=_eval(model), **QUIET)
+    with pytest.raises(TypeError, match=r"loader: expected an iterable"):
+        ft.fit(step, state(), 3, epochs=1, **QUIET)
+    with pytest.raises(TypeError, match=r"callbacks\[0\]: expected a functrain.Callback"):
+        ft.fit(step, state(), _data(2), epochs=1, callbacks=[print], **QUIET)
+    with pytest.raises(ValueError, match="loader yielded no batches in epoch 0"):
+        ft.fit(step, state(), iter([]), epochs=1, **QUIET)
