@@ -11,6 +11,8 @@ of length 40. The paper reports ~94% test accuracy for this CNN.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 from torch import nn
@@ -38,6 +40,10 @@ class ConvNet(nn.Module):
 
 def load_mnist1d():
     """Generate MNIST-1D locally with the paper's default arguments (seed 42)."""
+    # This file is itself named mnist1d.py and Python puts its folder first on sys.path;
+    # drop that entry so `import mnist1d` finds the package, not this script.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     from mnist1d.data import get_dataset_args, make_dataset
 
     data = make_dataset(get_dataset_args())

@@ -12,6 +12,7 @@ Example:
     ['bias', 'weight']
 """
 
+from . import data as data
 from . import loggers as loggers
 from . import metrics as metrics
 from . import optim as optim
@@ -40,6 +41,7 @@ __all__ = [
     "__version__",
     "call",
     "compile_step",
+    "data",
     "evaluate",
     "fit",
     "loggers",

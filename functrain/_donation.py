@@ -109,9 +109,16 @@ def _pairs(o: Any, n: Any, out: list[tuple[torch.Tensor, torch.Tensor]]) -> None
     elif isinstance(o, (list, tuple)):
         for a, b in zip(o, n):
             _pairs(a, b, out)
+    elif isinstance(o, TrainState):
+        for name in _fields(type(o))[0]:
+            _pairs(getattr(o, name), getattr(n, name), out)
     elif type(o) in _NODE_FIELDS:
         for name in _NODE_FIELDS[type(o)]:
             _pairs(getattr(o, name), getattr(n, name), out)
+    elif o is not None:
+        raise TypeError(
+            f"write_back: no fields known for {type(o).__name__}. HINT: call "
+            "functrain._donation.remember_nodes(tree) outside the compiled function first.")
 
 
 # Data fields of the dataclass nodes (TrainState, metrics) met so far: dynamo cannot trace

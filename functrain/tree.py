@@ -236,8 +236,13 @@ def assert_trees_match(
         ...     print(e)
         grads['w']: expected dtype torch.float32, got torch.float64.
     """
-    assert_same_structure(expected, got, name)
-    for (path, e), g in zip(leaves_with_path(expected, name), leaves(got)):
+    e_leaves, e_spec = optree.tree_flatten(expected, namespace=NAMESPACE)
+    g_leaves, g_spec = optree.tree_flatten(got, namespace=NAMESPACE)
+    if e_spec != g_spec:
+        assert_same_structure(expected, got, name)  # raises, naming the path
+    if all(_leaf_matches(e, g, shape, dtype, device) for e, g in zip(e_leaves, g_leaves)):
+        return  # the common case: no key paths built
+    for (path, e), g in zip(leaves_with_path(expected, name), g_leaves):
         e_t, g_t = isinstance(e, torch.Tensor), isinstance(g, torch.Tensor)
         if e_t != g_t:
             raise TreeMismatchError(f"{path}: expected {_describe(e)}, got {_describe(g)}.")
@@ -250,6 +255,16 @@ def assert_trees_match(
             raise TreeMismatchError(f"{path}: expected dtype {e.dtype}, got {g.dtype}.")
         if device and e.device != g.device:
             raise TreeMismatchError(f"{path}: expected device {e.device}, got {g.device}.")
+
+
+def _leaf_matches(e: Any, g: Any, shape: bool, dtype: bool, device: bool) -> bool:
+    if type(e) is not type(g) and not (isinstance(e, torch.Tensor)
+                                       and isinstance(g, torch.Tensor)):
+        return False
+    if not isinstance(e, torch.Tensor):
+        return True
+    return ((not shape or e.shape == g.shape) and (not dtype or e.dtype == g.dtype)
+            and (not device or e.device == g.device))
 
 
 def zeros_like(tree: Any) -> Any:
@@ -304,7 +319,10 @@ def global_norm(tree: Any) -> torch.Tensor:
     ls = [x for x in leaves(tree) if isinstance(x, torch.Tensor)]
     if not ls:
         return torch.zeros(())
-    dtype = torch.promote_types(ls[0].dtype, torch.float32)
+    dtype = torch.float32  # at least float32, and the widest float dtype among the leaves
+    for x in ls:
+        if x.is_floating_point():
+            dtype = torch.promote_types(dtype, x.dtype)
     squares = [torch.sum(torch.square(x.to(dtype))) for x in ls]
     return torch.sqrt(torch.stack(squares).sum())
 

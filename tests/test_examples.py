@@ -1,0 +1,43 @@
+"""The examples run end to end (short versions) and fail clearly without data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def _run(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_mnist1d_example_short_run(tmp_path):
+    out = _run("examples/mnist1d.py", "--steps", "200", "--compile", "eager",
+               "--run-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "test accuracy:" in out.stdout
+    accuracy = float(out.stdout.split("test accuracy:")[1].split("%")[0])
+    assert accuracy > 40.0  # 200 steps are far from the ~93% of a full run, far above chance
+    assert (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION), reason="dataset-fashion-mnist not installed")
+def test_mnist_example_on_fashion_mnist(tmp_path):
+    out = _run("examples/mnist.py", "--dataset", "fashion-mnist", "--max-steps", "30",
+               "--compile", "eager", "--run-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "test accuracy:" in out.stdout
+
+
+def test_mnist_example_lists_options_when_data_is_missing(tmp_path):
+    out = _run("examples/mnist.py", "--data", str(tmp_path))
+    assert out.returncode != 0
+    assert "--dataset fashion-mnist" in out.stderr and "--data DIR" in out.stderr
+    assert "train-images-idx3-ubyte" in out.stderr

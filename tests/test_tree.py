@@ -1,0 +1,94 @@
+"""functrain.tree: a thin layer over optree whose errors name the leaf path."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+import functrain as ft
+from functrain import tree
+
+Pair = collections.namedtuple("Pair", "mu nu")
+
+
+def test_map_and_leaves_follow_optree_order():
+    t = {"b": torch.ones(2), "a": [torch.zeros(1), (torch.ones(3),)]}
+    assert [x.shape for x in tree.leaves(t)] == [(1,), (3,), (2,)]
+    doubled = tree.map(lambda x, y: x + y, t, t)
+    torch.testing.assert_close(doubled["b"], 2 * torch.ones(2))
+    paths = tree.map_with_path(lambda p, x: p, t, name="params")
+    assert paths == {"b": "params['b']", "a": ["params['a'][0]", ("params['a'][1][0]",)]}
+
+
+def test_leaves_with_path_names_namedtuple_fields():
+    t = {"opt": Pair(mu={"w": torch.ones(1)}, nu={"w": torch.ones(1)})}
+    assert [p for p, _ in tree.leaves_with_path(t, "state")] == [
+        "state['opt'].mu['w']", "state['opt'].nu['w']"]
+
+
+@pytest.mark.parametrize("got, message", [
+    ({"layers": {"3.weight": torch.ones(32, 64)}},
+     r"grads\['layers'\]\['3\.weight'\]: expected shape \(64, 32\), got \(32, 64\)\."),
+    ({"layers": {"3.weight": torch.ones(64, 32, dtype=torch.bfloat16)}},
+     r"grads\['layers'\]\['3\.weight'\]: expected dtype torch.float32, got torch.bfloat16\."),
+    ({"layers": {}}, r"grads\['layers'\]: expected keys \['3\.weight'\], got \[\]; "
+                     r"missing \['3\.weight'\]\."),
+    ({"layers": {"3.weight": torch.ones(64, 32)}, "extra": torch.ones(1)},
+     r"grads: expected keys .*unexpected \['extra'\]"),
+    ({"layers": {"3.weight": 1.0}},
+     r"grads\['layers'\]\['3\.weight'\]: expected tensor of shape \(64, 32\) and dtype "
+     r"torch.float32, got float\."),
+    ({"layers": [torch.ones(64, 32)]}, r"grads\['layers'\]: expected a dict, got a list\."),
+])
+def test_mismatch_errors_name_the_first_leaf_path(got, message):
+    expected = {"layers": {"3.weight": torch.ones(64, 32)}}
+    with pytest.raises(tree.TreeMismatchError, match=message):
+        tree.assert_trees_match(expected, got, "grads")
+
+
+def test_sequence_length_and_map_errors():
+    with pytest.raises(tree.TreeMismatchError, match=r"x\['a'\]: expected a list of 2 entries, "
+                                                      r"got 1\."):
+        tree.assert_same_structure({"a": [1, 2]}, {"a": [1]}, "x")
+    with pytest.raises(tree.TreeMismatchError, match=r"rest\[0\]: expected keys"):
+        tree.map(lambda a, b: a, {"a": 1}, {"b": 1})
+
+
+def test_device_check_is_opt_in():
+    a, b = {"w": torch.ones(1)}, {"w": torch.ones(1, device="meta")}
+    tree.assert_trees_match(a, b)
+    with pytest.raises(tree.TreeMismatchError, match=r"tree\['w'\]: expected device cpu, got meta"):
+        tree.assert_trees_match(a, b, device=True)
+
+
+def test_cast_zeros_like_global_norm():
+    t = {"w": torch.randn(3, 4, dtype=torch.float64), "n": torch.tensor(5), "b": torch.randn(4)}
+    c = tree.cast(t, torch.bfloat16)
+    assert c["w"].dtype == c["b"].dtype == torch.bfloat16 and c["n"].dtype == torch.int64
+    assert tree.cast(t, torch.float16, floating_only=False)["n"].dtype == torch.float16
+    assert tree.cast(t, None) is t
+    z = tree.zeros_like(t)
+    assert all(float(x.abs().sum()) == 0 for x in tree.leaves(z))
+    floats = {"w": t["w"], "b": t["b"]}
+    ref = torch.linalg.vector_norm(torch.cat([t["w"].flatten(), t["b"].double()]))
+    torch.testing.assert_close(tree.global_norm(floats), ref)
+    assert tree.global_norm({}).item() == 0.0
+
+
+def test_leaves_inside_compile_with_empty_dict(compile_counter):
+    # dynamo's optree polyfill fails on empty dicts in tree_leaves; functrain works around it
+    def f(t):
+        new = {"a": t["a"] * 2, "empty": {}, "b": [t["b"]]}
+        return sum(x.sum() for x in tree.leaves(new))
+
+    t = {"a": torch.ones(2), "b": torch.ones(3), "e": {}}
+    out = torch.compile(f, backend=compile_counter, fullgraph=True)(t)
+    assert float(out) == 7.0 and compile_counter.count == 1
+
+
+def test_namespace_is_functrain():
+    assert tree.NAMESPACE == "functrain"
+    state = ft.TrainState.create(torch.nn.Linear(1, 1), ft.optim.sgd(0.1))
+    assert tree.structure(state).num_leaves == len(tree.leaves(state))
