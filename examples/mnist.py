@@ -106,7 +106,8 @@ def main():
     torch.manual_seed(args.seed)
     train, test = load_dataset(args)
     model = Net()
-    schedule = ft.optim.exponential_decay(args.lr, transition_steps=len(train[1]) // args.batch_size,
+    steps_per_epoch = len(train[1]) // args.batch_size
+    schedule = ft.optim.exponential_decay(args.lr, transition_steps=steps_per_epoch,
                                           decay_rate=0.7)
     state = ft.TrainState.create(model, ft.optim.adam(schedule), seed=args.seed)
 

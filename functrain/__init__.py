@@ -12,6 +12,7 @@ Example:
     ['bias', 'weight']
 """
 
+from . import callbacks as callbacks
 from . import data as data
 from . import loggers as loggers
 from . import metrics as metrics
@@ -40,6 +41,7 @@ __all__ = [
     "TrainState",
     "__version__",
     "call",
+    "callbacks",
     "compile_step",
     "data",
     "evaluate",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["Callback", "Loop"]
@@ -19,6 +20,9 @@ class Loop:
         run_dir: the run directory, or ``None``.
         metrics: the latest logged values, ``{"train/loss": ..., "val/accuracy": ...}``.
         stop_reason: set by `request_stop`; the loop stops at the next step boundary.
+        samples: examples processed so far in this run (from the batches' first dimension).
+        error: the exception ending the run, if one is propagating (seen by `on_run_end`).
+        callbacks: the run's callbacks (for savers that store every callback's state).
 
     Example:
         >>> loop = Loop(state=None, step=10, epoch=0)
@@ -33,10 +37,31 @@ class Loop:
     run_dir: str | None = None
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     stop_reason: str | None = None
+    samples: int = 0
+    error: BaseException | None = None
+    callbacks: tuple[Any, ...] = ()
+    _log: Callable[[dict[str, float], int], None] | None = dataclasses.field(
+        default=None, repr=False)
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary, recording why."""
         self.stop_reason = reason
+
+    def log(self, values: dict[str, float]) -> None:
+        """Log host values (floats) at the current step through the run's loggers.
+
+        Example:
+            >>> loop = Loop(state=None, step=3, epoch=0)
+            >>> loop.log({"lr": 0.1}); loop.metrics
+            {'lr': 0.1}
+        """
+        self.metrics.update(values)
+        if self._log is not None:
+            self._log(values, self.step)
+
+    def callback_states(self) -> dict[str, Any]:
+        """``{cb.state_key: cb.state_dict()}`` for every callback, for checkpoints."""
+        return {cb.state_key: cb.state_dict() for cb in self.callbacks}
 
 
 class Callback:
@@ -58,6 +83,18 @@ class Callback:
         >>> cb.on_log(loop, {"train/loss": 0.1}); loop.stop_reason
         'reached step 5'
     """
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint (unique per run)."""
+        return type(self).__name__
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serializable state to save in checkpoints (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned (on resume)."""
 
     def on_run_start(self, loop: Loop) -> None:
         """Called once before the first step."""

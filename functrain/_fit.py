@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -52,6 +53,29 @@ def _eval_step(eval_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], tuple
     return step
 
 
+# Runners built by fit/evaluate, per step function and options, so that calling fit again
+# with the same step (more epochs, a notebook re-run, evaluate after fit) reuses the compiled
+# graph instead of compiling again. Entries go away with their function.
+_RUNNERS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledStep]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bool,
+                on_recompile: str, wrap: Callable[..., Any] | None = None) -> CompiledStep:
+    key = (str(compile), str(device), donate, on_recompile, wrap is not None)
+    try:
+        per_fn = _RUNNERS.setdefault(fn, {})
+    except TypeError:  # not weak-referenceable: no reuse
+        per_fn = {}
+    runner = per_fn.get(key)
+    if runner is None:
+        runner = CompiledStep(wrap(fn) if wrap else fn, compile=compile, device=device,
+                              donate=donate, on_recompile=on_recompile, return_metrics=False)
+        per_fn[key] = runner
+    runner.reset_metrics()
+    return runner
+
+
 class _Evaluator:
     """Runs ``eval_fn`` compiled over a loader, accumulating its metrics on the device."""
 
@@ -60,9 +84,8 @@ class _Evaluator:
         if not callable(eval_fn):
             raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
                             f"got {type(eval_fn).__name__}.")
-        self.runner = CompiledStep(_eval_step(eval_fn), compile=compile, device=device,
-                                   donate=False, on_recompile=on_recompile,
-                                   return_metrics=False)
+        self.runner = _runner_for(eval_fn, compile=compile, device=device, donate=False,
+                                  on_recompile=on_recompile, wrap=_eval_step)
 
     def __call__(self, state: Any, loader: Iterable[Any]) -> dict[str, float]:
         self.runner.reset_metrics()
@@ -226,8 +249,8 @@ def fit(
             raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
                             f"got {type(cb).__name__}.")
 
-    runner = CompiledStep(step_fn, compile=compile, device=device, on_recompile=on_recompile,
-                          return_metrics=False)
+    runner = _runner_for(step_fn, compile=compile, device=device, donate=True,
+                         on_recompile=on_recompile)
     evaluator = (_Evaluator(eval_fn, compile, device, on_recompile)
                  if eval_fn is not None else None)
     if loggers is None or loggers is True:
@@ -248,15 +271,16 @@ def fit(
             epochs * steps_per_epoch)
     bar = ProgressBar(total=None if total is None else int(total), enabled=progress)
     loop = Loop(state=state, step=start_step, epoch=0,
-                run_dir=None if run_dir is None else str(run_dir))
+                run_dir=None if run_dir is None else str(run_dir), callbacks=tuple(callbacks))
     best: dict[str, float] = {}
-    samples = 0
     t_start = time.perf_counter()
 
     def log(values: dict[str, float], step: int) -> None:
         loop.metrics.update(values)
         for lg in loggers:
             lg.log_metrics(values, step)
+
+    loop._log = log
 
     evaluated_at = [None]
 
@@ -303,7 +327,7 @@ def fit(
                     loop.state, _ = runner(loop.state, batch)
                     loop.step += 1
                     n = _leading(batch) or 0
-                    samples += n
+                    loop.samples += n
                     window_steps += 1
                     window_samples += n
                     if loop.step % log_every == 0:
@@ -328,11 +352,17 @@ def fit(
                 epoch += 1
                 if evaluator is not None and eval_every is None and not done:
                     run_eval()
+                if stop.reason or loop.stop_reason:  # a stop asked at the epoch's end
+                    loop.stop_reason = loop.stop_reason or stop.reason
+                    done = True
             if (evaluator is not None and not loop.stop_reason
                     and evaluated_at[0] != loop.step):
                 run_eval()
         except KeyboardInterrupt:
             loop.stop_reason = "interrupted (KeyboardInterrupt)"
+        except BaseException as e:
+            loop.error = e
+            raise
         finally:
             if is_donated(loop.state):  # interrupted between donation and hand-back
                 loop.state = runner._checked_state
@@ -344,8 +374,10 @@ def fit(
     wall = time.perf_counter() - t_start
     if summary:
         last = {k: v for k, v in loop.metrics.items()}
-        report = {"steps": loop.step - start_step, "epochs": loop.epoch + 1, "samples": samples,
-                  "wall_time": wall, "samples_per_s": samples / wall if wall > 0 else 0.0,
+        report = {"steps": loop.step - start_step, "epochs": loop.epoch + 1,
+                  "samples": loop.samples,
+                  "wall_time": wall,
+                  "samples_per_s": loop.samples / wall if wall > 0 else 0.0,
                   "last": last, "best": best}
         if loop.stop_reason:
             report["stopped"] = loop.stop_reason

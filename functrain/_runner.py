@@ -31,7 +31,6 @@ import torch
 from . import metrics as _metrics
 from . import tree as _tree
 from ._donation import check_not_donated, donate, poison, remember_nodes, write_back
-from ._state import TrainState
 
 __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 
@@ -250,7 +249,8 @@ class CompiledStep:
         self._signatures.append(sig)
         partial = self._is_partial(batch)
         if reason is None:
-            reason = _dynamo_reason(getattr(self, "_code_name", "")) or "guards failed (state or step changed)"
+            reason = (_dynamo_reason(getattr(self, "_code_name", ""))
+                      or "guards failed (state or step changed)")
         self.recompiles.append((self.calls, reason))
         if partial:
             return  # the documented extra compile for a smaller last batch

@@ -60,8 +60,8 @@ class ArrayLoader:
         sizes = set()
         for path, x in leaves:
             if not isinstance(x, torch.Tensor) or x.dim() == 0:
-                raise TypeError(f"{path}: expected a tensor with a batch dimension, got "
-                                f"{type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' (0-d)'}.")
+                what = "a 0-d tensor" if isinstance(x, torch.Tensor) else type(x).__name__
+                raise TypeError(f"{path}: expected a tensor with a batch dimension, got {what}.")
             sizes.add(x.shape[0])
         if len(sizes) != 1:
             detail = ", ".join(f"{p}: {x.shape[0]}" for p, x in leaves)
@@ -94,9 +94,9 @@ class ArrayLoader:
         order = self.order(self.epoch)
         self.epoch += 1
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            start, stop = i * self.batch_size, min((i + 1) * self.batch_size, self.n)
             if not self.shuffle:
-                start = i * self.batch_size
-                yield _tree.map(lambda x: x[start:start + len(idx)], self.arrays)
+                yield _tree.map(lambda x, a=start, b=stop: x[a:b], self.arrays)
             else:
-                yield _tree.map(lambda x: x.index_select(0, idx.to(x.device)), self.arrays)
+                idx = order[start:stop]
+                yield _tree.map(lambda x, i=idx: x.index_select(0, i.to(x.device)), self.arrays)

@@ -23,7 +23,7 @@ def test_split_returns_detached_copies():
     params, buffers = ft.split(model)
     assert sorted(params) == ["0.bias", "0.weight", "1.bias", "1.weight", "3.bias", "3.weight"]
     assert sorted(buffers) == ["1.num_batches_tracked", "1.running_mean", "1.running_var"]
-    for k, v in params.items():
+    for v in params.values():
         assert not v.requires_grad
         v.add_(1.0)  # changing the copies never changes the module
     for k, v in model.state_dict().items():

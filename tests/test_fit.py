@@ -17,7 +17,8 @@ import functrain as ft
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(nn.Linear(6, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, 3))
 
 
 def _data(n=8, batch=16, seed=1):

@@ -14,7 +14,8 @@ import functrain as ft
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    return nn.Sequential(nn.Linear(6, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(),
+                         nn.Linear(8, 3))
 
 
 def _step(model):
@@ -75,7 +76,7 @@ def test_donated_state_raises_and_donate_false_keeps_it():
     s0 = ft.TrainState.create(model, ft.optim.sgd(0.1))
     s1, _ = run(s0, _data(1)[0])
     with pytest.raises(ft.DonatedStateError, match=r"state\.params: .*donated.*HINT"):
-        s0.params
+        s0.params  # noqa: B018
     with pytest.raises(ft.DonatedStateError):
         run(s0, _data(1)[0])
     run2 = ft.compile_step(_step(model), compile="eager", donate=False)
@@ -131,7 +132,7 @@ def test_one_host_sync_per_metric_read():
     state, _ = run(state, data[0])  # compile outside the counted region
     run.read_metrics()
     with count_host_syncs() as counts:
-        for window in range(3):
+        for _ in range(3):
             for b in data:
                 state, _ = run(state, b)
             values = run.read_metrics()
