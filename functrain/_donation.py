@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ._state import TrainState, _fields
+from .tree import _DATA_FIELDS
 
 __all__ = ["DonatedStateError"]
 
@@ -112,8 +113,8 @@ def _pairs(o: Any, n: Any, out: list[tuple[torch.Tensor, torch.Tensor]]) -> None
     elif isinstance(o, TrainState):
         for name in _fields(type(o))[0]:
             _pairs(getattr(o, name), getattr(n, name), out)
-    elif type(o) in _NODE_FIELDS:
-        for name in _NODE_FIELDS[type(o)]:
+    elif type(o) in _DATA_FIELDS:
+        for name in _DATA_FIELDS[type(o)]:
             _pairs(getattr(o, name), getattr(n, name), out)
     elif o is not None:
         raise TypeError(
@@ -121,14 +122,12 @@ def _pairs(o: Any, n: Any, out: list[tuple[torch.Tensor, torch.Tensor]]) -> None
             "functrain._donation.remember_nodes(tree) outside the compiled function first.")
 
 
-# Data fields of the dataclass nodes (TrainState, metrics) met so far: dynamo cannot trace
-# ``dataclasses.fields`` on objects built inside the graph, so `remember_nodes` reads them
-# eagerly before the first compile and `_pairs` only looks them up.
-_NODE_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
 def remember_nodes(tree: Any) -> None:
-    """Record the field names of every dataclass node in ``tree`` (call outside the graph)."""
+    """Record the field names of every dataclass node in ``tree`` (call outside the graph).
+
+    Dynamo cannot trace ``dataclasses.fields`` on objects built inside the graph, so the
+    runner records them before the first compile and `_pairs` only looks them up.
+    """
     if isinstance(tree, torch.Tensor):
         return
     if isinstance(tree, dict):
@@ -140,6 +139,6 @@ def remember_nodes(tree: Any) -> None:
     elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
         names = (_fields(type(tree))[0] if isinstance(tree, TrainState)
                  else tuple(f.name for f in dataclasses.fields(tree)))
-        _NODE_FIELDS[type(tree)] = tuple(names)
+        _DATA_FIELDS[type(tree)] = tuple(names)
         for name in names:
             remember_nodes(getattr(tree, name))

@@ -220,6 +220,7 @@ def _fields(c: type) -> tuple[list[str], list[str]]:
         fs = dataclasses.fields(c)
         _FIELDS[c] = ([f.name for f in fs if not f.metadata.get("static")],
                       [f.name for f in fs if f.metadata.get("static")])
+        _tree._DATA_FIELDS[c] = tuple(_FIELDS[c][0])
         return _FIELDS[c]
 
 

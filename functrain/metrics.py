@@ -39,7 +39,7 @@ import optree
 import torch
 
 from . import tree as _tree
-from .tree import NAMESPACE, TreeMismatchError
+from .tree import _DATA_FIELDS, NAMESPACE, TreeMismatchError
 
 __all__ = [
     "Accuracy",
@@ -60,7 +60,9 @@ M = TypeVar("M", bound="Metric")
 
 
 def _flatten(m: Metric) -> tuple[tuple[Any, ...], None, tuple[str, ...]]:
-    names = tuple(f.name for f in dataclasses.fields(m))
+    names = _DATA_FIELDS.get(type(m))
+    if names is None:  # first flatten, outside of tracing: dynamo cannot trace fields()
+        names = _DATA_FIELDS[type(m)] = tuple(f.name for f in dataclasses.fields(m))
     return tuple(getattr(m, n) for n in names), None, names
 
 

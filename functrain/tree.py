@@ -69,13 +69,40 @@ def leaves(tree: Any) -> list[Any]:
         [1, 3, 2]
     """
     if torch.compiler.is_compiling():
-        # Dynamo's optree polyfill (torch 2.14.1) fails on an empty dict node in
-        # tree_leaves/tree_flatten ("Unexpected type in sourceless builder") but traces
-        # tree_map, so collect the leaves through tree_map while tracing.
+        # Dynamo's optree polyfill (torch 2.14.1) fails on an empty dict node in tree_leaves
+        # ("Unexpected type in sourceless builder"), and its tree_map visits dicts in insertion
+        # order where optree sorts the keys; walk the tree by hand, in optree's order.
         out: list[Any] = []
-        optree.tree_map(out.append, tree, namespace=NAMESPACE)
+        _traced_leaves(tree, out)
         return out
     return optree.tree_leaves(tree, namespace=NAMESPACE)
+
+
+# Data field names of functrain's dataclass pytree nodes (TrainState classes, metrics), filled
+# outside of tracing: dynamo cannot trace ``dataclasses.fields``.
+_DATA_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _traced_leaves(x: Any, out: list[Any]) -> None:
+    if isinstance(x, torch.Tensor):
+        out.append(x)
+    elif x is None:
+        pass
+    elif type(x) is dict:
+        try:
+            keys = sorted(x)
+        except TypeError:  # optree keeps insertion order when keys cannot be sorted
+            keys = list(x)
+        for k in keys:
+            _traced_leaves(x[k], out)
+    elif type(x) in (list, tuple) or (isinstance(x, tuple) and hasattr(x, "_fields")):
+        for v in x:
+            _traced_leaves(v, out)
+    elif type(x) in _DATA_FIELDS:
+        for name in _DATA_FIELDS[type(x)]:
+            _traced_leaves(getattr(x, name), out)
+    else:
+        optree.tree_map(out.append, x, namespace=NAMESPACE)
 
 
 def leaves_with_path(tree: Any, name: str = "tree") -> list[tuple[str, Any]]:
