@@ -17,6 +17,7 @@ from . import data as data
 from . import loggers as loggers
 from . import metrics as metrics
 from . import optim as optim
+from . import precision as precision
 from . import random as random
 from . import tree as tree
 from ._bridge import call as call
@@ -49,6 +50,7 @@ __all__ = [
     "loggers",
     "metrics",
     "optim",
+    "precision",
     "random",
     "split",
     "tree",

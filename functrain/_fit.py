@@ -18,11 +18,10 @@ from . import loggers as _loggers
 from ._callbacks import Callback, Loop
 from ._donation import is_donated
 from ._progress import ProgressBar, format_summary
-from ._runner import CompiledStep, _leading
+from ._runner import CompiledStep, _leading, prefetch
+from .precision import Policy
 
 __all__ = ["evaluate", "fit"]
-
-PRECISIONS = ("32",)
 
 
 def _check_positive_int(value: Any, name: str, allow_none: bool = True) -> None:
@@ -61,8 +60,9 @@ _RUNNERS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledStep]] = 
 
 
 def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bool,
-                on_recompile: str, wrap: Callable[..., Any] | None = None) -> CompiledStep:
-    key = (str(compile), str(device), donate, on_recompile, wrap is not None)
+                on_recompile: str, precision: Any = "32",
+                wrap: Callable[..., Any] | None = None) -> CompiledStep:
+    key = (str(compile), str(device), donate, on_recompile, str(precision), wrap is not None)
     try:
         per_fn = _RUNNERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no reuse
@@ -70,7 +70,8 @@ def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bo
     runner = per_fn.get(key)
     if runner is None:
         runner = CompiledStep(wrap(fn) if wrap else fn, compile=compile, device=device,
-                              donate=donate, on_recompile=on_recompile, return_metrics=False)
+                              donate=donate, on_recompile=on_recompile, return_metrics=False,
+                              precision=precision, _train=wrap is None)
         per_fn[key] = runner
     runner.reset_metrics()
     return runner
@@ -80,12 +81,13 @@ class _Evaluator:
     """Runs ``eval_fn`` compiled over a loader, accumulating its metrics on the device."""
 
     def __init__(self, eval_fn: Callable[[Any, Any], Any], compile: Any, device: Any,
-                 on_recompile: str) -> None:
+                 on_recompile: str, precision: Any = "32") -> None:
         if not callable(eval_fn):
             raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
                             f"got {type(eval_fn).__name__}.")
         self.runner = _runner_for(eval_fn, compile=compile, device=device, donate=False,
-                                  on_recompile=on_recompile, wrap=_eval_step)
+                                  on_recompile=on_recompile, precision=precision,
+                                  wrap=_eval_step)
 
     def __call__(self, state: Any, loader: Iterable[Any]) -> dict[str, float]:
         self.runner.reset_metrics()
@@ -105,6 +107,7 @@ def evaluate(
     *,
     device: str | torch.device = "auto",
     compile: str | bool = "auto",
+    precision: Any = "32",
 ) -> dict[str, float]:
     """Run ``eval_fn(state, batch) -> metrics`` over ``loader``; return the metrics' values.
 
@@ -118,6 +121,7 @@ def evaluate(
         loader: an iterable of batches.
         device: where to run (see `functrain.compile_step`).
         compile: the backend (see `functrain.compile_step`).
+        precision: the precision policy (see `fit`).
 
     Returns:
         ``{name: float}``.
@@ -138,7 +142,7 @@ def evaluate(
         {'mse': 0.0}
     """
     _check_loader(loader, "loader")
-    return _Evaluator(eval_fn, compile, device, "warn")(state, loader)
+    return _Evaluator(eval_fn, compile, device, "warn", precision)(state, loader)
 
 
 def fit(
@@ -152,7 +156,7 @@ def fit(
     eval_loader: Iterable[Any] | None = None,
     eval_every: int | None = None,
     device: str | torch.device = "auto",
-    precision: str = "32",
+    precision: Any = "32",
     compile: str | bool = "auto",
     callbacks: Sequence[Callback] = (),
     loggers: Sequence[Any] | None | bool = None,
@@ -185,7 +189,11 @@ def fit(
         eval_every: evaluate every this many steps; ``None``: at the end of every epoch.
             Training always ends with an evaluation when ``eval_fn`` is given.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
-        precision: ``"32"``. (Mixed precision is not part of this version.)
+        precision: ``"32"``, ``"bf16-mixed"`` (float32 params, bfloat16 compute under
+            autocast), ``"16-mixed"`` (float16 compute with dynamic loss scaling: write the
+            step with `functrain.precision.value_and_grad` and
+            `functrain.precision.apply_gradients`), ``"bf16-true"`` (params and compute in
+            bfloat16), or a `functrain.precision.Policy`.
         compile: ``"auto"``, ``"inductor"``, ``"cudagraphs"``, ``"eager"`` (see
             `functrain.compile_step`).
         callbacks: `functrain.Callback` objects.
@@ -233,10 +241,7 @@ def fit(
     _check_positive_int(max_steps, "max_steps")
     _check_positive_int(log_every, "log_every", allow_none=False)
     _check_positive_int(eval_every, "eval_every")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}. "
-                         "Mixed precision ('bf16-mixed', '16-mixed') is not part of this "
-                         "version of functrain.")
+    policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
     _check_loader(loader, "loader")
     if (eval_fn is None) != (eval_loader is None):
         raise ValueError("eval_fn and eval_loader go together: got "
@@ -250,8 +255,8 @@ def fit(
                             f"got {type(cb).__name__}.")
 
     runner = _runner_for(step_fn, compile=compile, device=device, donate=True,
-                         on_recompile=on_recompile)
-    evaluator = (_Evaluator(eval_fn, compile, device, on_recompile)
+                         on_recompile=on_recompile, precision=policy)
+    evaluator = (_Evaluator(eval_fn, compile, device, on_recompile, policy)
                  if eval_fn is not None else None)
     if loggers is None or loggers is True:
         run_dir = run_dir or os.path.join(
@@ -310,7 +315,7 @@ def fit(
     for lg in loggers:
         lg.log_hparams({"epochs": epochs, "max_steps": max_steps, "log_every": log_every,
                         "compile": runner.backend, "device": str(runner.device),
-                        "precision": precision, "start_step": start_step})
+                        "precision": str(precision), "start_step": start_step})
     for cb in callbacks:
         cb.on_run_start(loop)
     end_step = None if max_steps is None else start_step + max_steps
@@ -322,7 +327,9 @@ def fit(
             while not done and (epochs is None or epoch < epochs):
                 loop.epoch = epoch
                 n_batches = 0
-                for batch in loader:
+                batches = (prefetch(loader, runner.place_batch)
+                           if runner.device.type == "cuda" else loader)
+                for batch in batches:
                     n_batches += 1
                     loop.state, _ = runner(loop.state, batch)
                     loop.step += 1

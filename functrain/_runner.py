@@ -115,6 +115,8 @@ class CompiledStep:
         donate: bool = True,
         on_recompile: str = "warn",
         return_metrics: bool = True,
+        precision: Any = "32",
+        _train: bool = True,
     ) -> None:
         if not callable(step_fn):
             raise TypeError(f"step_fn: expected a callable step(state, batch) -> "
@@ -122,8 +124,14 @@ class CompiledStep:
         if on_recompile not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_recompile: expected 'warn', 'raise' or 'ignore', "
                              f"got {on_recompile!r}.")
-        self.step_fn = step_fn
+        from .precision import Policy
+
         self.device = resolve_device(device)
+        self.policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
+        self._train = _train
+        # The policy casts the batch and enters autocast inside the compiled step; "32" leaves
+        # step_fn as it is.
+        self.step_fn = self.policy.wrap_step(step_fn, self.device.type, check_loss_scale=_train)
         self.backend = _resolve_backend(compile, self.device)
         self.donate = donate
         self.on_recompile = on_recompile
@@ -204,6 +212,8 @@ class CompiledStep:
 
     def _prepare(self, state: Any, batch: Any) -> Any:
         """First call with this state: validate, place on the device, build the metric window."""
+        state = (self.policy.prepare_state(state) if self._train
+                 else self.policy.cast_state(state))
         for path, x in _tree.leaves_with_path(state, "state"):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(
@@ -235,7 +245,14 @@ class CompiledStep:
                     f"{path}: expected a tensor, got {type(x).__name__}. HINT: the loader must "
                     "yield tensors (or tuples/dicts of tensors); convert other values in the "
                     "dataset or collate_fn.")
-        return _tree.map(lambda x: _place(x, self.device, True), batch)
+        pin = self.device.type == "cuda"
+        return _tree.map(
+            lambda x: _place(x.pin_memory() if pin and x.device.type == "cpu" else x,
+                             self.device, True), batch)
+
+    def place_batch(self, batch: Any) -> Any:
+        """Check ``batch`` and start its copy to the device (pinned, non-blocking on CUDA)."""
+        return self._batch(batch)
 
     def _report_recompile(self, batch: Any) -> None:
         sig = _batch_signature(batch)
@@ -317,6 +334,25 @@ class CompiledStep:
                 x.zero_()
 
 
+def prefetch(loader: Any, place: Callable[[Any], Any]) -> Any:
+    """Iterate ``loader`` one batch ahead: batch i+1's copy to the device is issued before
+    batch i is handed out, so on a GPU it overlaps with step i.
+
+    Example:
+        >>> list(prefetch([1, 2, 3], lambda b: b * 10))
+        [10, 20, 30]
+    """
+    it = iter(loader)
+    try:
+        ahead = place(next(it))
+    except StopIteration:
+        return
+    for batch in it:
+        current, ahead = ahead, place(batch)
+        yield current
+    yield ahead
+
+
 def _leading(batch: Any) -> int | None:
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else None
@@ -345,6 +381,7 @@ def compile_step(
     device: str | torch.device = "auto",
     donate: bool = True,
     on_recompile: str = "warn",
+    precision: Any = "32",
 ) -> CompiledStep:
     """Compile a pure ``step_fn(state, batch) -> (state, metrics)`` into functrain's runner.
 
@@ -362,6 +399,10 @@ def compile_step(
             ``"raise"``-d as `RecompileError`, or ``"ignore"``-d. A smaller last batch (a
             partial batch at the end of an epoch) compiles once more and is never reported;
             pass ``drop_last=True`` to the DataLoader to avoid that compile.
+        precision: ``"32"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"`` or a
+            `functrain.precision.Policy`: applied around the step inside the compiled graph
+            (see `functrain.precision`). ``"16-mixed"`` attaches a dynamic loss scale to
+            ``state.extras["loss_scale"]`` on the first call.
 
     Returns:
         A `CompiledStep`.
@@ -384,5 +425,5 @@ def compile_step(
         (3, ['loss'])
     """
     return CompiledStep(step_fn, compile=compile, device=device, donate=donate,
-                        on_recompile=on_recompile)
+                        on_recompile=on_recompile, precision=precision)
 

@@ -25,7 +25,8 @@ class TrainState:
     in ``extras``; subclasses are registered as pytrees automatically.
 
     Attributes:
-        step: 0-d int64 tensor, the number of optimizer updates applied so far.
+        step: 0-d int64 tensor, the number of steps taken (fp16 steps skipped for
+            non-finite gradients included; see `functrain.precision`).
         params: parameters by qualified name (from `functrain.split`).
         buffers: buffers by qualified name (BatchNorm statistics, ...).
         opt_state: the optimizer's state, ``tx.init(params)``.

@@ -168,7 +168,7 @@ def test_fit_bad_arguments():
     with pytest.raises(ValueError, match="epochs: expected a positive int"):
         ft.fit(step, state(), _data(2), epochs=0, **QUIET)
     with pytest.raises(ValueError, match="precision: expected one of"):
-        ft.fit(step, state(), _data(2), epochs=1, precision="bf16-mixed", **QUIET)
+        ft.fit(step, state(), _data(2), epochs=1, precision="bf17", **QUIET)
     with pytest.raises(ValueError, match="eval_fn and eval_loader go together"):
         ft.fit(step, state(), _data(2), epochs=1, eval_fn=_eval(model), **QUIET)
     with pytest.raises(TypeError, match=r"loader: expected an iterable"):
@@ -177,3 +177,39 @@ def test_fit_bad_arguments():
         ft.fit(step, state(), _data(2), epochs=1, callbacks=[print], **QUIET)
     with pytest.raises(ValueError, match="loader yielded no batches in epoch 0"):
         ft.fit(step, state(), iter([]), epochs=1, **QUIET)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_fit_mixed_precision_trains_compiled(precision):
+    from functrain import precision as mp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def step(state, batch):
+        x, y = batch
+
+        def loss_fn(params):
+            out, _ = ft.call(model, params, state.buffers, x)
+            return nn.functional.cross_entropy(out, y)
+
+        loss, grads = mp.value_and_grad(loss_fn)(state.params,
+                                                 loss_scale=mp.get_loss_scale(state))
+        return mp.apply_gradients(state, grads), {"loss": loss}
+
+    teacher = torch.randn(6, 3, generator=torch.Generator().manual_seed(3))
+    data = [(x, (x @ teacher).argmax(1)) for x, _ in _data(8)]  # learnable labels
+    losses = []
+
+    class Record(ft.Callback):
+        def on_log(self, loop, metrics):
+            losses.append(metrics["train/loss"])
+
+    state = ft.TrainState.create(model, ft.optim.adam(1e-2))
+    state = ft.fit(step, state, data, epochs=6, log_every=8, compile="inductor",
+                   precision=precision, callbacks=[Record()], on_recompile="raise", **QUIET)
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(p.dtype == torch.float32 for p in state.params.values())
+    if precision == "16-mixed":
+        scale = mp.get_loss_scale(state)
+        assert float(scale.loss_scale) == 2.0 ** 16 and int(scale.skipped_steps) == 0
