@@ -84,6 +84,12 @@ def _place(x: Any, device: torch.device, non_blocking: bool) -> Any:
     return x
 
 
+def _require_tensors(tree: Any, name: str, hint: str) -> None:
+    for path, x in _tree.leaves_with_path(tree, name):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{path}: expected a tensor, got {type(x).__name__}. HINT: {hint}")
+
+
 def _batch_signature(batch: Any) -> tuple[Any, ...]:
     return tuple((p, tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else (p, None, x)
                  for p, x in _tree.leaves_with_path(batch, "batch"))
@@ -214,12 +220,8 @@ class CompiledStep:
         """First call with this state: validate, place on the device, build the metric window."""
         state = (self.policy.prepare_state(state) if self._train
                  else self.policy.cast_state(state))
-        for path, x in _tree.leaves_with_path(state, "state"):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(
-                    f"{path}: expected a tensor, got {type(x).__name__}. HINT: keep per-step "
-                    "values in the state as 0-d tensors (torch.tensor(...)) so the step "
-                    "compiles once.")
+        _require_tensors(state, "state", "keep per-step values in the state as 0-d tensors "
+                         "(torch.tensor(...)) so the step compiles once.")
         state = _tree.map(lambda x: _place(x, self.device, False), state)
         if self._acc is None:  # first call: run the step on fake tensors to check it
             fake_metrics = self._dry_run(state, batch)
@@ -239,12 +241,8 @@ class CompiledStep:
                 return batch  # fast path: nothing to check or move
         elif type(batch) is torch.Tensor and batch.device == self.device:
             return batch
-        for path, x in _tree.leaves_with_path(batch, "batch"):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(
-                    f"{path}: expected a tensor, got {type(x).__name__}. HINT: the loader must "
-                    "yield tensors (or tuples/dicts of tensors); convert other values in the "
-                    "dataset or collate_fn.")
+        _require_tensors(batch, "batch", "the loader must yield tensors (or tuples/dicts of "
+                         "tensors); convert other values in the dataset or collate_fn.")
         pin = self.device.type == "cuda"
         return _tree.map(
             lambda x: _place(x.pin_memory() if pin and x.device.type == "cpu" else x,

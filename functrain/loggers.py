@@ -135,6 +135,15 @@ def _json_value(v: float | int) -> Any:
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
+def _write_hparams(log_path: str, params: Mapping[str, Any]) -> None:
+    """Write ``hparams.json`` beside ``log_path``, atomically (temporary file, then rename)."""
+    target = os.path.join(os.path.dirname(os.path.abspath(log_path)), "hparams.json")
+    tmp = target + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(_hparams_json(params) + "\n")
+    os.replace(tmp, target)
+
+
 def _hparams_json(params: Mapping[str, Any]) -> str:
     return json.dumps(dict(params), indent=2, sort_keys=True, default=str, allow_nan=True)
 
@@ -177,11 +186,7 @@ class JSONLLogger:
             >>> json.load(open(os.path.join(d, "hparams.json")))
             {'layers': [2, 3], 'lr': 0.1}
         """
-        target = os.path.join(os.path.dirname(os.path.abspath(self.path)), "hparams.json")
-        tmp = target + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_hparams_json(params) + "\n")
-        os.replace(tmp, target)
+        _write_hparams(self.path, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Append ``{"step": step, **metrics}`` as one line and flush.
@@ -308,11 +313,7 @@ class CSVLogger:
             >>> os.path.exists(os.path.join(d, "hparams.json"))
             True
         """
-        target = os.path.join(os.path.dirname(os.path.abspath(self.path)), "hparams.json")
-        tmp = target + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_hparams_json(params) + "\n")
-        os.replace(tmp, target)
+        _write_hparams(self.path, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Append one row (rewriting the file first if ``metrics`` has new names) and flush.
