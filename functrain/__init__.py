@@ -13,6 +13,7 @@ Example:
 """
 
 from . import callbacks as callbacks
+from . import checkpoint as checkpoint
 from . import data as data
 from . import loggers as loggers
 from . import metrics as metrics
@@ -43,6 +44,7 @@ __all__ = [
     "__version__",
     "call",
     "callbacks",
+    "checkpoint",
     "compile_step",
     "data",
     "evaluate",

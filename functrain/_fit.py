@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import os
 import signal
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -165,6 +167,9 @@ def fit(
     run_dir: str | os.PathLike[str] | None = None,
     on_recompile: str = "warn",
     summary: bool = True,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
 
@@ -205,6 +210,17 @@ def fit(
         run_dir: where logs go; default ``runs/<date>-<time>`` (only created if logging).
         on_recompile: ``"warn"``, ``"raise"`` or ``"ignore"`` a recompilation after warm-up.
         summary: print the end-of-run summary.
+        checkpoint_every: save a checkpoint every this many steps (asynchronously: the loop
+            waits only for a host copy), at the end of the run, and on SIGTERM/SIGINT, under
+            ``run_dir/checkpoints/step_<step>/`` (see `functrain.checkpoint`). A checkpoint
+            holds the state, the position in the data, the metric window and the callbacks'
+            state, so a resumed run continues exactly where it stopped.
+        keep: how many periodic checkpoints to keep (``None``: all).
+        resume: ``"auto"``: continue from the newest intact checkpoint in
+            ``run_dir/checkpoints`` if there is one (else start fresh); a path: continue
+            from that checkpoint. ``epochs`` and ``max_steps`` then count from the start of
+            the original run. Exact resumption needs a loader whose order is a function of
+            the epoch (`functrain.data.ArrayLoader`, or any loader with ``set_epoch``).
 
     Returns:
         The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
@@ -253,6 +269,12 @@ def fit(
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
                             f"got {type(cb).__name__}.")
+    _check_positive_int(checkpoint_every, "checkpoint_every")
+    _check_positive_int(keep, "keep")
+    if resume == "auto" and run_dir is None:
+        raise ValueError("resume='auto' needs run_dir: it looks for checkpoints in "
+                         "run_dir/checkpoints. HINT: fit(..., run_dir='runs/exp1', "
+                         "resume='auto').")
 
     runner = _runner_for(step_fn, compile=compile, device=device, donate=True,
                          on_recompile=on_recompile, precision=policy)
@@ -265,6 +287,14 @@ def fit(
     elif loggers is False:
         loggers = []
     loggers = list(loggers)
+    if (checkpoint_every or resume) and run_dir is None:
+        run_dir = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    manager = None
+    if checkpoint_every or resume:
+        from .checkpoint import CheckpointManager
+
+        manager = CheckpointManager(os.path.join(str(run_dir), "checkpoints"), keep=keep)
+    state, meta = _resume(state, resume, manager, policy)
     start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
     try:
         steps_per_epoch: int | None = len(loader)  # type: ignore[arg-type]
@@ -275,9 +305,16 @@ def fit(
         total = min(total or math.inf, epochs * steps_per_epoch) if total else (
             epochs * steps_per_epoch)
     bar = ProgressBar(total=None if total is None else int(total), enabled=progress)
-    loop = Loop(state=state, step=start_step, epoch=0,
-                run_dir=None if run_dir is None else str(run_dir), callbacks=tuple(callbacks))
-    best: dict[str, float] = {}
+    loop = Loop(state=state, step=start_step, epoch=meta.get("epoch", 0),
+                run_dir=None if run_dir is None else str(run_dir), callbacks=tuple(callbacks),
+                samples=meta.get("samples", 0))
+    best: dict[str, float] = dict(meta.get("best", {}))
+    if meta:
+        runner.load_metric_window(meta["window"])
+        states = meta.get("callbacks", {})
+        for cb in callbacks:
+            if cb.state_key in states:
+                cb.load_state_dict(states[cb.state_key])
     t_start = time.perf_counter()
 
     def log(values: dict[str, float], step: int) -> None:
@@ -318,17 +355,39 @@ def fit(
                         "precision": str(precision), "start_step": start_step})
     for cb in callbacks:
         cb.on_run_start(loop)
-    end_step = None if max_steps is None else start_step + max_steps
-    window_steps = window_samples = 0
+    end_step = meta.get("end_step") if meta else (
+        None if max_steps is None else start_step + max_steps)
+    window_steps, window_samples = meta.get("window_steps", 0), meta.get("window_samples", 0)
     done = False
+    skip = meta.get("batch_in_epoch", 0)
+    ordered = hasattr(loader, "set_epoch")
+    if skip and not ordered:
+        warnings.warn("resume: the loader has no set_epoch(epoch), so its order cannot be "
+                      f"replayed; skipping the first {skip} batches of the epoch it yields. "
+                      "HINT: use functrain.data.ArrayLoader for an exact resume.", stacklevel=2)
+
+    def save_checkpoint(blocking: bool, epoch_done: bool = False) -> None:
+        assert manager is not None
+        manager.save(loop.step, loop.state, {
+            "epoch": loop.epoch + epoch_done, "batch_in_epoch": 0 if epoch_done else n_batches,
+            "samples": loop.samples,
+            "end_step": end_step, "best": best, "callbacks": loop.callback_states(),
+            "window": runner.metric_window(), "window_steps": window_steps,
+            "window_samples": window_samples}, blocking=blocking)
+
+    n_batches = 0
     with stop:
         try:
-            epoch = 0
+            epoch = loop.epoch
             while not done and (epochs is None or epoch < epochs):
                 loop.epoch = epoch
-                n_batches = 0
-                batches = (prefetch(loader, runner.place_batch)
-                           if runner.device.type == "cuda" else loader)
+                if ordered:
+                    loader.set_epoch(epoch)
+                n_batches, skip = skip, 0
+                batches = iter(prefetch(loader, runner.place_batch)
+                               if runner.device.type == "cuda" else loader)
+                if n_batches:  # resuming mid-epoch: the batches already trained on
+                    next(itertools.islice(batches, n_batches - 1, None), None)
                 for batch in batches:
                     n_batches += 1
                     loop.state, _ = runner(loop.state, batch)
@@ -347,6 +406,9 @@ def fit(
                     if stop.reason or loop.stop_reason:
                         loop.stop_reason = loop.stop_reason or stop.reason
                         done = True
+                    if (checkpoint_every and loop.step % checkpoint_every == 0
+                            and not done):
+                        save_checkpoint(blocking=False)
                     if done:
                         break
                 if n_batches == 0:
@@ -365,6 +427,8 @@ def fit(
             if (evaluator is not None and not loop.stop_reason
                     and evaluated_at[0] != loop.step):
                 run_eval()
+            if checkpoint_every:  # the end of the run, or a stop (SIGTERM, a callback)
+                save_checkpoint(blocking=True, epoch_done=not done)
         except KeyboardInterrupt:
             loop.stop_reason = "interrupted (KeyboardInterrupt)"
         except BaseException as e:
@@ -373,6 +437,8 @@ def fit(
         finally:
             if is_donated(loop.state):  # interrupted between donation and hand-back
                 loop.state = runner._checked_state
+            if manager is not None:
+                manager.wait()
             for cb in callbacks:
                 cb.on_run_end(loop)
             for lg in loggers:
@@ -392,6 +458,20 @@ def fit(
             report["compiles"] = runner.compiles
         print(format_summary(report))
     return loop.state
+
+
+def _resume(state: Any, resume: Any, manager: Any, policy: Policy) -> tuple[Any, dict]:
+    """Restore ``state`` and the loop's meta from the checkpoint ``resume`` names."""
+    if not resume:
+        return state, {}
+    from . import checkpoint
+
+    path = manager.latest() if resume == "auto" else resume
+    if path is None:
+        return state, {}
+    # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
+    like = policy.prepare_state(state)
+    return checkpoint.restore(path, like=like), checkpoint.load_meta(path)
 
 
 def _higher_is_better(name: str) -> bool:

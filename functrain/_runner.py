@@ -146,6 +146,7 @@ class CompiledStep:
         self.recompiles: list[tuple[int, str]] = []
         self.calls = 0
         self._acc: Any = None
+        self._pending_window: list[torch.Tensor] = []
         self._checked_state: Any = None
         self._signatures: list[tuple[Any, ...]] = []
         self._first_batch_len: int | None = None
@@ -228,6 +229,9 @@ class CompiledStep:
             self._acc = _tree.map(
                 lambda x: torch.zeros(x.shape, dtype=x.dtype, device=self.device),
                 _metrics.empty_like(fake_metrics))
+            if self._pending_window:
+                self.load_metric_window(self._pending_window)
+                self._pending_window = []
         remember_nodes(state)
         remember_nodes(self._acc)
         if self.backend == "cudagraphs":
@@ -324,6 +328,18 @@ class CompiledStep:
         if reset:
             self.reset_metrics()
         return out
+
+    def metric_window(self) -> list[torch.Tensor]:
+        """The metric window's tensors (copies), e.g. to save in a checkpoint."""
+        return [] if self._acc is None else [x.clone() for x in _tree.leaves(self._acc)]
+
+    def load_metric_window(self, tensors: list[torch.Tensor]) -> None:
+        """Set the metric window from `metric_window`'s output (now, or at the first call)."""
+        if self._acc is None:
+            self._pending_window = list(tensors)
+            return
+        for x, v in zip(_tree.leaves(self._acc), tensors):
+            x.copy_(v)
 
     def reset_metrics(self) -> None:
         """Empty the metric window (in place, no host sync)."""
