@@ -7,7 +7,6 @@ any use of its fields raises `DonatedStateError` instead of silently showing upd
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
@@ -64,15 +63,6 @@ def is_donated(state: Any) -> bool:
 def check_not_donated(state: Any, name: str = "state") -> None:
     if isinstance(state, _DonatedMixin):
         raise DonatedStateError(f"{name}: {_MESSAGE}")
-
-
-def donate(old: Any) -> Any:
-    """Return a fresh object over ``old``'s tensors and poison ``old`` (TrainState only)."""
-    if not isinstance(old, TrainState):
-        return old
-    new = copy.copy(old)
-    poison(old)
-    return new
 
 
 def poison(old: Any) -> None:

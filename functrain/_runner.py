@@ -20,6 +20,7 @@ callable with the same signature that
 
 from __future__ import annotations
 
+import copy
 import types
 import warnings
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import torch
 
 from . import metrics as _metrics
 from . import tree as _tree
-from ._donation import check_not_donated, donate, poison, remember_nodes, write_back
+from ._donation import check_not_donated, poison, remember_nodes, write_back
 
 __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 
@@ -38,7 +39,13 @@ BACKENDS = ("eager", "inductor", "cudagraphs", "xla")
 
 
 class RecompileError(RuntimeError):
-    """The compiled step recompiled after warm-up while ``on_recompile="raise"``."""
+    """The compiled step recompiled after warm-up while ``on_recompile="raise"``.
+
+    Example:
+        >>> import functrain as ft
+        >>> issubclass(ft.RecompileError, RuntimeError)
+        True
+    """
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -110,6 +117,14 @@ class CompiledStep:
         device: where state and batches live.
         compiles: how many graphs have been compiled so far.
         recompiles: list of ``(call_index, reason)`` for each compile after the first.
+
+    Example:
+        >>> import torch, functrain as ft
+        >>> run = ft.CompiledStep(lambda state, batch: (state, {"n": batch.sum()}),
+        ...                       compile="eager", donate=False)
+        >>> _ = run({"w": torch.zeros(2)}, torch.ones(3))
+        >>> run.read_metrics()
+        {'n': 3.0}
     """
 
     def __init__(
@@ -148,6 +163,7 @@ class CompiledStep:
         self._acc: Any = None
         self._pending_window: list[torch.Tensor] = []
         self._checked_state: Any = None
+        self._carrier: Any = None
         self._signatures: list[tuple[Any, ...]] = []
         self._first_batch_len: int | None = None
         self._fn = self._build()
@@ -290,26 +306,33 @@ class CompiledStep:
     def __call__(self, state: Any, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         """Run one step: ``(state, batch) -> (new_state, metrics)``; ``state`` is donated."""
         check_not_donated(state)
-        given = state
         batch = self._batch(batch)
-        if state is not self._checked_state:  # not the state we returned last: check it
-            state = self._prepare(state, batch)
+        if state is self._checked_state and self._carrier is not None:
+            run_state = self._carrier  # fast path: the object the graph was last called with
+        else:  # a state we did not return last: check, cast and place it
+            run_state = self._prepare(state, batch)
         if self._first_batch_len is None:
             self._first_batch_len = _leading(batch)
             self._signatures.append(_batch_signature(batch))
         before = self.compiles
         self.calls += 1
-        new_state, step_metrics, new_acc = self._fn(state, batch, self._acc)
+        new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
         if self.compiles > before and before > 0:
             self._report_recompile(batch)
         if self.backend == "eager":
             self._acc = new_acc
-            if self.donate and new_state is not state:
-                poison(state)  # same contract as the compiled backends
-        elif self.donate:
-            new_state = donate(state)
-        if self.donate and given is not state:
-            poison(given)  # the caller's object, when _prepare made a placed copy of it
+        if self.backend != "eager" and self.donate:
+            # The graph wrote the new values into run_state's tensors. Dynamo checks its
+            # guards faster on an object it has seen, so the runner keeps passing that same
+            # object (the carrier) and hands the caller a fresh one over the same tensors.
+            self._carrier = run_state
+            new_state = copy.copy(run_state)
+        else:
+            self._carrier = new_state
+        if self.donate:
+            for old in (state, run_state):
+                if old is not new_state and old is not self._carrier:
+                    poison(old)  # same contract on every backend: the input is consumed
         self._checked_state = new_state
         return new_state, step_metrics
 
