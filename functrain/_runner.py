@@ -391,8 +391,11 @@ def prefetch(loader: Any, place: Callable[[Any], Any]) -> Any:
 
 
 def _leading(batch: Any) -> int | None:
+    """The batch size: the first dimension of the batch's first tensor with one."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else None
+    if type(batch) is tuple and batch and type(batch[0]) is torch.Tensor and batch[0].dim():
+        return batch[0].shape[0]  # the common (x, y) batch, without flattening
     for x in _tree.leaves(batch):
         if isinstance(x, torch.Tensor) and x.dim():
             return x.shape[0]
