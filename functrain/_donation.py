@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ._state import TrainState, _fields
-from .tree import _DATA_FIELDS
+from .tree import data_fields, register_fields
 
 __all__ = ["DonatedStateError"]
 
@@ -38,7 +38,7 @@ class _DonatedMixin:
     """Mixed into the class of a donated state: reading any of its fields raises."""
 
     def __getattribute__(self, name: str) -> Any:
-        if name in type(self)._ft_data_fields:
+        if name in type(self)._ft_donated_fields:
             raise DonatedStateError(f"state.{name}: {_MESSAGE}")
         return object.__getattribute__(self, name)
 
@@ -52,7 +52,7 @@ _DONATED_TYPES: dict[type, type] = {}
 def _donated_type(cls: type) -> type:
     if cls not in _DONATED_TYPES:
         _DONATED_TYPES[cls] = type(f"Donated{cls.__name__}", (_DonatedMixin, cls),
-                                   {"_ft_data_fields": frozenset(_fields(cls)[0])})
+                                   {"_ft_donated_fields": frozenset(_fields(cls)[0])})
     return _DONATED_TYPES[cls]
 
 
@@ -103,8 +103,8 @@ def _pairs(o: Any, n: Any, out: list[tuple[torch.Tensor, torch.Tensor]]) -> None
     elif isinstance(o, TrainState):
         for name in _fields(type(o))[0]:
             _pairs(getattr(o, name), getattr(n, name), out)
-    elif type(o) in _DATA_FIELDS:
-        for name in _DATA_FIELDS[type(o)]:
+    elif data_fields(o) is not None:
+        for name in data_fields(o):
             _pairs(getattr(o, name), getattr(n, name), out)
     elif o is not None:
         raise TypeError(
@@ -129,6 +129,6 @@ def remember_nodes(tree: Any) -> None:
     elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
         names = (_fields(type(tree))[0] if isinstance(tree, TrainState)
                  else tuple(f.name for f in dataclasses.fields(tree)))
-        _DATA_FIELDS[type(tree)] = tuple(names)
+        register_fields(type(tree), names)
         for name in names:
             remember_nodes(getattr(tree, name))

@@ -17,7 +17,7 @@ import optree
 import torch
 
 from . import tree as _tree
-from .tree import _DATA_FIELDS, NAMESPACE
+from .tree import NAMESPACE, register_fields
 
 __all__ = ["DynamicLossScale", "NoOpLossScale", "all_finite"]
 
@@ -303,5 +303,5 @@ optree.register_pytree_node(
 )
 # The data fields of these nodes, for the walks that run while tracing (`functrain.tree.leaves`,
 # the runner's write-back of a donated state); set here because they are not dataclasses.
-_DATA_FIELDS[DynamicLossScale] = _LEAVES
-_DATA_FIELDS[NoOpLossScale] = ()
+register_fields(DynamicLossScale, _LEAVES)
+register_fields(NoOpLossScale, ())

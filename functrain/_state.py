@@ -209,20 +209,18 @@ def _check_opt_state(state: TrainState) -> None:
             "tx.init(params) for these params?") from None
 
 
-_FIELDS: dict[type, tuple[list[str], list[str]]] = {}
-
-
 def _fields(c: type) -> tuple[list[str], list[str]]:
-    """(data fields, static fields) of a TrainState class, cached: dynamo cannot trace
-    ``dataclasses.fields``, but it traces this dict lookup."""
-    try:
-        return _FIELDS[c]
-    except KeyError:
+    """(data fields, static fields) of a TrainState class. Kept on the class itself: dynamo
+    cannot trace ``dataclasses.fields``, but it reads a class attribute (filled by
+    ``__post_init__`` while not tracing)."""
+    entry = getattr(c, "_ft_all_fields", None)
+    if entry is None or entry[0] is not c:
         fs = dataclasses.fields(c)
-        _FIELDS[c] = ([f.name for f in fs if not f.metadata.get("static")],
-                      [f.name for f in fs if f.metadata.get("static")])
-        _tree._DATA_FIELDS[c] = tuple(_FIELDS[c][0])
-        return _FIELDS[c]
+        entry = (c, [f.name for f in fs if not f.metadata.get("static")],
+                 [f.name for f in fs if f.metadata.get("static")])
+        type.__setattr__(c, "_ft_all_fields", entry)
+        _tree.register_fields(c, entry[1])
+    return entry[1], entry[2]
 
 
 def _register(cls: type) -> None:

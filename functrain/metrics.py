@@ -39,7 +39,7 @@ import optree
 import torch
 
 from . import tree as _tree
-from .tree import _DATA_FIELDS, NAMESPACE, TreeMismatchError
+from .tree import NAMESPACE, TreeMismatchError, data_fields, register_fields
 
 __all__ = [
     "Accuracy",
@@ -60,9 +60,10 @@ M = TypeVar("M", bound="Metric")
 
 
 def _flatten(m: Metric) -> tuple[tuple[Any, ...], None, tuple[str, ...]]:
-    names = _DATA_FIELDS.get(type(m))
+    names = data_fields(m)
     if names is None:  # first flatten, outside of tracing: dynamo cannot trace fields()
-        names = _DATA_FIELDS[type(m)] = tuple(f.name for f in dataclasses.fields(m))
+        names = tuple(f.name for f in dataclasses.fields(m))
+        register_fields(type(m), names)
     return tuple(getattr(m, n) for n in names), None, names
 
 

@@ -78,9 +78,22 @@ def leaves(tree: Any) -> list[Any]:
     return optree.tree_leaves(tree, namespace=NAMESPACE)
 
 
-# Data field names of functrain's dataclass pytree nodes (TrainState classes, metrics), filled
-# outside of tracing: dynamo cannot trace ``dataclasses.fields``.
-_DATA_FIELDS: dict[type, tuple[str, ...]] = {}
+def register_fields(cls: type, names: Any) -> None:
+    """Record the data field names of a dataclass pytree node class (outside of tracing).
+
+    Dynamo cannot trace ``dataclasses.fields``; code that walks trees inside a compiled step
+    reads the names recorded here instead. They live on the class itself (a global registry
+    would be a guarded global, and registering a new class would recompile every step).
+    """
+    type.__setattr__(cls, "_ft_data_fields", (cls, tuple(names)))
+
+
+def data_fields(obj: Any) -> tuple[str, ...] | None:
+    """The names `register_fields` recorded for ``type(obj)`` (not a base class), or None."""
+    entry = getattr(type(obj), "_ft_data_fields", None)
+    if entry is not None and entry[0] is type(obj):
+        return entry[1]
+    return None
 
 
 def _traced_leaves(x: Any, out: list[Any]) -> None:
@@ -98,8 +111,8 @@ def _traced_leaves(x: Any, out: list[Any]) -> None:
     elif type(x) in (list, tuple) or (isinstance(x, tuple) and hasattr(x, "_fields")):
         for v in x:
             _traced_leaves(v, out)
-    elif type(x) in _DATA_FIELDS:
-        for name in _DATA_FIELDS[type(x)]:
+    elif data_fields(x) is not None:
+        for name in data_fields(x):
             _traced_leaves(getattr(x, name), out)
     else:
         optree.tree_map(out.append, x, namespace=NAMESPACE)

@@ -212,3 +212,28 @@ def test_bad_arguments():
         ft.compile_step(lambda s, b: (s, {}), on_recompile="maybe")
     with pytest.raises(ValueError, match="cudagraphs.*needs a CUDA device"):
         ft.compile_step(lambda s, b: (s, {}), compile="cudagraphs", device="cpu")
+
+
+def test_registering_new_pytree_classes_later_does_not_recompile():
+    """Field names of tree nodes live on their classes, not in a guarded global registry."""
+    import dataclasses
+
+    model = _model()
+    run = ft.compile_step(_step(model), compile="inductor", on_recompile="raise")
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+    data = _data(4)
+    state, _ = run(state, data[0])
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Max(ft.metrics.Metric):  # a new node type, flattened after the first compile
+        value: torch.Tensor
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Other(ft.TrainState):
+        extra_field: dict = dataclasses.field(default_factory=dict)
+
+    ft.tree.leaves(Max(torch.ones(())))
+    ft.tree.leaves(Other.create(model, ft.optim.sgd(0.1)))
+    for b in data[1:]:
+        state, _ = run(state, b)
+    assert run.compiles == 1 and int(state.step) == 4
