@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent("""
     import functrain as ft
 
     run_dir, compile, kill_at = sys.argv[1], sys.argv[2], int(os.environ.get("KILL_AT", 0))
+    term_at = int(os.environ.get("TERM_AT", 0))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
                           nn.Linear(16, 3))
@@ -44,6 +45,8 @@ SCRIPT = textwrap.dedent("""
         def on_log(self, loop, metrics):
             if loop.step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if loop.step == term_at:
+                os.kill(os.getpid(), signal.SIGTERM)
 
     state = ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=3)
     loader = ft.data.ArrayLoader((x, y), 8, shuffle=True, seed=5)
@@ -53,8 +56,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(script, run_dir, compile, kill_at=0):
-    env = {**os.environ, "PYTHONPATH": ROOT, "KILL_AT": str(kill_at)}
+def _run(script, run_dir, compile, kill_at=0, term_at=0):
+    env = {**os.environ, "PYTHONPATH": ROOT, "KILL_AT": str(kill_at), "TERM_AT": str(term_at)}
     return subprocess.run([sys.executable, str(script), str(run_dir), compile], env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -100,3 +103,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, compile):
     # every 3 steps, plus the partial windows flushed at the end of each 8-batch epoch
     assert sorted(losses_a) == sorted(set(range(3, 37, 3)) | {8, 16, 24, 32})
     assert losses_a == losses_b  # every logged loss, exactly
+
+
+def test_sigterm_saves_at_the_step_boundary_and_exits_cleanly(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    out = _run(script, tmp_path / "run", "eager", term_at=12)
+    assert out.returncode == 0, out.stderr[-3000:]  # a clean exit, not a kill
+    mgr = ft.checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints")
+    assert mgr.latest().name == "step_000000012"  # saved at the boundary after the signal
+    meta = ft.checkpoint.load_meta(mgr.latest())
+    assert meta["epoch"] == 1 and meta["batch_in_epoch"] == 4  # mid-epoch position recorded
