@@ -157,6 +157,7 @@ def fit(
     eval_fn: Callable[[Any, Any], Any] | None = None,
     eval_loader: Iterable[Any] | None = None,
     eval_every: int | None = None,
+    eval_every_epochs: int = 1,
     device: str | torch.device = "auto",
     precision: Any = "32",
     compile: str | bool = "auto",
@@ -170,6 +171,7 @@ def fit(
     checkpoint_every: int | None = None,
     keep: int | None = 3,
     resume: str | os.PathLike[str] | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> Any:
     """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
 
@@ -191,8 +193,10 @@ def fit(
             mid-epoch. At least one of ``epochs`` and ``max_steps`` is required.
         eval_fn: ``eval_fn(state, batch) -> metrics``, run over ``eval_loader``.
         eval_loader: the evaluation batches; required with ``eval_fn``.
-        eval_every: evaluate every this many steps; ``None``: at the end of every epoch.
-            Training always ends with an evaluation when ``eval_fn`` is given.
+        eval_every: evaluate every this many steps; ``None``: every ``eval_every_epochs``
+            epochs. Training always ends with an evaluation when ``eval_fn`` is given.
+        eval_every_epochs: with ``eval_every=None``, evaluate at the end of every this many
+            epochs (Lightning's ``check_val_every_n_epoch``).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
         precision: ``"32"``, ``"bf16-mixed"`` (float32 params, bfloat16 compute under
             autocast), ``"16-mixed"`` (float16 compute with dynamic loss scaling: write the
@@ -221,6 +225,8 @@ def fit(
             from that checkpoint. ``epochs`` and ``max_steps`` then count from the start of
             the original run. Exact resumption needs a loader whose order is a function of
             the epoch (`functrain.data.ArrayLoader`, or any loader with ``set_epoch``).
+        hparams: the run's hyperparameters, recorded by every logger at the start (with
+            fit's own settings).
 
     Returns:
         The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
@@ -257,6 +263,9 @@ def fit(
     _check_positive_int(max_steps, "max_steps")
     _check_positive_int(log_every, "log_every", allow_none=False)
     _check_positive_int(eval_every, "eval_every")
+    _check_positive_int(eval_every_epochs, "eval_every_epochs", allow_none=False)
+    if hparams is not None and not isinstance(hparams, dict):
+        raise TypeError(f"hparams: expected a dict, got {type(hparams).__name__}.")
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
     _check_loader(loader, "loader")
     if (eval_fn is None) != (eval_loader is None):
@@ -350,9 +359,10 @@ def fit(
 
     stop = _StopSignal()
     for lg in loggers:
-        lg.log_hparams({"epochs": epochs, "max_steps": max_steps, "log_every": log_every,
-                        "compile": runner.backend, "device": str(runner.device),
-                        "precision": str(precision), "start_step": start_step})
+        lg.log_hparams({**(hparams or {}), "epochs": epochs, "max_steps": max_steps,
+                        "log_every": log_every, "compile": runner.backend,
+                        "device": str(runner.device), "precision": str(precision),
+                        "start_step": start_step})
     for cb in callbacks:
         cb.on_run_start(loop)
     end_step = meta.get("end_step") if meta else (
@@ -375,7 +385,7 @@ def fit(
             "window": runner.metric_window(), "window_steps": window_steps,
             "window_samples": window_samples}, blocking=blocking)
 
-    n_batches = 0
+    n_batches, epoch_finished = 0, False
     with stop:
         try:
             epoch = loop.epoch
@@ -384,6 +394,7 @@ def fit(
                 if ordered:
                     loader.set_epoch(epoch)
                 n_batches, skip = skip, 0
+                completed = epoch_finished = False
                 batches = iter(prefetch(loader, runner.place_batch)
                                if runner.device.type == "cuda" else loader)
                 if n_batches:  # resuming mid-epoch: the batches already trained on
@@ -411,6 +422,8 @@ def fit(
                         save_checkpoint(blocking=False)
                     if done:
                         break
+                else:
+                    completed = True  # every batch of the epoch ran
                 if n_batches == 0:
                     raise ValueError(f"loader yielded no batches in epoch {epoch}. HINT: an "
                                      "iterator is exhausted after one pass; pass a re-iterable "
@@ -419,8 +432,10 @@ def fit(
                     flush_train(window_steps, window_samples)
                     window_steps = window_samples = 0
                 epoch += 1
-                if evaluator is not None and eval_every is None and not done:
+                if (evaluator is not None and eval_every is None and not done
+                        and epoch % eval_every_epochs == 0):
                     run_eval()
+                epoch_finished = completed  # its end-of-epoch work is done too
                 if stop.reason or loop.stop_reason:  # a stop asked at the epoch's end
                     loop.stop_reason = loop.stop_reason or stop.reason
                     done = True
@@ -428,7 +443,7 @@ def fit(
                     and evaluated_at[0] != loop.step):
                 run_eval()
             if checkpoint_every:  # the end of the run, or a stop (SIGTERM, a callback)
-                save_checkpoint(blocking=True, epoch_done=not done)
+                save_checkpoint(blocking=True, epoch_done=epoch_finished)
         except KeyboardInterrupt:
             loop.stop_reason = "interrupted (KeyboardInterrupt)"
         except BaseException as e:

@@ -209,7 +209,8 @@ class CompiledStep:
         """Run the step on fake tensors: validates its outputs and returns its metrics."""
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        mode = FakeTensorMode(allow_non_fake_inputs=False)
+        # Real tensors the step closes over (class weights, masks) are allowed in.
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
 
         def fake(x: Any) -> Any:
             return mode.from_tensor(x) if isinstance(x, torch.Tensor) else x

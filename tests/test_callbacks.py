@@ -597,3 +597,64 @@ def test_callbacks_add_no_host_sync(tmp_path, events):
     # LearningRateMonitor reads the state: one batched read per log window, never per step
     with_monitor = _count_fit(tmp_path, [LearningRateMonitor()])
     assert with_monitor == {**baseline, "tolist": baseline["tolist"] + 4}
+
+
+def _scripted_run(run_dir, stop_at=None, resume=None):
+    """A fit whose validation loss follows a script: 5, 4, 4.5, 3, 3.5, 3.8, 3.9, 4, ..."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    script = torch.tensor([5.0, 4.0, 4.5, 3.0, 3.5, 3.8, 3.9, 4.0, 4.1, 4.2, 4.3, 4.4])
+
+    def step(state, batch):
+        extras = dict(state.extras, evals=state.extras["evals"])
+        return state.replace(step=state.step + 1, extras=extras), {"x": batch.sum()}
+
+    def eval_fn(state, batch):
+        i = (state.step // 4 - 1).reshape(1)  # the evaluation's index, as a tensor
+        return {"loss": script[i].squeeze() + 0 * batch.sum()}
+
+    class StopAt(ft.Callback):
+        def on_eval(self, loop, metrics):
+            if loop.step == stop_at:
+                loop.request_stop("pre-empted")
+
+    early = EarlyStopping("val/loss", patience=4)
+    best = ModelCheckpoint("val/loss", save_top_k=2)
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1), evals=torch.zeros(()))
+    ft.fit(step, state, [torch.ones(2)] * 4, epochs=12, eval_fn=eval_fn,
+           eval_loader=[torch.ones(1)], compile="eager", run_dir=run_dir, checkpoint_every=4,
+           resume=resume, callbacks=[early, best, StopAt()], progress=False, summary=False)
+    return early, best
+
+
+def test_resumed_fit_continues_patience_and_best_k(tmp_path):
+    straight_es, straight_mc = _scripted_run(str(tmp_path / "a"))
+    assert straight_es.stopped_step == 32  # best 3.0 at step 16, then 4 evaluations worse
+    _scripted_run(str(tmp_path / "b"), stop_at=24)  # pre-empted after 2 worse evaluations
+    es, mc = _scripted_run(str(tmp_path / "b"), resume="auto")  # fresh callback objects
+    assert es.state_dict() == straight_es.state_dict()
+    assert [(s, step) for s, step, _ in mc.best_k] == [(s, step) for s, step, _ in
+                                                       straight_mc.best_k] == [(3.0, 16),
+                                                                               (3.5, 20)]
+    assert json.load(open(tmp_path / "b" / "hparams.json"))["start_step"] == 24
+
+
+def test_eval_every_epochs_and_hparams(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    evals = []
+
+    class Count(ft.Callback):
+        def on_eval(self, loop, metrics):
+            evals.append(loop.step)
+
+    def step(state, batch):
+        return state.replace(step=state.step + 1), {"x": batch.sum()}
+
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+    ft.fit(step, state, [torch.ones(2)] * 3, epochs=7, eval_fn=lambda s, b: {"y": b.sum()},
+           eval_loader=[torch.ones(1)], eval_every_epochs=3, compile="eager",
+           run_dir=tmp_path, hparams={"lr": 0.1, "width": 64}, callbacks=[Count()],
+           progress=False, summary=False)
+    assert evals == [9, 18, 21]  # after epochs 3 and 6, and at the end of training
+    assert json.load(open(tmp_path / "hparams.json"))["width"] == 64
