@@ -172,6 +172,7 @@ def fit(
     keep: int | None = 3,
     resume: str | os.PathLike[str] | None = None,
     hparams: dict[str, Any] | None = None,
+    accumulate: int = 1,
 ) -> Any:
     """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
 
@@ -227,6 +228,14 @@ def fit(
             the epoch (`functrain.data.ArrayLoader`, or any loader with ``set_epoch``).
         hparams: the run's hyperparameters, recorded by every logger at the start (with
             fit's own settings).
+        accumulate: apply the optimizer once every this many steps, to the mean of their
+            gradients (`functrain.optim.MultiSteps` around ``state.tx``, so the step itself
+            is unchanged; with mean losses this equals one step on the concatenated batches).
+            ``state.step``, ``max_steps`` and ``log_every`` count batches. Windows run on
+            across epoch boundaries, so every update averages exactly ``accumulate`` batches;
+            gradients of a last, incomplete window at the end of training are not applied.
+            (Lightning instead steps on the partial window at an epoch's end.) The returned
+            state has the original optimizer back.
 
     Returns:
         The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
@@ -264,6 +273,7 @@ def fit(
     _check_positive_int(log_every, "log_every", allow_none=False)
     _check_positive_int(eval_every, "eval_every")
     _check_positive_int(eval_every_epochs, "eval_every_epochs", allow_none=False)
+    _check_positive_int(accumulate, "accumulate", allow_none=False)
     if hparams is not None and not isinstance(hparams, dict):
         raise TypeError(f"hparams: expected a dict, got {type(hparams).__name__}.")
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
@@ -303,6 +313,9 @@ def fit(
         from .checkpoint import CheckpointManager
 
         manager = CheckpointManager(os.path.join(str(run_dir), "checkpoints"), keep=keep)
+    tx = getattr(state, "tx", None)
+    if accumulate > 1:
+        state = _accumulating(state, accumulate)
     state, meta = _resume(state, resume, manager, policy)
     start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
     try:
@@ -472,7 +485,21 @@ def fit(
         if runner.compiles:
             report["compiles"] = runner.compiles
         print(format_summary(report))
+    if accumulate > 1:  # hand back the optimizer the caller gave (the partial window goes)
+        loop.state = loop.state.replace(tx=tx, opt_state=loop.state.opt_state.inner_opt_state)
     return loop.state
+
+
+def _accumulating(state: Any, every: int) -> Any:
+    """``state`` with its optimizer wrapped in `optim.MultiSteps` (same inner state)."""
+    from .optim import MultiSteps
+
+    if getattr(state, "tx", None) is None:
+        raise ValueError("accumulate needs a TrainState with an optimizer (state.tx). "
+                         "HINT: build it with TrainState.create(module, optimizer).")
+    multi = MultiSteps(state.tx, every)
+    fresh = multi.init(state.params)
+    return state.replace(tx=multi, opt_state=fresh._replace(inner_opt_state=state.opt_state))
 
 
 def _resume(state: Any, resume: Any, manager: Any, policy: Policy) -> tuple[Any, dict]:

@@ -213,3 +213,22 @@ def test_fit_mixed_precision_trains_compiled(precision):
     if precision == "16-mixed":
         scale = mp.get_loss_scale(state)
         assert float(scale.loss_scale) == 2.0 ** 16 and int(scale.skipped_steps) == 0
+
+
+def test_accumulate_equals_one_step_on_the_concatenated_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    micro = _data(12, batch=8)  # 12 micro-batches -> 3 updates of 4
+    whole = [tuple(torch.cat(parts) for parts in zip(*micro[i:i + 4]))
+             for i in range(0, 12, 4)]  # the same examples, 4 micro-batches per batch
+    tx = ft.optim.adam(1e-2)
+    ref = ft.fit(_step(model), ft.TrainState.create(model, tx), whole, epochs=1,
+                 compile="eager", **QUIET)
+    acc = ft.fit(_step(model), ft.TrainState.create(model, tx), micro, epochs=1,
+                 compile="inductor", accumulate=4, **QUIET)
+    assert int(acc.step) == 12 and int(ref.step) == 3
+    assert acc.tx is tx  # the caller's optimizer comes back
+    for k in ref.params:
+        torch.testing.assert_close(acc.params[k], ref.params[k], rtol=1e-5, atol=1e-6, msg=k)
+    ft.tree.assert_trees_match(ref.opt_state, acc.opt_state, "opt_state")
+    torch.testing.assert_close(acc.opt_state[0].count, ref.opt_state[0].count)
