@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from . import loggers as _loggers
+from . import optim as _optim
 from ._callbacks import Callback, Loop
 from ._donation import is_donated
 from ._progress import ProgressBar, format_summary
-from ._runner import CompiledStep, _leading, prefetch
+from ._runner import NONFINITE, CompiledStep, _leading, prefetch
 from .precision import Policy
 
 __all__ = ["evaluate", "fit"]
@@ -62,9 +63,10 @@ _RUNNERS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledStep]] = 
 
 
 def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bool,
-                on_recompile: str, precision: Any = "32",
+                on_recompile: str, precision: Any = "32", check_finite: bool = False,
                 wrap: Callable[..., Any] | None = None) -> CompiledStep:
-    key = (str(compile), str(device), donate, on_recompile, str(precision), wrap is not None)
+    key = (str(compile), str(device), donate, on_recompile, str(precision), check_finite,
+           wrap is not None)
     try:
         per_fn = _RUNNERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no reuse
@@ -73,7 +75,8 @@ def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bo
     if runner is None:
         runner = CompiledStep(wrap(fn) if wrap else fn, compile=compile, device=device,
                               donate=donate, on_recompile=on_recompile, return_metrics=False,
-                              precision=precision, _train=wrap is None)
+                              precision=precision, check_finite=check_finite,
+                              _train=wrap is None)
         per_fn[key] = runner
     runner.reset_metrics()
     return runner
@@ -173,6 +176,7 @@ def fit(
     resume: str | os.PathLike[str] | None = None,
     hparams: dict[str, Any] | None = None,
     accumulate: int = 1,
+    on_nonfinite: str | None = None,
 ) -> Any:
     """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
 
@@ -236,6 +240,14 @@ def fit(
             gradients of a last, incomplete window at the end of training are not applied.
             (Lightning instead steps on the partial window at an epoch's end.) The returned
             state has the original optimizer back.
+        on_nonfinite: ``None`` (no check), ``"skip"``, ``"stop"`` or ``"raise"``. With a
+            check, every step tests its metrics and the new params for inf/NaN on the device
+            and records the first bad step in the metric window, read with it (no extra host
+            sync). ``"skip"`` also wraps the optimizer in `functrain.optim.apply_if_finite`, so
+            a step with non-finite gradients leaves params and optimizer state unchanged (a
+            warning reports it); ``"stop"`` ends training at the next log window;
+            ``"raise"`` raises ``FloatingPointError`` naming the step and the first
+            non-finite metric or param leaf. Checkpoints already written are kept.
 
     Returns:
         The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
@@ -274,6 +286,9 @@ def fit(
     _check_positive_int(eval_every, "eval_every")
     _check_positive_int(eval_every_epochs, "eval_every_epochs", allow_none=False)
     _check_positive_int(accumulate, "accumulate", allow_none=False)
+    if on_nonfinite not in (None, "skip", "stop", "raise"):
+        raise ValueError("on_nonfinite: expected None, 'skip', 'stop' or 'raise', "
+                         f"got {on_nonfinite!r}.")
     if hparams is not None and not isinstance(hparams, dict):
         raise TypeError(f"hparams: expected a dict, got {type(hparams).__name__}.")
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
@@ -296,7 +311,8 @@ def fit(
                          "resume='auto').")
 
     runner = _runner_for(step_fn, compile=compile, device=device, donate=True,
-                         on_recompile=on_recompile, precision=policy)
+                         on_recompile=on_recompile, precision=policy,
+                         check_finite=on_nonfinite is not None)
     evaluator = (_Evaluator(eval_fn, compile, device, on_recompile, policy)
                  if eval_fn is not None else None)
     if loggers is None or loggers is True:
@@ -314,8 +330,10 @@ def fit(
 
         manager = CheckpointManager(os.path.join(str(run_dir), "checkpoints"), keep=keep)
     tx = getattr(state, "tx", None)
+    if on_nonfinite == "skip":
+        state = _wrap_tx(state, lambda inner: _optim.apply_if_finite(inner, 2**31 - 1))
     if accumulate > 1:
-        state = _accumulating(state, accumulate)
+        state = _wrap_tx(state, lambda inner: _optim.MultiSteps(inner, accumulate))
     state, meta = _resume(state, resume, manager, policy)
     start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
     try:
@@ -362,13 +380,36 @@ def fit(
             cb.on_eval(loop, values)
 
     def flush_train(window_steps: int, window_samples: int) -> None:
-        values = {f"train/{k}": v for k, v in runner.read_metrics().items()}
+        values = runner.read_metrics()
+        bad_step = int(values.pop(NONFINITE, 0) or 0)
+        values = {f"train/{k}": v for k, v in values.items()}
+        if bad_step:
+            nonfinite(bad_step, values)
         if values:
             log(values, loop.step)
         bar.update(window_steps, {k.removeprefix("train/"): v for k, v in values.items()},
                    samples=window_samples, epoch=loop.epoch)
         for cb in callbacks:
             cb.on_log(loop, values)
+
+    def nonfinite(bad_step: int, values: dict[str, float]) -> None:
+        what = next((f"metric {k} = {v}" for k, v in values.items() if not math.isfinite(v)),
+                    None)
+        if what is None:
+            from . import tree as _tree
+
+            what = next((f"{p} holds inf/NaN" for p, x in _tree.leaves_with_path(
+                getattr(loop.state, "params", {}), "state.params")
+                if not bool(torch.isfinite(x).all())), "a non-finite value")
+        msg = f"non-finite values at step {bad_step}: {what}"
+        if on_nonfinite == "raise":
+            raise FloatingPointError(msg + ". HINT: lower the learning rate, clip gradients, "
+                                     "or pass on_nonfinite='skip' to skip such steps.")
+        if on_nonfinite == "stop":
+            loop.request_stop(msg)
+        else:
+            warnings.warn(f"functrain: skipped the update of a step with {msg} (and any later "
+                          "ones in this log window).", stacklevel=3)
 
     stop = _StopSignal()
     for lg in loggers:
@@ -485,21 +526,25 @@ def fit(
         if runner.compiles:
             report["compiles"] = runner.compiles
         print(format_summary(report))
-    if accumulate > 1:  # hand back the optimizer the caller gave (the partial window goes)
-        loop.state = loop.state.replace(tx=tx, opt_state=loop.state.opt_state.inner_opt_state)
+    opt_state = getattr(loop.state, "opt_state", None)
+    for _ in range((accumulate > 1) + (on_nonfinite == "skip")):
+        opt_state = opt_state.inner_state if hasattr(opt_state, "inner_state") else (
+            opt_state.inner_opt_state)
+    if opt_state is not getattr(loop.state, "opt_state", None):
+        # hand back the optimizer the caller gave (a partial accumulation window goes)
+        loop.state = loop.state.replace(tx=tx, opt_state=opt_state)
     return loop.state
 
 
-def _accumulating(state: Any, every: int) -> Any:
-    """``state`` with its optimizer wrapped in `optim.MultiSteps` (same inner state)."""
-    from .optim import MultiSteps
-
+def _wrap_tx(state: Any, wrap: Callable[[Any], Any]) -> Any:
+    """``state`` with its optimizer wrapped (MultiSteps, apply_if_finite), same inner state."""
     if getattr(state, "tx", None) is None:
-        raise ValueError("accumulate needs a TrainState with an optimizer (state.tx). "
-                         "HINT: build it with TrainState.create(module, optimizer).")
-    multi = MultiSteps(state.tx, every)
-    fresh = multi.init(state.params)
-    return state.replace(tx=multi, opt_state=fresh._replace(inner_opt_state=state.opt_state))
+        raise ValueError("accumulate / on_nonfinite='skip' need a TrainState with an "
+                         "optimizer (state.tx). HINT: TrainState.create(module, optimizer).")
+    wrapped = wrap(state.tx)
+    fresh = wrapped.init(state.params)
+    inner = "inner_opt_state" if hasattr(fresh, "inner_opt_state") else "inner_state"
+    return state.replace(tx=wrapped, opt_state=fresh._replace(**{inner: state.opt_state}))
 
 
 def _resume(state: Any, resume: Any, manager: Any, policy: Policy) -> tuple[Any, dict]:

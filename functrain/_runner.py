@@ -21,6 +21,7 @@ callable with the same signature that
 from __future__ import annotations
 
 import copy
+import dataclasses
 import types
 import warnings
 from collections.abc import Callable
@@ -103,6 +104,29 @@ def _batch_signature(batch: Any) -> tuple[Any, ...]:
 
 
 _RUNNERS = 0
+NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FirstStep(_metrics.Metric):
+    """The first step of a window at which a condition held (0: never): the runner's
+    non-finite guard, merged on the device like any metric and read with the window."""
+
+    step: torch.Tensor
+
+    @classmethod
+    def empty(cls, device: Any = None) -> FirstStep:
+        return cls(torch.zeros((), dtype=torch.int64, device=device))
+
+    @classmethod
+    def where(cls, condition: torch.Tensor, step: torch.Tensor) -> FirstStep:
+        return cls(torch.where(condition, step.to(torch.int64), 0))
+
+    def merge(self, other: FirstStep) -> FirstStep:
+        return FirstStep(torch.where(self.step > 0, self.step, other.step))
+
+    def compute(self) -> torch.Tensor:
+        return self.step
 
 
 class CompiledStep:
@@ -137,6 +161,7 @@ class CompiledStep:
         on_recompile: str = "warn",
         return_metrics: bool = True,
         precision: Any = "32",
+        check_finite: bool = False,
         _train: bool = True,
     ) -> None:
         if not callable(step_fn):
@@ -157,6 +182,7 @@ class CompiledStep:
         self.donate = donate
         self.on_recompile = on_recompile
         self.return_metrics = return_metrics
+        self.check_finite = check_finite
         self.compiles = 0
         self.recompiles: list[tuple[int, str]] = []
         self.calls = 0
@@ -171,7 +197,7 @@ class CompiledStep:
     # -- compilation -------------------------------------------------------------------------
     def _inner(self, state: Any, batch: Any, acc: Any) -> tuple[Any, Any, Any]:
         new_state, raw_metrics = self.step_fn(state, batch)
-        new_acc = _metrics.merge_all(acc, _metrics.to_metrics(raw_metrics))
+        new_acc = _metrics.merge_all(acc, self._window_metrics(raw_metrics, new_state))
         # Returning the step's own metrics costs a little every call (dynamo rebuilds the
         # objects), so the fit loop, which only reads the window, turns it off.
         step_metrics = raw_metrics if self.return_metrics else None
@@ -232,7 +258,20 @@ class CompiledStep:
                 f"{e} HINT: the step must return a state with the same tree, shapes and dtypes "
                 "as the one it received, so that it compiles once and can update it in place."
             ) from None
-        return _metrics.to_metrics(step_metrics)
+        return self._window_metrics(step_metrics, new_state)
+
+    def _window_metrics(self, raw_metrics: Any, new_state: Any) -> dict[str, Any]:
+        """The step's metrics as merged into the window, plus the non-finite guard if on."""
+        window = _metrics.to_metrics(raw_metrics)
+        if self.check_finite:
+            from .precision import all_finite
+
+            finite = all_finite(_tree.leaves(raw_metrics)) & all_finite(
+                getattr(new_state, "params", new_state))
+            step = getattr(new_state, "step", None)
+            window[NONFINITE] = FirstStep.where(~finite, step if step is not None
+                                                else torch.ones((), dtype=torch.int64))
+        return window
 
     def _prepare(self, state: Any, batch: Any) -> Any:
         """First call with this state: validate, place on the device, build the metric window."""

@@ -232,3 +232,63 @@ def test_accumulate_equals_one_step_on_the_concatenated_batch():
         torch.testing.assert_close(acc.params[k], ref.params[k], rtol=1e-5, atol=1e-6, msg=k)
     ft.tree.assert_trees_match(ref.opt_state, acc.opt_state, "opt_state")
     torch.testing.assert_close(acc.opt_state[0].count, ref.opt_state[0].count)
+
+
+def _exploding_step(model, at):
+    """A step whose loss (and so every gradient) is NaN at step `at` (1-based)."""
+    def step(state, batch):
+        x, y = batch
+        poison = torch.where(state.step + 1 == at, float("nan"), 1.0)
+
+        def loss_fn(params):
+            out, _ = ft.call(model, params, state.buffers, x)
+            return nn.functional.cross_entropy(out, y) * poison
+
+        grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
+        return state.apply_gradients(grads), {"loss": loss}
+    return step
+
+
+def test_on_nonfinite_raise_stop_skip():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    data = _data(8)
+    new = lambda: ft.TrainState.create(model, ft.optim.adam(1e-2))  # noqa: E731
+    with pytest.raises(FloatingPointError, match=r"at step 6: metric train/loss = nan.*HINT"):
+        ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
+               compile="inductor", on_nonfinite="raise", **QUIET)
+    state = ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
+                   compile="eager", on_nonfinite="stop", **QUIET)
+    assert int(state.step) == 8  # stopped at the log window holding step 6
+    with pytest.warns(UserWarning, match="skipped the update of a step with non-finite"):
+        state = ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
+                       compile="inductor", on_nonfinite="skip", **QUIET)
+    assert int(state.step) == 16 and state.tx is not None
+    assert all(bool(torch.isfinite(p).all()) for p in state.params.values())
+    unchecked = ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
+                       compile="eager", **QUIET)
+    assert not all(bool(torch.isfinite(p).all()) for p in unchecked.params.values())
+    with pytest.raises(ValueError, match="on_nonfinite: expected"):
+        ft.fit(_exploding_step(model, 6), new(), data, epochs=1, on_nonfinite="ignore", **QUIET)
+
+
+def test_on_nonfinite_adds_no_host_sync_per_step():
+    model = _model()
+    counts_by_mode = {}
+    for mode in (None, "raise"):
+        snapshots = []
+
+        class Snap(ft.Callback):
+            def __init__(self, into):
+                self.into = into
+
+            def on_log(self, loop, metrics):
+                self.into.append(dict(counts))
+
+        with count_host_syncs() as counts:
+            ft.fit(_step(model), ft.TrainState.create(model, ft.optim.adamw(1e-3)),
+                   _data(40), epochs=1, log_every=10, compile="inductor",
+                   callbacks=[Snap(snapshots)], on_nonfinite=mode, **QUIET)
+        counts_by_mode[mode] = {k: snapshots[-1][k] - snapshots[0][k] for k in counts}
+    assert counts_by_mode[None] == counts_by_mode["raise"] == {
+        **dict.fromkeys(counts_by_mode[None], 0), "tolist": 3}
