@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", default="auto")
+    parser.add_argument("--precision", default="32", help="32, bf16-mixed, 16-mixed, bf16-true")
     parser.add_argument("--run-dir", default=None)
     args = parser.parse_args()
 
@@ -90,8 +91,9 @@ def main():
     test_loader = ft.data.ArrayLoader(test, 500)
     state = ft.fit(step, state, train_loader, max_steps=args.steps, eval_fn=eval_fn,
                    eval_loader=test_loader, eval_every=1000, log_every=100,
-                   compile=args.compile, run_dir=args.run_dir)
-    result = ft.evaluate(eval_fn, state, test_loader, compile=args.compile)
+                   compile=args.compile, precision=args.precision, run_dir=args.run_dir)
+    result = ft.evaluate(eval_fn, state, test_loader, compile=args.compile,
+                         precision=args.precision)
     print(f"test accuracy: {result['accuracy']:.2%} (test loss {result['loss']:.4f}) "
           f"after {int(state.step)} steps")
 

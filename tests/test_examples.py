@@ -41,3 +41,15 @@ def test_mnist_example_lists_options_when_data_is_missing(tmp_path):
     assert out.returncode != 0
     assert "--dataset fashion-mnist" in out.stderr and "--data DIR" in out.stderr
     assert "train-images-idx3-ubyte" in out.stderr
+
+
+def test_bf16_mixed_trains_mnist1d_within_one_point_of_fp32(tmp_path):
+    """The MNIST-1D CNN, 2000 steps compiled: bf16-mixed accuracy within 1 point of fp32."""
+    accuracy = {}
+    for precision in ("32", "bf16-mixed"):
+        out = _run("examples/mnist1d.py", "--steps", "2000", "--precision", precision,
+                   "--run-dir", str(tmp_path / precision))
+        assert out.returncode == 0, out.stderr[-2000:]
+        accuracy[precision] = float(out.stdout.split("test accuracy:")[1].split("%")[0])
+    assert accuracy["32"] > 90.0  # measured 93.4% (2026-11-27)
+    assert abs(accuracy["bf16-mixed"] - accuracy["32"]) <= 1.0, accuracy  # measured 92.9%
