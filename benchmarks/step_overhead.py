@@ -60,13 +60,14 @@ FIT_OVERHEAD_TARGET = 1.05  # (e) / (f)
 # over the last metric window (see last_window).
 
 
-def plain(model, opt, batches):
-    """(a) and (b): the loop everyone writes."""
+def plain(model, opt, batches, autocast=None):
+    """(a) and (b): the loop everyone writes (optionally under CPU autocast, for (a:bf16))."""
     def run(n, log_every):
         marks, losses, last = [], [], last_window(n, log_every)
         t0 = time.perf_counter()
         for i, (x, y) in enumerate(cycle(batches, n), 1):
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -121,8 +122,10 @@ def lightning(model, batches):
     return run
 
 
-def make_step(model):
-    """The functional training step of (d), (e) and (f)."""
+def make_step(model, precision="32"):
+    """The functional training step of (d), (e), (f) and (g)."""
+    from functrain import precision as mp
+
     def step(state, batch):
         x, y = batch
 
@@ -130,6 +133,10 @@ def make_step(model):
             logits, _ = ft.call(model, params, state.buffers, x)
             return F.cross_entropy(logits, y)
 
+        if precision == "16-mixed":  # loss scaling, written with functrain.precision
+            loss, grads = mp.value_and_grad(loss_fn)(state.params,
+                                                     loss_scale=mp.get_loss_scale(state))
+            return mp.apply_gradients(state, grads), {"loss": loss}
         grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
         return state.apply_gradients(grads), {"loss": loss}
     return step
@@ -144,16 +151,16 @@ class FitMarks(ft.Callback):
         self.loss = metrics["train/loss"]
 
 
-def functrain_fit(model, batches, backend):
-    """(d) and (e): `ft.fit`, one call per round (each call builds a runner and compiles)."""
-    step, state = make_step(model), new_state(model)
+def functrain_fit(model, batches, backend, precision="32"):
+    """(d), (e) and (g): `ft.fit`, one call per round (the compiled runner is reused)."""
+    step, state = make_step(model, precision), new_state(model)
 
     def run(n, log_every):
         nonlocal state
         cb, t0 = FitMarks(), time.perf_counter()
         state = ft.fit(step, state, cycle(batches, n), max_steps=n, compile=backend,
                        device="cpu", loggers=False, progress=False, summary=False,
-                       log_every=log_every, callbacks=[cb])
+                       log_every=log_every, callbacks=[cb], precision=precision)
         return t0, cb.marks, cb.loss
     return run
 
@@ -227,6 +234,14 @@ def bench(name, args, steps, window):
     variants["(d) functrain fit, eager"] = functrain_fit(m(), batches, "eager")
     variants["(e) functrain fit, inductor"] = functrain_fit(m(), batches, "inductor")
     variants["(f) bare compiled step, no fit"] = functrain_bare(m(), batches)
+    if "bf16-mixed" in args.precision:
+        mc = m()
+        variants["(a:bf16) eager + autocast bf16 + AdamW foreach"] = plain(
+            mc, torch.optim.AdamW(mc.parameters(), LR, weight_decay=WD, foreach=True), batches,
+            autocast=torch.bfloat16)
+    for mode in args.precision:
+        variants[f"(g:{mode}) functrain fit, inductor"] = functrain_fit(
+            m(), batches, "inductor", mode)
 
     print(f"\n== {name}: {desc}, batch {batch_size}; {args.rounds} rounds x {steps} steps "
           f"(+{window} untimed), {torch.get_num_threads()} threads", flush=True)
@@ -249,10 +264,10 @@ def bench(name, args, steps, window):
 
     med = {v: statistics.median(rounds[v]) for v in variants}
     base = med[names[0]]
-    print(f"  {'variant':36s}{'µs/step':>10s}{'vs (a)':>8s}{'1st step s':>12s}"
+    print(f"  {'variant':46s}{'µs/step':>10s}{'vs (a)':>8s}{'1st step s':>12s}"
           f"{'start s':>9s}{'loss':>9s}")
     for v in variants:
-        print(f"  {v:36s}{med[v]:10.0f}{med[v] / base:8.2f}{first[v]:12.2f}"
+        print(f"  {v:46s}{med[v]:10.0f}{med[v] / base:8.2f}{first[v]:12.2f}"
               f"{statistics.median(start[v]):9.2f}{loss[v]:9.4f}")
     e, f = med["(e) functrain fit, inductor"], med["(f) bare compiled step, no fit"]
     targets = [(f"(e) <= {TARGETS[name]:.2f}x (a)", e / base, TARGETS[name]),
@@ -279,8 +294,12 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--quick", action="store_true", help="a short smoke run")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--precision", default="", help="comma list of fit precision modes to add "
+                   "as variants (g), e.g. bf16-mixed,16-mixed,bf16-true; with bf16-mixed also "
+                   "(a:bf16), plain eager under CPU autocast")
     args = p.parse_args()
     names = args.workloads.split(",")
+    args.precision = [p for p in args.precision.split(",") if p]
     for name in names:
         if name not in WORKLOADS:
             p.error(f"--workloads: expected names from {','.join(WORKLOADS)}, got {name!r}")
