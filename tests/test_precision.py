@@ -493,3 +493,28 @@ def test_public_names_have_runnable_docstrings():
     for name in mp.__all__:
         obj = getattr(mp, name)
         assert obj.__doc__ and ">>>" in obj.__doc__, name
+
+
+def test_clipping_after_unscaling_sees_the_true_gradient():
+    """fp16 loss scaling + clip_by_global_norm: the clip acts on the unscaled gradient."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    tx = ft.optim.chain(ft.optim.clip_by_global_norm(1.0), ft.optim.sgd(1.0))
+    x = torch.randn(16, 4) * 10
+
+    def loss_fn(params):
+        out, _ = ft.call(model, params, {}, x)
+        return (out ** 2).mean()
+
+    plain = ft.TrainState.create(model, tx)
+    scaled = mp.Policy.from_name("16-mixed").prepare_state(
+        ft.TrainState.create(model, tx), mp.DynamicLossScale(init_scale=2.0 ** 12))
+    grads = torch.func.grad(loss_fn)(plain.params)
+    assert float(ft.tree.global_norm(grads)) > 1.0  # so the clip is active
+    _, g_scaled = mp.value_and_grad(loss_fn)(scaled.params, loss_scale=mp.get_loss_scale(scaled))
+    new_plain = plain.apply_gradients(grads)
+    new_scaled = mp.apply_gradients(scaled, g_scaled)
+    for k in plain.params:
+        torch.testing.assert_close(new_scaled.params[k], new_plain.params[k], msg=k)
+    step = ft.tree.map(lambda a, b: a - b, plain.params, new_plain.params)
+    assert abs(float(ft.tree.global_norm(step)) - 1.0) < 1e-5  # clipped to norm 1 (lr 1)
