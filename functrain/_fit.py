@@ -18,6 +18,7 @@ import torch
 
 from . import loggers as _loggers
 from . import optim as _optim
+from . import tree as _tree
 from ._callbacks import Callback, Loop
 from ._donation import is_donated
 from ._progress import ProgressBar, format_summary
@@ -315,15 +316,11 @@ def fit(
                          check_finite=on_nonfinite is not None)
     evaluator = (_Evaluator(eval_fn, compile, device, on_recompile, policy)
                  if eval_fn is not None else None)
-    if loggers is None or loggers is True:
-        run_dir = run_dir or os.path.join(
-            "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        loggers = _loggers.default_loggers(run_dir)
-    elif loggers is False:
-        loggers = []
-    loggers = list(loggers)
-    if (checkpoint_every or resume) and run_dir is None:
+    default_logs = loggers is None or loggers is True
+    if run_dir is None and (default_logs or checkpoint_every or resume):
         run_dir = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    loggers = (_loggers.default_loggers(run_dir) if default_logs
+               else [] if loggers is False else list(loggers))
     manager = None
     if checkpoint_every or resume:
         from .checkpoint import CheckpointManager
@@ -396,8 +393,6 @@ def fit(
         what = next((f"metric {k} = {v}" for k, v in values.items() if not math.isfinite(v)),
                     None)
         if what is None:
-            from . import tree as _tree
-
             what = next((f"{p} holds inf/NaN" for p, x in _tree.leaves_with_path(
                 getattr(loop.state, "params", {}), "state.params")
                 if not bool(torch.isfinite(x).all())), "a non-finite value")

@@ -295,7 +295,8 @@ class CompiledStep:
                 torch._dynamo.mark_static_address(x)
         return state
 
-    def _batch(self, batch: Any) -> Any:
+    def place_batch(self, batch: Any) -> Any:
+        """Check ``batch`` and start its copy to the device (pinned, non-blocking on CUDA)."""
         if type(batch) in (tuple, list):
             if all(type(x) is torch.Tensor and x.device == self.device for x in batch):
                 return batch  # fast path: nothing to check or move
@@ -307,10 +308,6 @@ class CompiledStep:
         return _tree.map(
             lambda x: _place(x.pin_memory() if pin and x.device.type == "cpu" else x,
                              self.device, True), batch)
-
-    def place_batch(self, batch: Any) -> Any:
-        """Check ``batch`` and start its copy to the device (pinned, non-blocking on CUDA)."""
-        return self._batch(batch)
 
     def _report_recompile(self, batch: Any) -> None:
         sig = _batch_signature(batch)
@@ -346,7 +343,7 @@ class CompiledStep:
     def __call__(self, state: Any, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         """Run one step: ``(state, batch) -> (new_state, metrics)``; ``state`` is donated."""
         check_not_donated(state)
-        batch = self._batch(batch)
+        batch = self.place_batch(batch)
         if state is self._checked_state and self._carrier is not None:
             run_state = self._carrier  # fast path: the object the graph was last called with
         else:  # a state we did not return last: check, cast and place it

@@ -191,8 +191,13 @@ def _check_opt_state(state: TrainState) -> None:
     costs a dict lookup per step in eager mode and nothing inside a compiled step.
     """
     layout = tuple((k, tuple(v.shape), v.dtype) for k, v in state.params.items())
-    key = (id(state.tx), layout)
-    ref = _OPT_STATE_SPECS.get(key)
+    # Keyed by the optimizer itself, not id(): an id can be reused by a later optimizer.
+    # (An unhashable optimizer object gets no cache: its reference is rebuilt each time.)
+    try:
+        key: Any = (state.tx, layout)
+        ref = _OPT_STATE_SPECS.get(key)
+    except TypeError:
+        key, ref = None, None
     if ref is None:
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 
@@ -200,7 +205,8 @@ def _check_opt_state(state: TrainState) -> None:
             meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
                     for k, v in state.params.items()}
             ref = state.tx.init(meta)
-        _OPT_STATE_SPECS[key] = ref
+        if key is not None:
+            _OPT_STATE_SPECS[key] = ref
     try:
         _tree.assert_trees_match(ref, state.opt_state, "state.opt_state")
     except _tree.TreeMismatchError as e:
