@@ -92,13 +92,16 @@ def call(
     # Copies of the buffers: functional_call writes in-place buffer updates into the tensors it
     # is given, so handing it copies keeps the caller's dict untouched.
     new_buffers = {k: v.clone() for k, v in buffers.items()}
-    with contextlib.ExitStack() as stack:
-        if rng is not None:
-            from . import random as _random
+    # Plain `with` over two contexts (not an ExitStack): older Dynamo releases, such as the one
+    # torch_xla 2.9 pins, cannot trace ExitStack.
+    keyed: Any = contextlib.nullcontext()
+    if rng is not None:
+        from . import random as _random
 
-            stack.enter_context(_random.keyed(rng))
-        if train is not None and train != module.training:
-            stack.enter_context(_mode(module, train))
+        keyed = _random.keyed(rng)
+    mode: Any = (_mode(module, train) if train is not None and train != module.training
+                 else contextlib.nullcontext())
+    with keyed, mode:
         try:
             out = torch.func.functional_call(
                 module, (params, new_buffers), args, kwargs, strict=True

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -71,21 +72,26 @@ def leaves(tree: Any) -> list[Any]:
     if torch.compiler.is_compiling():
         # Dynamo's optree polyfill (torch 2.14.1) fails on an empty dict node in tree_leaves
         # ("Unexpected type in sourceless builder"), and its tree_map visits dicts in insertion
-        # order where optree sorts the keys; walk the tree by hand, in optree's order.
+        # order where optree sorts the keys; older Dynamo (torch 2.9, which torch_xla 2.9
+        # needs) cannot trace optree at all. Walk the tree by hand, in optree's order.
         out: list[Any] = []
         _traced_leaves(tree, out)
         return out
     return optree.tree_leaves(tree, namespace=NAMESPACE)
 
 
-def register_fields(cls: type, names: Any) -> None:
-    """Record the data field names of a dataclass pytree node class (outside of tracing).
+def register_fields(cls: type, names: Any,
+                    rebuild: Callable[[Any, dict[str, Any]], Any] | None = None) -> None:
+    """Record the data field names of a pytree node class (outside of tracing).
 
-    Dynamo cannot trace ``dataclasses.fields``; code that walks trees inside a compiled step
-    reads the names recorded here instead. They live on the class itself (a global registry
-    would be a guarded global, and registering a new class would recompile every step).
+    Dynamo cannot trace ``dataclasses.fields`` (nor, before torch 2.10, any optree call); code
+    that walks trees inside a compiled step reads the names recorded here instead. They live on
+    the class itself (a global registry would be a guarded global, and registering a new class
+    would recompile every step). ``rebuild(node, {name: value})`` makes a node of the same kind
+    with new field values; the default is ``dataclasses.replace`` for dataclasses, else
+    ``cls(**values)``.
     """
-    type.__setattr__(cls, "_ft_data_fields", (cls, tuple(names)))
+    type.__setattr__(cls, "_ft_data_fields", (cls, tuple(names), rebuild))
 
 
 def data_fields(obj: Any) -> tuple[str, ...] | None:
@@ -96,17 +102,53 @@ def data_fields(obj: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _rebuild(node: Any, values: dict[str, Any]) -> Any:
+    rebuild = type(node)._ft_data_fields[2]
+    if rebuild is not None:
+        return rebuild(node, values)
+    if dataclasses.is_dataclass(node):
+        return dataclasses.replace(node, **values)
+    return type(node)(**values)
+
+
+_SCALAR_LEAVES = (bool, int, float, complex, str, bytes, torch.dtype, torch.device)
+
+
+def _sorted_keys(d: dict[Any, Any]) -> list[Any]:
+    try:
+        return sorted(d)
+    except TypeError:  # optree keeps insertion order when keys cannot be sorted
+        return list(d)
+
+
+def _traced_map(fn: Callable[..., Any], x: Any, rest: list[Any]) -> Any:
+    """`map` in plain Python, for use while Dynamo traces: leaves are visited in optree's
+    order (sorted dict keys), dicts are paired by key and rebuilt in ``x``'s insertion order."""
+    if isinstance(x, torch.Tensor) or type(x) in _SCALAR_LEAVES:
+        return fn(x, *rest)
+    if x is None:
+        return None
+    if type(x) is dict:
+        done = {k: _traced_map(fn, x[k], [r[k] for r in rest]) for k in _sorted_keys(x)}
+        return {k: done[k] for k in x}
+    if type(x) in (list, tuple):
+        return type(x)(_traced_map(fn, v, [r[i] for r in rest]) for i, v in enumerate(x))
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple
+        return type(x)(*(_traced_map(fn, v, [r[i] for r in rest]) for i, v in enumerate(x)))
+    names = data_fields(x)
+    if names is not None:
+        return _rebuild(x, {n: _traced_map(fn, getattr(x, n), [getattr(r, n) for r in rest])
+                            for n in names})
+    return optree.tree_map(fn, x, *rest, namespace=NAMESPACE)
+
+
 def _traced_leaves(x: Any, out: list[Any]) -> None:
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor) or type(x) in _SCALAR_LEAVES:
         out.append(x)
     elif x is None:
         pass
     elif type(x) is dict:
-        try:
-            keys = sorted(x)
-        except TypeError:  # optree keeps insertion order when keys cannot be sorted
-            keys = list(x)
-        for k in keys:
+        for k in _sorted_keys(x):
             _traced_leaves(x[k], out)
     elif type(x) in (list, tuple) or (isinstance(x, tuple) and hasattr(x, "_fields")):
         for v in x:
@@ -157,6 +199,8 @@ def map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:  # noqa: A001 - m
         >>> map(lambda a, b: a + b, {"x": 1, "y": 2}, {"x": 10, "y": 20})
         {'x': 11, 'y': 22}
     """
+    if torch.compiler.is_compiling():  # see `leaves`
+        return _traced_map(fn, tree, list(rest))
     try:
         return optree.tree_map(fn, tree, *rest, namespace=NAMESPACE)
     except ValueError:

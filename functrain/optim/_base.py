@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-import optree
 import torch
 
 from functrain import tree as _tree
-from functrain.tree import NAMESPACE
 
 from . import _checks
 
@@ -198,8 +196,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     """
     _checks.float_leaves(params, "params")
     _checks.updates(updates, params, dtype=False)
-    return optree.tree_map(lambda p, u: (p + u).to(p.dtype), params, updates,
-                           namespace=NAMESPACE)
+    return _tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)
 
 
 def device_of(tree: Any) -> torch.device:

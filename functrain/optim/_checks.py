@@ -125,10 +125,11 @@ def updates(updates_: Any, reference: Any, *, dtype: bool, ref_name: str = "para
             bad.append(True)
 
     try:
-        # tree_map, not tree_flatten: under torch.compile, dynamo's optree polyfill handles
-        # tree_map on every tree (empty dicts included) and pairs dict entries by key.
-        optree.tree_map(leaf, reference, updates_, namespace=NAMESPACE)
-    except ValueError:
+        if torch.compiler.is_compiling():  # functrain's own walk: see `functrain.tree.leaves`
+            _tree._traced_map(leaf, reference, [updates_])
+        else:
+            optree.tree_map(leaf, reference, updates_, namespace=NAMESPACE)
+    except (ValueError, KeyError, IndexError, AttributeError):
         bad.append(True)
     if not bad:
         return

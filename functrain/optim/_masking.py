@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
-import optree
-
 from functrain import tree as _tree
-from functrain.tree import NAMESPACE
 
 from . import _checks
 from ._base import GradientTransformation, OptState, Params, Updates
@@ -57,8 +54,7 @@ def _resolve_mask(mask: Any, tree: Any, name: str) -> Any:
 def _mask_tree(tree: Any, mask_tree: Any, name: str) -> Any:
     """Replace the subtrees of ``tree`` where ``mask_tree`` is False with `MaskedNode`."""
     try:
-        return optree.tree_map(lambda m, x: x if m else MaskedNode(), mask_tree, tree,
-                               namespace=NAMESPACE)
+        return _tree.map(lambda m, x: x if m else MaskedNode(), mask_tree, tree)
     except ValueError:
         _tree.assert_same_structure(tree, mask_tree, name)
         raise
@@ -100,9 +96,8 @@ def masked(inner: GradientTransformation,
         masked_updates = _mask_tree(updates, mask_tree, "mask")
         masked_params = None if params is None else _mask_tree(params, mask_tree, "mask")
         new_masked, inner_state = inner.update(masked_updates, state.inner_state, masked_params)
-        new_updates = optree.tree_map(lambda m, new, old: new if m else old, mask_tree,
-                                      new_masked, updates, namespace=NAMESPACE,
-                                      none_is_leaf=False)
+        new_updates = _tree.map(lambda m, new, old: new if m else old, mask_tree,
+                                new_masked, updates)
         return new_updates, MaskedState(inner_state=inner_state)
 
     return GradientTransformation(init_fn, update_fn)
@@ -164,7 +159,7 @@ def multi_transform(transforms: Mapping[Hashable, GradientTransformation],
         return labels
 
     def mask_for(labels: Any, group: Hashable) -> Any:
-        return optree.tree_map(lambda label: label == group, labels, namespace=NAMESPACE)
+        return _tree.map(lambda label: label == group, labels)
 
     def init_fn(params: Params) -> MultiTransformState:
         labels = labels_of(params)

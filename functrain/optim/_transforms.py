@@ -21,11 +21,9 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
 from functrain import tree as _tree
-from functrain.tree import NAMESPACE
 
 from . import _checks
 from ._base import (
@@ -52,8 +50,8 @@ def per_leaf(fn: Callable[..., tuple], updates: Updates, *states: Any) -> list[A
     the gradients' dicts are ordered differently from the params'. Written with ``tree_map``
     only (no flatten/unflatten), which dynamo traces for every tree.
     """
-    outs = optree.tree_map(fn, updates, *states, namespace=NAMESPACE)
-    return [optree.tree_map(lambda _, o, i=i: o[i], ref, outs, namespace=NAMESPACE)
+    outs = _tree.map(fn, updates, *states)
+    return [_tree.map(lambda _, o, i=i: o[i], ref, outs)
             for i, ref in enumerate((updates, *states))]
 
 
