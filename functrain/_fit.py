@@ -65,9 +65,10 @@ _RUNNERS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledStep]] = 
 
 def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bool,
                 on_recompile: str, precision: Any = "32", check_finite: bool = False,
-                wrap: Callable[..., Any] | None = None) -> CompiledStep:
+                wrap: Callable[..., Any] | None = None,
+                devices: int | str | None = None) -> CompiledStep:
     key = (str(compile), str(device), donate, on_recompile, str(precision), check_finite,
-           wrap is not None)
+           wrap is not None, devices)
     try:
         per_fn = _RUNNERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no reuse
@@ -77,7 +78,7 @@ def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bo
         runner = CompiledStep(wrap(fn) if wrap else fn, compile=compile, device=device,
                               donate=donate, on_recompile=on_recompile, return_metrics=False,
                               precision=precision, check_finite=check_finite,
-                              _train=wrap is None)
+                              devices=devices, _train=wrap is None)
         per_fn[key] = runner
     runner.reset_metrics()
     return runner
@@ -87,13 +88,14 @@ class _Evaluator:
     """Runs ``eval_fn`` compiled over a loader, accumulating its metrics on the device."""
 
     def __init__(self, eval_fn: Callable[[Any, Any], Any], compile: Any, device: Any,
-                 on_recompile: str, precision: Any = "32") -> None:
+                 on_recompile: str, precision: Any = "32",
+                 devices: int | str | None = None) -> None:
         if not callable(eval_fn):
             raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
                             f"got {type(eval_fn).__name__}.")
         self.runner = _runner_for(eval_fn, compile=compile, device=device, donate=False,
                                   on_recompile=on_recompile, precision=precision,
-                                  wrap=_eval_step)
+                                  wrap=_eval_step, devices=devices)
 
     def __call__(self, state: Any, loader: Iterable[Any]) -> dict[str, float]:
         self.runner.reset_metrics()
@@ -114,6 +116,7 @@ def evaluate(
     device: str | torch.device = "auto",
     compile: str | bool = "auto",
     precision: Any = "32",
+    devices: int | str | None = None,
 ) -> dict[str, float]:
     """Run ``eval_fn(state, batch) -> metrics`` over ``loader``; return the metrics' values.
 
@@ -128,6 +131,7 @@ def evaluate(
         device: where to run (see `functrain.compile_step`).
         compile: the backend (see `functrain.compile_step`).
         precision: the precision policy (see `fit`).
+        devices: XLA only: split batches across all devices (see `functrain.compile_step`).
 
     Returns:
         ``{name: float}``.
@@ -148,7 +152,7 @@ def evaluate(
         {'mse': 0.0}
     """
     _check_loader(loader, "loader")
-    return _Evaluator(eval_fn, compile, device, "warn", precision)(state, loader)
+    return _Evaluator(eval_fn, compile, device, "warn", precision, devices)(state, loader)
 
 
 def fit(
@@ -163,6 +167,7 @@ def fit(
     eval_every: int | None = None,
     eval_every_epochs: int = 1,
     device: str | torch.device = "auto",
+    devices: int | str | None = None,
     precision: Any = "32",
     compile: str | bool = "auto",
     callbacks: Sequence[Callback] = (),
@@ -203,14 +208,18 @@ def fit(
             epochs. Training always ends with an evaluation when ``eval_fn`` is given.
         eval_every_epochs: with ``eval_every=None``, evaluate at the end of every this many
             epochs (Lightning's ``check_val_every_n_epoch``).
-        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"xla"``
+            or ``"tpu"`` (torch_xla; see the README, "Run on TPU"), ...
+        devices: on XLA, ``"all"`` trains data parallel across all of torch_xla's devices:
+            each batch is split along its first dimension with SPMD, the state replicated
+            (see `functrain.compile_step`). ``None``: one device.
         precision: ``"32"``, ``"bf16-mixed"`` (float32 params, bfloat16 compute under
             autocast), ``"16-mixed"`` (float16 compute with dynamic loss scaling: write the
             step with `functrain.precision.value_and_grad` and
             `functrain.precision.apply_gradients`), ``"bf16-true"`` (params and compute in
             bfloat16), or a `functrain.precision.Policy`.
-        compile: ``"auto"``, ``"inductor"``, ``"cudagraphs"``, ``"eager"`` (see
-            `functrain.compile_step`).
+        compile: ``"auto"``, ``"inductor"``, ``"cudagraphs"``, ``"openxla"``, ``"eager"``
+            (see `functrain.compile_step`).
         callbacks: `functrain.Callback` objects.
         loggers: ``None``: JSONL + CSV (+ TensorBoard when installed) under ``run_dir``;
             ``False`` or ``[]``: none; or a list of `functrain.loggers.Logger` objects.
@@ -313,8 +322,8 @@ def fit(
 
     runner = _runner_for(step_fn, compile=compile, device=device, donate=True,
                          on_recompile=on_recompile, precision=policy,
-                         check_finite=on_nonfinite is not None)
-    evaluator = (_Evaluator(eval_fn, compile, device, on_recompile, policy)
+                         check_finite=on_nonfinite is not None, devices=devices)
+    evaluator = (_Evaluator(eval_fn, compile, device, on_recompile, policy, devices)
                  if eval_fn is not None else None)
     default_logs = loggers is None or loggers is True
     if run_dir is None and (default_logs or checkpoint_every or resume):
@@ -414,10 +423,11 @@ def fit(
                         "start_step": start_step})
     for cb in callbacks:
         cb.on_run_start(loop)
-    end_step = meta.get("end_step") if meta else (
-        None if max_steps is None else start_step + max_steps)
+    # max_steps counts from the start of the original run, also when resuming.
+    run_start = meta.get("run_start", start_step)
+    end_step = None if max_steps is None else run_start + max_steps
     window_steps, window_samples = meta.get("window_steps", 0), meta.get("window_samples", 0)
-    done = False
+    done = end_step is not None and loop.step >= end_step  # e.g. resuming a finished run
     skip = meta.get("batch_in_epoch", 0)
     ordered = hasattr(loader, "set_epoch")
     if skip and not ordered:
@@ -429,12 +439,12 @@ def fit(
         assert manager is not None
         manager.save(loop.step, loop.state, {
             "epoch": loop.epoch + epoch_done, "batch_in_epoch": 0 if epoch_done else n_batches,
-            "samples": loop.samples,
-            "end_step": end_step, "best": best, "callbacks": loop.callback_states(),
+            "samples": loop.samples, "run_start": run_start, "end_step": end_step,
+            "best": best, "callbacks": loop.callback_states(),
             "window": runner.metric_window(), "window_steps": window_steps,
             "window_samples": window_samples}, blocking=blocking)
 
-    n_batches, epoch_finished = 0, False
+    n_batches, epoch_finished = skip, False  # the position, should no epoch start
     with stop:
         try:
             epoch = loop.epoch
@@ -445,7 +455,7 @@ def fit(
                 n_batches, skip = skip, 0
                 completed = epoch_finished = False
                 batches = iter(prefetch(loader, runner.place_batch)
-                               if runner.device.type == "cuda" else loader)
+                               if runner.device.type in ("cuda", "xla") else loader)
                 if n_batches:  # resuming mid-epoch: the batches already trained on
                     next(itertools.islice(batches, n_batches - 1, None), None)
                 for batch in batches:
@@ -491,7 +501,9 @@ def fit(
             if (evaluator is not None and not loop.stop_reason
                     and evaluated_at[0] != loop.step):
                 run_eval()
-            if checkpoint_every:  # the end of the run, or a stop (SIGTERM, a callback)
+            # The end of the run, or a stop (SIGTERM, a callback); a resumed run that had
+            # nothing left to do keeps the checkpoint it started from.
+            if checkpoint_every and (loop.step != start_step or not meta):
                 save_checkpoint(blocking=True, epoch_done=epoch_finished)
         except KeyboardInterrupt:
             loop.stop_reason = "interrupted (KeyboardInterrupt)"

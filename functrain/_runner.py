@@ -36,7 +36,7 @@ from ._donation import check_not_donated, poison, remember_nodes, write_back
 
 __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 
-BACKENDS = ("eager", "inductor", "cudagraphs", "xla")
+BACKENDS = ("eager", "inductor", "cudagraphs", "openxla")
 
 
 class RecompileError(RuntimeError):
@@ -49,37 +49,47 @@ class RecompileError(RuntimeError):
     """
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else -> ``torch.device(device)``.
+def resolve_device(device: str | torch.device | None, *,
+                   devices: int | str | None = None) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"xla"``, ``"xla:N"``, ``"tpu"`` -> a
+    torch_xla device (torch_xla is imported here, and only here); anything else ->
+    ``torch.device(device)``.
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device in ("xla", "tpu"):
-        raise ValueError(
-            f"device={device!r}: the XLA backend is not part of this version of functrain. "
-            "HINT: use device='cpu' or 'cuda'.")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, torch.device) and device.type == "xla":
+        device = str(device)
+    if isinstance(device, str) and (device in ("xla", "tpu") or device.startswith("xla:")):
+        from . import _xla
+
+        return _xla.device(device, devices)
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, "
-                         f"got {device!r}.") from None
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N', 'xla', 'tpu' or a "
+                         f"torch.device, got {device!r}.") from None
+    if dev.type == "cuda" and dev.index is None:
+        # With its index, so that it compares equal to the device of the tensors placed on it.
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def _resolve_backend(compile: str | bool, device: torch.device) -> str:
     if compile is True or compile == "auto":
-        return "cudagraphs" if device.type == "cuda" else "inductor"
+        return {"cuda": "cudagraphs", "xla": "openxla"}.get(device.type, "inductor")
     if compile is False:
         return "eager"
     if compile not in BACKENDS:
         raise ValueError(f"compile: expected one of 'auto', {', '.join(map(repr, BACKENDS))}, "
                          f"True or False, got {compile!r}.")
-    if compile == "xla":
-        raise ValueError("compile='xla': the XLA backend is not part of this version of "
-                         "functrain. HINT: use compile='inductor' or 'eager'.")
+    if (compile == "openxla") != (device.type == "xla") and compile != "eager":
+        raise ValueError(f"compile={compile!r} does not run on device={device}. HINT: on an XLA "
+                         "device use compile='auto' (= 'openxla') or 'eager' (torch_xla's lazy "
+                         "tensors); elsewhere 'auto', 'inductor', 'cudagraphs' or 'eager'.")
     if compile == "cudagraphs" and device.type != "cuda":
         raise ValueError(f"compile='cudagraphs' needs a CUDA device, got device={device}. "
                          "HINT: use compile='inductor' on CPU.")
@@ -104,6 +114,10 @@ def _batch_signature(batch: Any) -> tuple[Any, ...]:
 
 
 _RUNNERS = 0
+# Backends whose step returns its new state and metric window instead of writing them into
+# the inputs: eager, and openxla, where XLA's executable makes fresh buffers anyway and input
+# mutations would cost an extra lazy graph per step.
+_FUNCTIONAL = ("eager", "openxla")
 NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
 
 
@@ -137,7 +151,7 @@ class CompiledStep:
     into an on-device window that `read_metrics` returns and resets.
 
     Attributes:
-        backend: ``"eager"``, ``"inductor"`` or ``"cudagraphs"``.
+        backend: ``"eager"``, ``"inductor"``, ``"cudagraphs"`` or ``"openxla"``.
         device: where state and batches live.
         compiles: how many graphs have been compiled so far.
         recompiles: list of ``(call_index, reason)`` for each compile after the first.
@@ -162,6 +176,7 @@ class CompiledStep:
         return_metrics: bool = True,
         precision: Any = "32",
         check_finite: bool = False,
+        devices: int | str | None = None,
         _train: bool = True,
     ) -> None:
         if not callable(step_fn):
@@ -172,7 +187,17 @@ class CompiledStep:
                              f"got {on_recompile!r}.")
         from .precision import Policy
 
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, devices=devices)
+        self.mesh = None
+        if devices is not None:
+            if self.device.type != "xla":
+                raise ValueError(
+                    f"devices={devices!r}: splitting each batch across devices is done by "
+                    f"torch_xla's SPMD in this version; device={self.device} has no such mode. "
+                    "HINT: use device='xla' (or 'tpu'), or leave devices=None.")
+            from . import _xla
+
+            self.mesh = _xla.data_mesh(devices)
         self.policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
         self._train = _train
         # The policy casts the batch and enters autocast inside the compiled step; "32" leaves
@@ -201,7 +226,7 @@ class CompiledStep:
         # Returning the step's own metrics costs a little every call (dynamo rebuilds the
         # objects), so the fit loop, which only reads the window, turns it off.
         step_metrics = raw_metrics if self.return_metrics else None
-        if self.backend == "eager":
+        if self.backend in _FUNCTIONAL:
             return new_state, step_metrics, new_acc
         # In the graph: write the results into the inputs, so the compiled code updates
         # the donated state and the metric window in place.
@@ -224,9 +249,11 @@ class CompiledStep:
                              fullgraph=True, dynamic=False)
 
     def _compile_graph(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        self.compiles += 1
+        if self.backend == "openxla":
+            return torch._dynamo.lookup_backend("openxla")(gm, example_inputs)
         from torch._inductor.compile_fx import compile_fx
 
-        self.compiles += 1
         patches = {"triton.cudagraphs": True} if self.backend == "cudagraphs" else {}
         return compile_fx(gm, example_inputs, config_patches=patches)
 
@@ -291,13 +318,17 @@ class CompiledStep:
         remember_nodes(state)
         remember_nodes(self._acc)
         if self.backend == "cudagraphs":
-            for x in _tree.leaves(state):
+            # The graph writes into the state and the metric window: CUDA graphs replay over
+            # fixed addresses, and inductor refuses to capture writes into unmarked inputs.
+            for x in _tree.leaves((state, self._acc)):
                 torch._dynamo.mark_static_address(x)
         return state
 
     def place_batch(self, batch: Any) -> Any:
         """Check ``batch`` and start its copy to the device (pinned, non-blocking on CUDA)."""
-        if type(batch) in (tuple, list):
+        if self.mesh is not None:
+            pass  # every batch gets its sharding, placed or not
+        elif type(batch) in (tuple, list):
             if all(type(x) is torch.Tensor and x.device == self.device for x in batch):
                 return batch  # fast path: nothing to check or move
         elif type(batch) is torch.Tensor and batch.device == self.device:
@@ -305,9 +336,14 @@ class CompiledStep:
         _require_tensors(batch, "batch", "the loader must yield tensors (or tuples/dicts of "
                          "tensors); convert other values in the dataset or collate_fn.")
         pin = self.device.type == "cuda"
-        return _tree.map(
+        batch = _tree.map(
             lambda x: _place(x.pin_memory() if pin and x.device.type == "cpu" else x,
                              self.device, True), batch)
+        if self.mesh is not None:
+            from . import _xla
+
+            batch = _tree.map(lambda x: _xla.shard_batch(x, self.mesh), batch)
+        return batch
 
     def _report_recompile(self, batch: Any) -> None:
         sig = _batch_signature(batch)
@@ -354,11 +390,17 @@ class CompiledStep:
         before = self.compiles
         self.calls += 1
         new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
+        if self.device.type == "xla":
+            # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
+            # mode; the metric window's reset or load under openxla) and queues it, no wait.
+            from . import _xla
+
+            _xla.sync()
         if self.compiles > before and before > 0:
             self._report_recompile(batch)
-        if self.backend == "eager":
+        if self.backend in _FUNCTIONAL:
             self._acc = new_acc
-        if self.backend != "eager" and self.donate:
+        if self.backend not in _FUNCTIONAL and self.donate:
             # The graph wrote the new values into run_state's tensors. Dynamo checks its
             # guards faster on an object it has seen, so the runner keeps passing that same
             # object (the carrier) and hands the caller a fresh one over the same tensors.
@@ -371,6 +413,10 @@ class CompiledStep:
                 if old is not new_state and old is not self._carrier:
                     poison(old)  # same contract on every backend: the input is consumed
         self._checked_state = new_state
+        if self.backend == "cudagraphs" and step_metrics is not None:
+            # A CUDA graph's outputs live in memory its next replay overwrites; the caller may
+            # keep these past the next step.
+            step_metrics = _tree.map(torch.clone, step_metrics)
         return new_state, step_metrics
 
     def read_metrics(self, reset: bool = True) -> dict[str, float]:
@@ -459,6 +505,7 @@ def compile_step(
     donate: bool = True,
     on_recompile: str = "warn",
     precision: Any = "32",
+    devices: int | str | None = None,
 ) -> CompiledStep:
     """Compile a pure ``step_fn(state, batch) -> (state, metrics)`` into functrain's runner.
 
@@ -466,9 +513,11 @@ def compile_step(
         step_fn: the training step. ``state`` is any pytree of tensors (usually a
             `functrain.TrainState`); ``metrics`` is a dict of 0-d tensors (each the mean over
             a window) or `functrain.metrics` values.
-        compile: ``"auto"`` (CUDA graphs on a GPU, inductor on CPU), ``"inductor"``,
-            ``"cudagraphs"``, ``"eager"`` (no compilation), or True/False.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... where state and batches are placed.
+        compile: ``"auto"`` (CUDA graphs on a GPU, inductor on CPU, openxla on XLA),
+            ``"inductor"``, ``"cudagraphs"``, ``"openxla"``, ``"eager"`` (no compilation;
+            torch_xla's lazy tensors on XLA), or True/False.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"xla"``, ``"tpu"``, ... where state and
+            batches are placed (XLA needs torch_xla; see the README, "Run on TPU").
         donate: reuse the input state's memory for the output (in place). The input state
             object is then invalid. ``False`` keeps old states usable, at the cost of new
             allocations every step.
@@ -480,6 +529,10 @@ def compile_step(
             `functrain.precision.Policy`: applied around the step inside the compiled graph
             (see `functrain.precision`). ``"16-mixed"`` attaches a dynamic loss scale to
             ``state.extras["loss_scale"]`` on the first call.
+        devices: on XLA only, ``"all"`` (or the device count) splits every batch along its
+            first dimension across all of torch_xla's devices with SPMD (data parallel; the
+            state is replicated). The result is that of one device on the whole batch. It
+            switches the process to SPMD mode, so ask for it before any other XLA work.
 
     Returns:
         A `CompiledStep`.
@@ -502,5 +555,5 @@ def compile_step(
         (3, ['loss'])
     """
     return CompiledStep(step_fn, compile=compile, device=device, donate=donate,
-                        on_recompile=on_recompile, precision=precision)
+                        on_recompile=on_recompile, precision=precision, devices=devices)
 

@@ -111,6 +111,29 @@ def test_fit_max_steps_stops_mid_epoch_and_resumes_counting():
     assert int(state.step) == 10
 
 
+def test_resume_counts_max_steps_from_the_original_start(tmp_path):
+    """Resuming a finished run trains nothing more; a larger max_steps extends it, counted
+    from the original run's first step (not from the checkpoint)."""
+    model = _model()
+    loader = ft.data.ArrayLoader(_data(1, batch=64)[0], 16, shuffle=True, seed=2)
+    common = dict(compile="eager", run_dir=tmp_path, checkpoint_every=4, **QUIET)
+    state = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
+                   max_steps=6, **common)
+    assert int(state.step) == 6
+    again = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
+                   max_steps=6, resume="auto", **common)
+    assert int(again.step) == 6  # was 7: the loop ran one step before checking the end
+    for a, b in zip(ft.tree.leaves(again.params), ft.tree.leaves(state.params)):
+        assert torch.equal(a, b)
+    longer = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
+                    max_steps=10, resume="auto", **common)
+    straight = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
+                      max_steps=10, compile="eager", **QUIET)
+    assert int(longer.step) == 10
+    for a, b in zip(ft.tree.leaves(longer.params), ft.tree.leaves(straight.params)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_fit_host_syncs_once_per_log_window():
     model = _model()
     snapshots = []

@@ -1,0 +1,22 @@
+"""Run by test_xla_spmd.py in a process of its own (SPMD and the device count are fixed when
+torch_xla's runtime starts): train with fit(devices="all") and save what the test compares."""
+
+import sys
+
+import torch
+import torch_xla  # noqa: F401  (imported first: fit switches it to SPMD)
+
+import functrain as ft
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import test_xla_spmd as T  # noqa: E402
+
+out = sys.argv[1]
+state = ft.fit(T.step, T.fresh_state(), T.loader(), epochs=2, device="xla", devices="all",
+               loggers=[T.ListLogger()], log_every=4, summary=False)
+run = next(iter(ft._fit._RUNNERS[T.step].values()))
+batch = run.place_batch(next(iter(T.loader())))
+torch.save({"state": ft.tree.leaves_with_path(T.on_cpu(state), "state"),
+            "sharding": torch_xla._XLAC._get_xla_sharding_spec(batch[0]),
+            "devices": __import__("torch_xla.runtime").runtime.global_runtime_device_count(),
+            "losses": T.ListLogger.last.losses}, out)
