@@ -395,7 +395,7 @@ class CompiledStep:
             # mode; the metric window's reset or load under openxla) and queues it, no wait.
             from . import _xla
 
-            _xla.sync()
+            _xla.sync(collect=self.backend == "eager")
         if self.compiles > before and before > 0:
             self._report_recompile(batch)
         if self.backend in _FUNCTIONAL:

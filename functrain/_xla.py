@@ -8,13 +8,29 @@ How a step runs on XLA (see `functrain.CompiledStep`): ``compile="auto"`` traces
 once with Dynamo and hands the graph to torch_xla's ``openxla`` backend, which compiles it to one
 XLA executable and replays it every step. ``compile="eager"`` runs the step in torch_xla's lazy
 tensor mode instead: every step re-records the same operations and torch_xla looks the graph up
-in its cache by hash at the sync. On XLA's CPU device the first costs about 0.9 ms per step for a
-784-128-10 MLP (batch 64) and the second 5-10 ms (2-core machine, torch_xla 2.9.0), because the
-lazy mode pays the Python and tracing cost of the whole step every step.
+in its cache by hash at the sync. The first is the default because it is faster: measured with
+``benchmarks/xla_step.py`` on XLA's CPU device (2-core machine, torch_xla 2.9.0, medians of 5
+rounds of 200 steps), per step:
+
+=========================================  ==================  =========================
+variant                                    784-128-10, b. 64   784-512-512-10, b. 128
+=========================================  ==================  =========================
+plain eager PyTorch on the CPU             1.16 ms             5.01 ms
+functrain CPU runner (inductor)            0.66 ms             3.37 ms
+hand-written torch_xla (lazy)              4.22 ms             13.77 ms
+functrain on XLA, ``compile="eager"``      7.47 ms             10.50 ms
+functrain on XLA, ``compile="auto"``       0.82 ms             5.20 ms
+=========================================  ==================  =========================
+
+Lazy mode pays the Python and graph-recording cost of the whole step every step; openxla pays
+it once, and on XLA's CPU device comes within 1.2-1.5x of the CPU runner. Lazy mode also compiled a variant of its graph now and then
+at random steps (1-3 per 1000 steps, hand-written loops too; see `sync`); openxla compiled
+nothing after warm-up.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from importlib import metadata
 from typing import Any
@@ -125,10 +141,23 @@ def _check_autograd(dev: torch.device, argument: str) -> None:
             "the top of the script; or run the XLA work in its own process.") from None
 
 
-def sync() -> None:
-    """Cut the lazy graph and start running it (``torch_xla.sync``); does not wait."""
+def sync(collect: bool = False) -> None:
+    """Cut the lazy graph and start running it (``torch_xla.sync``); does not wait.
+
+    ``collect``: first free the young cyclic garbage (``gc.collect(1)``), for lazy mode. There
+    every pending tensor still alive at the sync becomes an output of the graph: intermediates
+    that a reference cycle keeps alive until the collector happens to run give a graph with
+    extra outputs, which torch_xla compiles anew. Measured over 1000 lazy steps of a small MLP
+    (2-core CPU, torch_xla 2.9.0): without it, 0-2 such compiles at random steps (seen at
+    steps 91, 118, 213, 260, 900, 930, 942); with it, none after step 31 in four runs, at no
+    measurable cost (4.3-5.3 ms per step either way). It lowers the rate, but does not remove
+    them: ``benchmarks/xla_step.py`` still saw 2-3 in 1000 lazy steps. ``gc.collect(0)`` did
+    not help; a full ``gc.collect()`` did, at ~260 ms per step in that benchmark.
+    """
     import torch_xla
 
+    if collect:
+        gc.collect(1)
     torch_xla.sync()
 
 

