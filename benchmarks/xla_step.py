@@ -16,6 +16,8 @@ with batches of 128 (``--workload mlp512``):
   (d) functrain on XLA, compile="eager": the pure step in lazy tensor mode, runner syncs
   (e) functrain on XLA, compile="auto": the whole step traced once by Dynamo and compiled by
       torch_xla's openxla backend into one executable
+  (f) the same pure step wrapped by hand in torch_xla.compile (torch_xla's other whole-step
+      API: lazy tracing of the function with a sync at its end, graphs cached by hash)
 
 Each round runs every variant for `steps` steps after `warmup` steps, in a rotated order; the
 clock stops after torch_xla's queue drains (xm.wait_device_ops). Medians over rounds, ratios to
@@ -104,12 +106,25 @@ def main() -> None:
                 run_step.read_metrics()
         return run
 
+    def xla_compiled(batches):
+        """The same pure step, wrapped by hand in torch_xla.compile (no functrain runner)."""
+        import torch_xla
+
+        fn = torch_xla.compile(step)
+        box = [ft.tree.map(lambda x: x.to(xla),
+                           ft.TrainState.create(make_model(widths), ft.optim.adamw(1e-3)))]
+
+        def run(i):
+            box[0], _ = fn(box[0], batches[i % 16])
+        return run
+
     variants = {
         "(a) plain eager, CPU": plain(torch.device("cpu"), cpu_batches),
         "(b) functrain CPU runner (inductor)": functrain("cpu", "auto", cpu_batches),
         "(c) hand-written torch_xla (lazy)": plain(xla, xla_batches),
         "(d) functrain XLA, compile='eager' (lazy)": functrain("xla", "eager", xla_batches),
         "(e) functrain XLA, compile='auto' (openxla)": functrain("xla", "auto", xla_batches),
+        "(f) pure step in torch_xla.compile, no runner": xla_compiled(xla_batches),
     }
     first, times, compiles = {}, {k: [] for k in variants}, {k: 0 for k in variants}
     for name, run in variants.items():

@@ -22,7 +22,7 @@ from . import tree as _tree
 from ._callbacks import Callback, Loop
 from ._donation import is_donated
 from ._progress import ProgressBar, format_summary
-from ._runner import NONFINITE, CompiledStep, _leading, prefetch
+from ._runner import NONFINITE, CompiledStep, _leading, check_devices, prefetch
 from .precision import Policy
 
 __all__ = ["evaluate", "fit"]
@@ -67,6 +67,7 @@ def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bo
                 on_recompile: str, precision: Any = "32", check_finite: bool = False,
                 wrap: Callable[..., Any] | None = None,
                 devices: int | str | None = None) -> CompiledStep:
+    check_devices(devices)
     key = (str(compile), str(device), donate, on_recompile, str(precision), check_finite,
            wrap is not None, devices)
     try:
@@ -426,6 +427,8 @@ def fit(
     # max_steps counts from the start of the original run, also when resuming.
     run_start = meta.get("run_start", start_step)
     end_step = None if max_steps is None else run_start + max_steps
+    if meta and "run_start" not in meta:  # written before run_start was recorded
+        end_step = meta.get("end_step")
     window_steps, window_samples = meta.get("window_steps", 0), meta.get("window_samples", 0)
     done = end_step is not None and loop.step >= end_step  # e.g. resuming a finished run
     skip = meta.get("batch_in_epoch", 0)
@@ -499,7 +502,7 @@ def fit(
                     loop.stop_reason = loop.stop_reason or stop.reason
                     done = True
             if (evaluator is not None and not loop.stop_reason
-                    and evaluated_at[0] != loop.step):
+                    and evaluated_at[0] != loop.step and (loop.step != start_step or not meta)):
                 run_eval()
             # The end of the run, or a stop (SIGTERM, a callback); a resumed run that had
             # nothing left to do keeps the checkpoint it started from.

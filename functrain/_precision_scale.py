@@ -303,5 +303,7 @@ optree.register_pytree_node(
 )
 # The data fields of these nodes, for the walks that run while tracing (`functrain.tree.leaves`,
 # the runner's write-back of a donated state); set here because they are not dataclasses.
-register_fields(DynamicLossScale, _LEAVES)
+register_fields(DynamicLossScale, _LEAVES,
+                lambda node, values: DynamicLossScale._make(tuple(values[k] for k in _LEAVES),
+                                                            node._static()))
 register_fields(NoOpLossScale, ())

@@ -63,7 +63,7 @@ def resolve_device(device: str | torch.device | None, *,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(device, torch.device) and device.type == "xla":
         device = str(device)
-    if isinstance(device, str) and (device in ("xla", "tpu") or device.startswith("xla:")):
+    if isinstance(device, str) and device.startswith(("xla", "tpu")):
         from . import _xla
 
         return _xla.device(device, devices)
@@ -72,10 +72,24 @@ def resolve_device(device: str | torch.device | None, *,
     except (RuntimeError, TypeError):
         raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N', 'xla', 'tpu' or a "
                          f"torch.device, got {device!r}.") from None
-    if dev.type == "cuda" and dev.index is None:
-        # With its index, so that it compares equal to the device of the tensors placed on it.
-        dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available here (torch "
+                             f"{torch.__version__}). HINT: use device='auto' or 'cpu'.")
+        if dev.index is None:
+            # With its index, so that it equals the device of the tensors placed on it.
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+def check_devices(devices: Any) -> None:
+    """Validate the ``devices`` argument: ``None``, ``"all"`` or a positive int."""
+    if devices is None or devices == "all":
+        return
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise TypeError(f"devices: expected None, 'all' or a positive int (the number of XLA "
+                        f"devices), got {devices!r}. HINT: a list of device ids is not "
+                        "supported; data parallelism spans every device (devices='all').")
 
 
 def _resolve_backend(compile: str | bool, device: torch.device) -> str:
@@ -118,6 +132,9 @@ _RUNNERS = 0
 # the inputs: eager, and openxla, where XLA's executable makes fresh buffers anyway and input
 # mutations would cost an extra lazy graph per step.
 _FUNCTIONAL = ("eager", "openxla")
+# XLA compiles during the first steps are warm-up: the step (the first two calls differ in
+# lazy mode), then the metric window's read and reset graphs.
+_XLA_WARMUP = 2
 NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
 
 
@@ -187,6 +204,7 @@ class CompiledStep:
                              f"got {on_recompile!r}.")
         from .precision import Policy
 
+        check_devices(devices)
         self.device = resolve_device(device, devices=devices)
         self.mesh = None
         if devices is not None:
@@ -217,6 +235,7 @@ class CompiledStep:
         self._carrier: Any = None
         self._signatures: list[tuple[Any, ...]] = []
         self._first_batch_len: int | None = None
+        self._last_placed: Any = None
         self._fn = self._build()
 
     # -- compilation -------------------------------------------------------------------------
@@ -327,7 +346,8 @@ class CompiledStep:
     def place_batch(self, batch: Any) -> Any:
         """Check ``batch`` and start its copy to the device (pinned, non-blocking on CUDA)."""
         if self.mesh is not None:
-            pass  # every batch gets its sharding, placed or not
+            if batch is self._last_placed:
+                return batch  # placed and sharded already (by fit's prefetch)
         elif type(batch) in (tuple, list):
             if all(type(x) is torch.Tensor and x.device == self.device for x in batch):
                 return batch  # fast path: nothing to check or move
@@ -343,9 +363,10 @@ class CompiledStep:
             from . import _xla
 
             batch = _tree.map(lambda x: _xla.shard_batch(x, self.mesh), batch)
+            self._last_placed = batch
         return batch
 
-    def _report_recompile(self, batch: Any) -> None:
+    def _report_recompile(self, batch: Any, fallback: str | None = None) -> None:
         sig = _batch_signature(batch)
         reason = None
         for old in self._signatures:
@@ -357,7 +378,7 @@ class CompiledStep:
         self._signatures.append(sig)
         partial = self._is_partial(batch)
         if reason is None:
-            reason = (_dynamo_reason(getattr(self, "_code_name", ""))
+            reason = (fallback or _dynamo_reason(getattr(self, "_code_name", ""))
                       or "guards failed (state or step changed)")
         self.recompiles.append((self.calls, reason))
         if partial:
@@ -369,6 +390,14 @@ class CompiledStep:
                                  "per-step values in the state as tensors.")
         if self.on_recompile == "warn":
             warnings.warn(msg, stacklevel=3)
+
+    def _report_xla_compile(self, batch: Any) -> None:
+        """torch_xla compiled during a step after warm-up, with no Dynamo recompile."""
+        if self.backend == "eager" and _batch_signature(batch) in self._signatures:
+            # Lazy mode, same shapes: torch_xla's occasional graph variant with extra live
+            # outputs (see functrain._xla.sync), compiled once; not a shape problem.
+            return
+        self._report_recompile(batch, "torch_xla compiled a new XLA graph for the step")
 
     def _is_partial(self, batch: Any) -> bool:
         n = _leading(batch)
@@ -389,15 +418,20 @@ class CompiledStep:
             self._signatures.append(_batch_signature(batch))
         before = self.compiles
         self.calls += 1
-        new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
-        if self.device.type == "xla":
-            # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
-            # mode; the metric window's reset or load under openxla) and queues it, no wait.
+        on_xla = self.device.type == "xla"
+        if on_xla:
             from . import _xla
 
+            xla_before = _xla.compile_count()
+        new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
+        if on_xla:
+            # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
+            # mode) and queues it, without waiting.
             _xla.sync(collect=self.backend == "eager")
         if self.compiles > before and before > 0:
             self._report_recompile(batch)
+        elif on_xla and self.calls > _XLA_WARMUP and _xla.compile_count() > xla_before:
+            self._report_xla_compile(batch)
         if self.backend in _FUNCTIONAL:
             self._acc = new_acc
         if self.backend not in _FUNCTIONAL and self.donate:
@@ -446,12 +480,22 @@ class CompiledStep:
             return
         for x, v in zip(_tree.leaves(self._acc), tensors):
             x.copy_(v)
+        self._sync_window()
 
     def reset_metrics(self) -> None:
         """Empty the metric window (in place, no host sync)."""
         if self._acc is not None:
             for x in _tree.leaves(self._acc):
                 x.zero_()
+            self._sync_window()
+
+    def _sync_window(self) -> None:
+        # On XLA, run the window's update as a graph of its own (compiled once), rather than
+        # letting it join, and change, the next step's graph.
+        if self.device.type == "xla":
+            from . import _xla
+
+            _xla.sync()
 
 
 def prefetch(loader: Any, place: Callable[[Any], Any]) -> Any:

@@ -8,30 +8,34 @@ How a step runs on XLA (see `functrain.CompiledStep`): ``compile="auto"`` traces
 once with Dynamo and hands the graph to torch_xla's ``openxla`` backend, which compiles it to one
 XLA executable and replays it every step. ``compile="eager"`` runs the step in torch_xla's lazy
 tensor mode instead: every step re-records the same operations and torch_xla looks the graph up
-in its cache by hash at the sync. The first is the default because it is faster: measured with
-``benchmarks/xla_step.py`` on XLA's CPU device (2-core machine, torch_xla 2.9.0, medians of 5
-rounds of 200 steps), per step:
+in its cache by hash at the sync. torch_xla's own whole-step wrapper, ``torch_xla.compile``,
+works the same way (lazy tracing of the function, a sync at its end). openxla is the default
+because it is the fastest of the three: measured with ``benchmarks/xla_step.py`` on XLA's CPU
+device (2-core machine, torch_xla 2.9.0, medians of 5 rounds of 200 steps), per step:
 
-=========================================  ==================  =========================
-variant                                    784-128-10, b. 64   784-512-512-10, b. 128
-=========================================  ==================  =========================
-plain eager PyTorch on the CPU             1.16 ms             5.01 ms
-functrain CPU runner (inductor)            0.66 ms             3.37 ms
-hand-written torch_xla (lazy)              4.22 ms             13.77 ms
-functrain on XLA, ``compile="eager"``      7.47 ms             10.50 ms
-functrain on XLA, ``compile="auto"``       0.82 ms             5.20 ms
-=========================================  ==================  =========================
+==============================================  ==================  =========================
+variant                                         784-128-10, b. 64   784-512-512-10, b. 128
+==============================================  ==================  =========================
+plain eager PyTorch on the CPU                  1.24 ms             4.57 ms
+functrain CPU runner (inductor)                 0.77 ms             3.28 ms
+hand-written torch_xla loop (lazy)              3.90 ms             12.65 ms
+the pure step in ``torch_xla.compile``          6.79 ms             8.89 ms
+functrain on XLA, ``compile="eager"`` (lazy)    6.14 ms             8.80 ms
+functrain on XLA, ``compile="auto"`` (openxla)  1.16 ms             5.10 ms
+==============================================  ==================  =========================
 
-Lazy mode pays the Python and graph-recording cost of the whole step every step; openxla pays
-it once, and on XLA's CPU device comes within 1.2-1.5x of the CPU runner. Lazy mode also compiled a variant of its graph now and then
-at random steps (1-3 per 1000 steps, hand-written loops too; see `sync`); openxla compiled
-nothing after warm-up.
+(An earlier run of the same benchmark gave openxla 0.82 / 5.20 ms against the CPU runner's
+0.66 / 3.37 ms.) Lazy tracing pays the Python and graph-recording cost of the whole step every
+step; openxla pays it once, and on XLA's CPU device comes within 1.2-1.6x of the CPU runner.
+Lazy mode also compiled a variant of its graph now and then at random steps (0-3 per 1000
+steps, hand-written loops too; see `sync`); openxla compiled nothing after warm-up.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import re
 from importlib import metadata
 from typing import Any
 
@@ -88,29 +92,31 @@ def device(name: str, devices: int | str | None = None) -> torch.device:
     over which tensors are sharded (see `data_mesh`).
     """
     argument = f"device={name!r}"
-    if name == "tpu":
-        pjrt = os.environ.get("PJRT_DEVICE")
-        if pjrt is not None and pjrt.upper() != "TPU":
-            raise ValueError(f"{argument} expects PJRT_DEVICE=TPU, but PJRT_DEVICE={pjrt!r}. "
-                             "HINT: unset PJRT_DEVICE, or use device='xla' to run on the "
-                             "device PJRT_DEVICE names.")
-        if pjrt is None:  # torch_xla reads it when its runtime starts
-            os.environ["PJRT_DEVICE"] = "TPU"
+    match = re.fullmatch(r"(xla|tpu)(?::(\d+))?", name)
+    if match is None or (match[1] == "tpu" and match[2] is not None):
+        raise ValueError(f"{argument}: expected 'xla', 'xla:N' or 'tpu'.")
+    index = int(match[2] or 0)
+    pjrt = os.environ.get("PJRT_DEVICE")
+    if name == "tpu" and pjrt is not None and pjrt.upper() != "TPU":
+        raise ValueError(f"{argument} expects PJRT_DEVICE=TPU, but PJRT_DEVICE={pjrt!r}. "
+                         "HINT: unset PJRT_DEVICE, or use device='xla' to run on the "
+                         "device PJRT_DEVICE names.")
     torch_xla = require(argument)
     import torch_xla.runtime as xr
 
+    if name == "tpu" and pjrt is None:  # read when torch_xla's runtime starts, just below
+        os.environ["PJRT_DEVICE"] = "TPU"
     if devices is not None and not xr.is_spmd():
-        if name not in ("xla", "tpu", "xla:0"):
-            raise ValueError(f"{argument}: with devices=..., name the XLA device as 'xla' (or "
-                             "'tpu'): SPMD shows all devices as one, xla:0.")
         _check_devices(devices)  # before switching the process to SPMD
         xr.use_spmd()
+    if xr.is_spmd() and index != 0:
+        raise ValueError(f"{argument}: in SPMD mode (devices=...) torch_xla shows all devices "
+                         "as one, xla:0. HINT: use device='xla'.")
     kind = xr.device_type()
     if name == "tpu" and kind != "TPU":
         raise RuntimeError(f"{argument}: torch_xla found no TPU (its runtime runs on "
                            f"{kind}). HINT: run on a TPU VM, or use device='xla' with "
                            "PJRT_DEVICE=CPU to run the same code on XLA's CPU device.")
-    index = 0 if name in ("xla", "tpu") else int(name.split(":", 1)[1])
     count = xr.addressable_runtime_device_count()
     if not 0 <= index < count:
         raise ValueError(f"{argument}: this process has {count} XLA device(s) "
@@ -190,6 +196,11 @@ def data_mesh(devices: int | str) -> Any:
 def _check_devices(devices: int | str) -> int:
     import torch_xla.runtime as xr
 
+    if xr.process_count() > 1:
+        raise NotImplementedError(
+            f"devices={devices!r}: {xr.process_count()} processes share torch_xla's devices "
+            "(a multi-host run); functrain's data parallelism covers one host. HINT: run on "
+            "one host, or shard the batch yourself with torch_xla.distributed.spmd.")
     count = xr.global_runtime_device_count()
     if devices != "all" and devices != count:
         raise ValueError(

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -115,30 +116,56 @@ _SCALAR_LEAVES = (bool, int, float, complex, str, bytes, torch.dtype, torch.devi
 
 
 def _sorted_keys(d: dict[Any, Any]) -> list[Any]:
-    try:
-        return sorted(d)
-    except TypeError:  # optree keeps insertion order when keys cannot be sorted
+    """The keys in optree's order: sorted; keys of mixed types by type name, then value;
+    OrderedDicts in insertion order."""
+    if type(d) is collections.OrderedDict:
         return list(d)
+    keys = list(d)
+    # No try/except around sorted(): torch 2.9's Dynamo fails inside on a TypeError.
+    if all(type(k) is type(keys[0]) for k in keys):
+        return sorted(keys)
+    return sorted(keys, key=lambda k: (type(k).__module__, type(k).__qualname__, k))
 
 
-def _traced_map(fn: Callable[..., Any], x: Any, rest: list[Any]) -> Any:
+_DICTS = (dict, collections.OrderedDict, collections.defaultdict)
+
+
+def _mismatch(path: str, what: str) -> ValueError:
+    return ValueError(f"tree.map: the trees differ at {path}: {what}.")
+
+
+def _traced_map(fn: Callable[..., Any], x: Any, rest: list[Any], path: str = "tree") -> Any:
     """`map` in plain Python, for use while Dynamo traces: leaves are visited in optree's
-    order (sorted dict keys), dicts are paired by key and rebuilt in ``x``'s insertion order."""
+    order (sorted dict keys), dicts are paired by key and rebuilt in ``x``'s insertion order;
+    trees in ``rest`` must match ``x`` down to its leaves (below them they may go deeper)."""
     if isinstance(x, torch.Tensor) or type(x) in _SCALAR_LEAVES:
         return fn(x, *rest)
     if x is None:
+        if any(r is not None for r in rest):
+            raise _mismatch(path, "None against a value")
         return None
-    if type(x) is dict:
-        done = {k: _traced_map(fn, x[k], [r[k] for r in rest]) for k in _sorted_keys(x)}
-        return {k: done[k] for k in x}
-    if type(x) in (list, tuple):
-        return type(x)(_traced_map(fn, v, [r[i] for r in rest]) for i, v in enumerate(x))
-    if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple
-        return type(x)(*(_traced_map(fn, v, [r[i] for r in rest]) for i, v in enumerate(x)))
+    t = type(x)
+    if any(type(r) is not t for r in rest):
+        raise _mismatch(path, f"{t.__name__} against {[type(r).__name__ for r in rest]}")
+    if t in _DICTS:
+        if any(len(r) != len(x) or any(k not in r for k in x) for r in rest):
+            raise _mismatch(path, "different dict keys")
+        done = {k: _traced_map(fn, x[k], [r[k] for r in rest], f"{path}[{k!r}]")
+                for k in _sorted_keys(x)}
+        out = {k: done[k] for k in x}
+        if t is collections.defaultdict:
+            return collections.defaultdict(x.default_factory, out)
+        return collections.OrderedDict(list(out.items())) if t is collections.OrderedDict else out
+    if t in (list, tuple) or (isinstance(x, tuple) and hasattr(x, "_fields")):
+        if any(len(r) != len(x) for r in rest):
+            raise _mismatch(path, "different lengths")
+        children = [_traced_map(fn, v, [r[i] for r in rest], f"{path}[{i}]")
+                    for i, v in enumerate(x)]
+        return t(children) if t in (list, tuple) else t(*children)
     names = data_fields(x)
     if names is not None:
-        return _rebuild(x, {n: _traced_map(fn, getattr(x, n), [getattr(r, n) for r in rest])
-                            for n in names})
+        return _rebuild(x, {n: _traced_map(fn, getattr(x, n), [getattr(r, n) for r in rest],
+                                           f"{path}.{n}") for n in names})
     return optree.tree_map(fn, x, *rest, namespace=NAMESPACE)
 
 
@@ -147,7 +174,7 @@ def _traced_leaves(x: Any, out: list[Any]) -> None:
         out.append(x)
     elif x is None:
         pass
-    elif type(x) is dict:
+    elif type(x) in _DICTS:
         for k in _sorted_keys(x):
             _traced_leaves(x[k], out)
     elif type(x) in (list, tuple) or (isinstance(x, tuple) and hasattr(x, "_fields")):

@@ -92,3 +92,73 @@ def test_namespace_is_functrain():
     assert tree.NAMESPACE == "functrain"
     state = ft.TrainState.create(torch.nn.Linear(1, 1), ft.optim.sgd(0.1))
     assert tree.structure(state).num_leaves == len(tree.leaves(state))
+
+
+# -- the walk used while torch.compile traces (functrain.tree._traced_map) ------------------
+
+
+def _parity_trees():
+    import collections
+    from typing import NamedTuple
+
+    from functrain.precision import DynamicLossScale
+
+    class Pair(NamedTuple):
+        a: torch.Tensor
+        b: torch.Tensor
+
+    t = torch.arange(3.0)
+    state = ft.TrainState.create(torch.nn.Linear(2, 2), ft.optim.adam(1e-3))
+    dd = collections.defaultdict(list)
+    dd["z"], dd["y"] = t + 1, t + 2
+    return {
+        "dict, unsorted insertion": {"b": t, "a": t + 1, "c": [t + 2, (t + 3, None)]},
+        "mixed key types": {"a": t, 1: t + 1},
+        "OrderedDict": collections.OrderedDict([("b", t), ("a", t + 1)]),
+        "defaultdict": dd,
+        "NamedTuple": Pair(t, t + 1),
+        "TrainState": state,
+        "DynamicLossScale": {"w": t, "ls": DynamicLossScale(init_scale=8.0)},
+        "metrics": {"acc": ft.metrics.Accuracy.from_logits(torch.eye(3), torch.arange(3))},
+        "empty containers": {"e": {}, "l": [], "n": None, "w": t},
+    }
+
+
+@pytest.mark.parametrize("name", list(_parity_trees()))
+def test_traced_map_and_leaves_agree_with_optree_under_compile(name):
+    tree = _parity_trees()[name]
+    if name == "defaultdict" and tuple(map(int, torch.__version__.split(".")[:2])) < (2, 10):
+        pytest.skip("torch 2.9's Dynamo cannot build a defaultdict inside a compiled function")
+
+    def f(tree):
+        doubled = ft.tree.map(lambda x: x * 2 if isinstance(x, torch.Tensor) else x, tree)
+        return doubled, ft.tree.leaves(doubled)
+
+    eager_tree, eager_leaves = f(tree)
+    torch._dynamo.reset()
+    got_tree, got_leaves = torch.compile(f, backend="eager", fullgraph=True)(tree)
+    assert type(got_tree) is type(eager_tree)
+    assert ft.tree.structure(got_tree) == ft.tree.structure(eager_tree)
+    assert len(got_leaves) == len(eager_leaves)
+    for a, b in zip(got_leaves, eager_leaves):
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b)
+    if isinstance(eager_tree, dict):
+        assert list(got_tree) == list(eager_tree)  # insertion order kept
+
+
+@pytest.mark.parametrize("other", [
+    {"a": torch.ones(1), "b": torch.ones(1), "c": torch.ones(1)},  # an extra key
+    {"a": torch.ones(1), "c": torch.ones(1)},                       # another key
+    {"a": torch.ones(1), "b": None},                                # None for a list
+])
+def test_traced_map_refuses_trees_that_differ(other):
+    tree = {"a": torch.ones(1), "b": [torch.ones(1)]}
+
+    def f(x, y):
+        return ft.tree.map(lambda a, b: a, x, y)
+
+    with pytest.raises(ValueError):
+        f(tree, other)  # optree, eagerly
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="differ|ValueError"):
+        torch.compile(f, backend="eager", fullgraph=True)(tree, other)

@@ -75,3 +75,24 @@ def test_the_version_pair_is_compared_by_major_minor():
     assert _xla._release("2.9.0+cu128") == (2, 9)
     assert _xla._release("2.14.1") == (2, 14)
     assert _xla._release("2.9.0rc1") == (2, 9)
+
+
+@pytest.mark.parametrize("device", ["xla:abc", "xla:", "tpu:0", "xla0"])
+def test_malformed_xla_device_names(device):
+    with pytest.raises(ValueError, match=r"expected 'xla', 'xla:N' or 'tpu'"):
+        ft.compile_step(step, device=device)
+
+
+@pytest.mark.parametrize("devices", [[0, 1], True, 0, -2, "two"])
+def test_devices_must_be_all_or_a_positive_int(devices):
+    with pytest.raises(TypeError, match=r"devices: expected None, 'all' or a positive int"):
+        ft.compile_step(step, device="cpu", devices=devices)
+    with pytest.raises(TypeError, match=r"devices: expected None, 'all' or a positive int"):
+        ft.fit(step, {"w": torch.ones(2)}, [torch.ones(3)], epochs=1, devices=devices,
+               loggers=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"device='cuda': CUDA is not available here"):
+        ft.compile_step(step, device="cuda")
