@@ -22,7 +22,7 @@ from . import tree as _tree
 from ._callbacks import Callback, Loop
 from ._donation import is_donated
 from ._progress import ProgressBar, format_summary
-from ._runner import NONFINITE, CompiledStep, _leading, check_devices, prefetch
+from ._runner import NONFINITE, CompiledStep, _leading, prefetch
 from .precision import Policy
 
 __all__ = ["evaluate", "fit"]
@@ -67,9 +67,8 @@ def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bo
                 on_recompile: str, precision: Any = "32", check_finite: bool = False,
                 wrap: Callable[..., Any] | None = None,
                 devices: int | str | None = None) -> CompiledStep:
-    check_devices(devices)
     key = (str(compile), str(device), donate, on_recompile, str(precision), check_finite,
-           wrap is not None, devices)
+           wrap is not None, str(devices))
     try:
         per_fn = _RUNNERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no reuse
@@ -501,12 +500,13 @@ def fit(
                 if stop.reason or loop.stop_reason:  # a stop asked at the epoch's end
                     loop.stop_reason = loop.stop_reason or stop.reason
                     done = True
+            # A resumed run that had nothing left to do neither evaluates again nor rewrites
+            # the checkpoint it started from.
+            idle_resume = bool(meta) and loop.step == start_step
             if (evaluator is not None and not loop.stop_reason
-                    and evaluated_at[0] != loop.step and (loop.step != start_step or not meta)):
+                    and evaluated_at[0] != loop.step and not idle_resume):
                 run_eval()
-            # The end of the run, or a stop (SIGTERM, a callback); a resumed run that had
-            # nothing left to do keeps the checkpoint it started from.
-            if checkpoint_every and (loop.step != start_step or not meta):
+            if checkpoint_every and not idle_resume:  # the end of the run, or a stop
                 save_checkpoint(blocking=True, epoch_done=epoch_finished)
         except KeyboardInterrupt:
             loop.stop_reason = "interrupted (KeyboardInterrupt)"

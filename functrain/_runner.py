@@ -82,7 +82,7 @@ def resolve_device(device: str | torch.device | None, *,
     return dev
 
 
-def check_devices(devices: Any) -> None:
+def _check_devices(devices: Any) -> None:
     """Validate the ``devices`` argument: ``None``, ``"all"`` or a positive int."""
     if devices is None or devices == "all":
         return
@@ -204,8 +204,13 @@ class CompiledStep:
                              f"got {on_recompile!r}.")
         from .precision import Policy
 
-        check_devices(devices)
+        _check_devices(devices)
         self.device = resolve_device(device, devices=devices)
+        self._xla: Any = None  # functrain._xla on an XLA device (it imports torch_xla)
+        if self.device.type == "xla":
+            from . import _xla
+
+            self._xla = _xla
         self.mesh = None
         if devices is not None:
             if self.device.type != "xla":
@@ -213,9 +218,7 @@ class CompiledStep:
                     f"devices={devices!r}: splitting each batch across devices is done by "
                     f"torch_xla's SPMD in this version; device={self.device} has no such mode. "
                     "HINT: use device='xla' (or 'tpu'), or leave devices=None.")
-            from . import _xla
-
-            self.mesh = _xla.data_mesh(devices)
+            self.mesh = self._xla.data_mesh(devices)
         self.policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
         self._train = _train
         # The policy casts the batch and enters autocast inside the compiled step; "32" leaves
@@ -360,9 +363,7 @@ class CompiledStep:
             lambda x: _place(x.pin_memory() if pin and x.device.type == "cpu" else x,
                              self.device, True), batch)
         if self.mesh is not None:
-            from . import _xla
-
-            batch = _tree.map(lambda x: _xla.shard_batch(x, self.mesh), batch)
+            batch = _tree.map(lambda x: self._xla.shard_batch(x, self.mesh), batch)
             self._last_placed = batch
         return batch
 
@@ -418,19 +419,17 @@ class CompiledStep:
             self._signatures.append(_batch_signature(batch))
         before = self.compiles
         self.calls += 1
-        on_xla = self.device.type == "xla"
-        if on_xla:
-            from . import _xla
-
-            xla_before = _xla.compile_count()
+        xla = self._xla
+        if xla is not None:
+            xla_before = xla.compile_count()
         new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
-        if on_xla:
+        if xla is not None:
             # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
             # mode) and queues it, without waiting.
-            _xla.sync(collect=self.backend == "eager")
+            xla.sync(collect=self.backend == "eager")
         if self.compiles > before and before > 0:
             self._report_recompile(batch)
-        elif on_xla and self.calls > _XLA_WARMUP and _xla.compile_count() > xla_before:
+        elif xla is not None and self.calls > _XLA_WARMUP and xla.compile_count() > xla_before:
             self._report_xla_compile(batch)
         if self.backend in _FUNCTIONAL:
             self._acc = new_acc
@@ -492,10 +491,8 @@ class CompiledStep:
     def _sync_window(self) -> None:
         # On XLA, run the window's update as a graph of its own (compiled once), rather than
         # letting it join, and change, the next step's graph.
-        if self.device.type == "xla":
-            from . import _xla
-
-            _xla.sync()
+        if self._xla is not None:
+            self._xla.sync()
 
 
 def prefetch(loader: Any, place: Callable[[Any], Any]) -> Any:
