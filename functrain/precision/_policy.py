@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from . import tree as _tree
-from ._precision_scale import DynamicLossScale, NoOpLossScale
-from ._state import TrainState
+from .. import tree as _tree
+from .._state import TrainState
+from ._scale import DynamicLossScale, NoOpLossScale
 
 __all__ = ["Policy"]
 
