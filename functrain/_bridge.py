@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._compat import is_functional_call_key_error
+
 __all__ = ["call", "split"]
 
 
@@ -107,10 +109,9 @@ def call(
                 module, (params, new_buffers), args, kwargs, strict=True
             )
         except RuntimeError as e:
-            msg = str(e)
-            if "Missing key" in msg or "Unexpected key" in msg:
+            if is_functional_call_key_error(e):
                 raise KeyError(
-                    f"params/buffers do not match {type(module).__name__}'s tensors: {msg} "
+                    f"params/buffers do not match {type(module).__name__}'s tensors: {e} "
                     "HINT: build them with functrain.split(module)."
                 ) from None
             raise

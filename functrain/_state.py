@@ -199,9 +199,9 @@ def _check_opt_state(state: TrainState) -> None:
     except TypeError:
         key, ref = None, None
     if ref is None:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from ._compat import real_tensors
 
-        with unset_fake_temporarily():  # real meta tensors, also during the runner's fake run
+        with real_tensors():  # real meta tensors, also during the runner's fake run
             meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
                     for k, v in state.params.items()}
             ref = state.tx.init(meta)

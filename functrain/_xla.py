@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from ._compat import is_autograd_device_queue_error
+
 __all__ = ["compile_count", "data_mesh", "device", "shard_batch", "sync", "wait"]
 
 #: The torch / torch_xla pair functrain's XLA tests run with.
@@ -137,7 +139,7 @@ def _check_autograd(dev: torch.device, argument: str) -> None:
     try:  # builds a lazy graph and drops it: nothing is compiled or run
         torch.autograd.grad(x * 2.0, x)
     except RuntimeError as e:
-        if "device_ready_queues_" not in str(e):
+        if not is_autograd_device_queue_error(e):
             raise
         raise RuntimeError(
             f"{argument}: PyTorch's autograd engine started (with a backward pass on another "

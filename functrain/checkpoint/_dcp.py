@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .._compat import dcp_slice_file, has_dcp_slice_file
 from .._errors import describe
 from ._format import CheckpointError
 from ._unpickler import _read_dcp_metadata
@@ -111,7 +112,7 @@ def _dcp_load(path: Path, like: dict[str, torch.Tensor],
             for name, reqs in by_file.items():
                 with open(path / name, "rb") as f:
                     for req in reqs:
-                        view = self._slice_file(f, storage[req.storage_index])
+                        view = dcp_slice_file(self, f, storage[req.storage_index])
                         t = torch.load(view, map_location="cpu", weights_only=True)
                         want = like[req.dest_index.fqn]
                         if not (isinstance(t, torch.Tensor) and t.shape == want.shape
@@ -149,9 +150,7 @@ def _whole_tensors(md: Any, keys: Any) -> bool:
     """Whether the fast read path applies: each tensor stored whole, in one plain chunk (what
     one process writes). It keeps the tensors ``torch.load`` returns instead of copying each
     into a preallocated one, as DCP's ``FileSystemReader`` does (twice the memory traffic)."""
-    import torch.distributed.checkpoint as dcp
-
-    return (hasattr(dcp.FileSystemReader, "_slice_file")
+    return (has_dcp_slice_file()
             and all(len(md.state_dict_metadata[k].chunks) == 1
                     and not any(md.state_dict_metadata[k].chunks[0].offsets) for k in keys)
             and not any(getattr(info, "transform_descriptors", None)

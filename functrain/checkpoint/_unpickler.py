@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._compat import dcp_metadata_globals
 from ._format import CheckpointError
 
 
@@ -32,21 +33,9 @@ def _read_dcp_metadata(path: Path) -> Any:
     return md
 
 
-_DCP_MD = "torch.distributed.checkpoint.metadata"
-_ALLOWED_GLOBALS = {
-    *((_DCP_MD, n) for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
-                             "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
-                             "StorageMeta", "_MEM_FORMAT_ENCODING")),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"), ("torch.serialization", "_get_layout"),
-    *((m, n) for m in ("pathlib", "pathlib._local")
-      for n in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
-}
-
-
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or (
+        if (module, name) in dcp_metadata_globals() or (
                 module == "torch" and isinstance(getattr(torch, name, None),
                                                  (torch.dtype, torch.layout, torch.memory_format))):
             return super().find_class(module, name)

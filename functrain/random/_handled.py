@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._compat import calculate_correct_fan
 from ._draws import bernoulli, normal, permutation, randint, uniform
 
 _PASS = object()  # a handler's answer for "run the original function"
@@ -367,7 +368,7 @@ def _init_kaiming_uniform(
 ):
     if 0 in tensor.shape:
         return tensor
-    fan = torch.nn.init._calculate_correct_fan(tensor, mode)
+    fan = calculate_correct_fan(tensor, mode)
     bound = math.sqrt(3.0) * torch.nn.init.calculate_gain(nonlinearity, a) / math.sqrt(fan)
     return _init_uniform(scope, tensor, -bound, bound, generator)
 

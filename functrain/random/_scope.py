@@ -6,9 +6,10 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from .._compat import private_sampler_name
 from ._handled import _HANDLERS, _PASS
 from ._keys import _check_key, fold_in
-from ._unhandled import _UNSUPPORTED
+from ._unhandled import _UNSUPPORTED, _UNSUPPORTED_PRIVATE
 
 # --------------------------------------------------------------------------------------------
 # The keyed scope.
@@ -56,11 +57,16 @@ class KeyedRandomness(TorchFunctionMode):
             out = handler(self, *args, **kwargs)
             if out is not _PASS:
                 return out
-        elif func in _UNSUPPORTED:
-            raise NotImplementedError(
-                f"{_UNSUPPORTED[func][0]} is not supported inside functrain.random.keyed(...): "
-                f"it would draw from the global generator. HINT: {_UNSUPPORTED[func][1]}"
-            )
+        else:
+            unsupported = _UNSUPPORTED.get(func)
+            if unsupported is None:
+                private = private_sampler_name(func)
+                unsupported = None if private is None else _UNSUPPORTED_PRIVATE[private]
+            if unsupported is not None:
+                raise NotImplementedError(
+                    f"{unsupported[0]} is not supported inside functrain.random.keyed(...): "
+                    f"it would draw from the global generator. HINT: {unsupported[1]}"
+                )
         return func(*args, **kwargs)
 
 
