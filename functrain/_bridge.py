@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._compat import is_functional_call_key_error
+from ._errors import describe
 
 __all__ = ["call", "split"]
 
@@ -37,7 +38,7 @@ def split(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
         (['bias', 'weight'], ['num_batches_tracked', 'running_mean', 'running_var'])
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}.")
+        raise TypeError(f"module: expected a torch.nn.Module, got {describe(module)}.")
     params = {k: v.detach().clone() for k, v in module.named_parameters()}
     buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
     return params, buffers
@@ -88,9 +89,9 @@ def call(
         (tensor([0., 0.]), tensor([0.1000, 0.2000]))
     """
     if not isinstance(params, dict):
-        raise TypeError(f"params: expected a dict of tensors, got {type(params).__name__}.")
+        raise TypeError(f"params: expected a dict of tensors, got {describe(params)}.")
     if not isinstance(buffers, dict):
-        raise TypeError(f"buffers: expected a dict of tensors, got {type(buffers).__name__}.")
+        raise TypeError(f"buffers: expected a dict of tensors, got {describe(buffers)}.")
     # Copies of the buffers: functional_call writes in-place buffer updates into the tensors it
     # is given, so handing it copies keeps the caller's dict untouched.
     new_buffers = {k: v.clone() for k, v in buffers.items()}

@@ -31,7 +31,8 @@ def test_split_returns_detached_copies():
 
 
 def test_split_rejects_non_module():
-    with pytest.raises(TypeError, match="module: expected a torch.nn.Module, got dict"):
+    with pytest.raises(TypeError,
+                       match="module: expected a torch.nn.Module, got an object of type dict"):
         ft.split({"w": torch.ones(1)})
 
 
@@ -120,7 +121,8 @@ def test_call_names_missing_keys():
     del params["0.weight"]
     with pytest.raises(KeyError, match=r"0\.weight.*HINT: build them with functrain.split"):
         ft.call(model, params, buffers, torch.randn(2, 5))
-    with pytest.raises(TypeError, match="params: expected a dict of tensors, got list"):
+    with pytest.raises(TypeError,
+                       match="params: expected a dict of tensors, got an object of type list"):
         ft.call(model, [1], buffers, torch.randn(2, 5))
 
 

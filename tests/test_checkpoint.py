@@ -466,7 +466,7 @@ def test_keep_evicts_oldest_first_only_after_the_new_one_is_written(tmp_path, mo
     for step in range(5):
         everything.save(step, small(float(step)))
     assert len(everything.all()) == 5
-    with pytest.raises(ValueError, match="keep: expected a positive int or None, got 0"):
+    with pytest.raises(ValueError, match="keep: expected an int >= 1 or None, got 0"):
         ckpt.CheckpointManager(tmp_path, keep=0)
 
 

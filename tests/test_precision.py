@@ -110,7 +110,8 @@ def test_cast_state_of_other_pytrees_and_errors():
     cast = mp.Policy.from_name("bf16-true").cast_state(tree)
     assert (cast["w"].dtype, cast["n"].dtype) == (torch.bfloat16, torch.int64)
     assert mp.Policy.from_name("bf16-mixed").cast_state(tree) is tree
-    with pytest.raises(TypeError, match="state: expected a functrain.TrainState, got dict"):
+    with pytest.raises(TypeError,
+                       match="state: expected a functrain.TrainState, got an object of type dict"):
         mp.Policy.from_name("16-mixed").prepare_state(tree)
     state = ft.TrainState.create(_mlp(), ft.optim.adam(1e-3))
     state = state.replace(opt_state=ft.optim.sgd(0.1, momentum=0.9).init(state.params))

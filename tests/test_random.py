@@ -161,8 +161,10 @@ def test_argument_validation():
         R.uniform(k, (2,), low=1.0, high=0.0)
     with pytest.raises(ValueError, match="high - low"):
         R.randint(k, (2,), 5, 5)
-    with pytest.raises(TypeError, match="non-negative int"):
+    with pytest.raises(ValueError, match=r"split: num: expected an int >= 0, got -1"):
         R.split(k, -1)
+    with pytest.raises(TypeError, match=r"split: num: expected an int >= 0, got 2\.0"):
+        R.split(k, 2.0)
 
 
 def test_determinism_and_independence():

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._errors import describe
 from .._version import __version__
 from ._format import CheckpointError, _fsync_dir
 from ._save import _check_storable
@@ -45,14 +46,14 @@ def export_params(path: str | os.PathLike[str], params: Mapping[str, torch.Tenso
     """
     st = _import_safetensors()
     if not isinstance(params, Mapping):
-        raise TypeError(f"params: expected a dict of str -> tensor, got {type(params).__name__}."
+        raise TypeError(f"params: expected a dict of str -> tensor, got {describe(params)}."
                         " HINT: pass state.params.")
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for k, v in params.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise TypeError(f"params[{k!r}]: expected a tensor under a str key, got "
-                            f"{type(v).__name__}. HINT: pass a flat dict such as state.params.")
+                            f"{describe(v)}. HINT: pass a flat dict such as state.params.")
         v = _check_storable(f"params[{k!r}]", v).to("cpu").contiguous()
         ptr = v.untyped_storage().data_ptr()
         tensors[k] = v.clone() if ptr in seen and v.numel() else v  # tied weights: own copies

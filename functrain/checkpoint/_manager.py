@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
+from .._errors import check_int
 from ._format import _MANIFEST, CheckpointError
 from ._restore import verify
 from ._save import _check_meta, _flatten_meta, _flatten_state, _remove, save
@@ -50,10 +51,8 @@ class CheckpointManager:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, keep: int | None = 3) -> None:
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int)
-                                 or keep < 1):
-            raise ValueError(f"keep: expected a positive int or None, got {keep!r}. "
-                             "HINT: keep=3 keeps the three newest checkpoints.")
+        check_int("keep", keep, minimum=1, allow_none=True,
+                  hint="keep=3 keeps the three newest checkpoints.")
         self.directory = Path(directory)
         self.keep = keep
         self._thread: threading.Thread | None = None
@@ -101,7 +100,7 @@ class CheckpointManager:
         self.wait()
         step = int(step)
         if step < 0:
-            raise ValueError(f"step: expected a non-negative int, got {step}.")
+            raise ValueError(f"step: expected an int >= 0, got {step}.")
         path = self.path(step)
         if blocking:
             self._write(path, state, meta)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
+from .._errors import describe
 from .._version import __version__
 from ._dcp import _dcp_save
 from ._format import (
@@ -99,7 +100,7 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
 
 def _check_meta(meta: Any) -> dict[str, Any]:
     if meta is not None and not isinstance(meta, Mapping):
-        raise TypeError(f"meta: expected a dict or None, got {type(meta).__name__}. "
+        raise TypeError(f"meta: expected a dict or None, got {describe(meta)}. "
                         "HINT: meta={'epoch': 3, 'batch_in_epoch': 120}.")
     return dict(meta or {})
 
@@ -123,7 +124,7 @@ def _flatten_state(state: Any) -> tuple[dict[str, torch.Tensor], list[dict[str, 
         else:
             raise TypeError(
                 f"{p}: expected a tensor or a JSON scalar (bool, int, float, str, None), got "
-                f"{type(leaf).__name__}. HINT: keep other objects out of the state (as static "
+                f"{describe(leaf)}. HINT: keep other objects out of the state (as static "
                 "fields of a TrainState subclass) or store them as tensors.")
     return tensors, leaves
 
@@ -159,7 +160,7 @@ def _flatten_meta(obj: Any, p: str) -> tuple[Any, dict[str, torch.Tensor]]:
             out_tensors.update(ts)
         return out, out_tensors
     raise TypeError(f"{p}: expected a JSON value (dict, list, bool, int, float, str, None) or "
-                    f"a tensor, got {type(obj).__name__}. HINT: convert it, e.g. float(x), "
+                    f"a tensor, got {describe(obj)}. HINT: convert it, e.g. float(x), "
                     "list(x), torch.as_tensor(x), or obj.state_dict() for a callback.")
 
 

@@ -31,6 +31,7 @@ Example:
 
     >>> import torch, functrain as ft
     >>> from functrain import precision as mp
+    >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     >>> tx = ft.optim.chain(ft.optim.clip_by_global_norm(1.0), ft.optim.adamw(1e-2))
     >>> policy = mp.Policy.from_name("16-mixed")

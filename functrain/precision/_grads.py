@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
+from .._errors import describe
 from ._scale import DynamicLossScale, NoOpLossScale, all_finite
 
 _LossScale = DynamicLossScale | NoOpLossScale
@@ -36,7 +37,7 @@ def get_loss_scale(state: Any) -> DynamicLossScale | NoOpLossScale:
         return NoOpLossScale()
     if not isinstance(ls, (DynamicLossScale, NoOpLossScale)):
         raise TypeError(f"state.extras['loss_scale']: expected a DynamicLossScale or "
-                        f"NoOpLossScale, got {type(ls).__name__}.")
+                        f"NoOpLossScale, got {describe(ls)}.")
     return ls
 
 
@@ -68,13 +69,13 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
         (tensor(3.), {'w': tensor([1., 2.])})
     """
     if not callable(fun):
-        raise TypeError(f"fun: expected a callable loss function, got {type(fun).__name__}.")
+        raise TypeError(f"fun: expected a callable loss function, got {describe(fun)}.")
 
     def wrapped(*args: Any, loss_scale: _LossScale | None = None, **kwargs: Any) -> Any:
         ls = NoOpLossScale() if loss_scale is None else loss_scale
         if not isinstance(ls, (DynamicLossScale, NoOpLossScale)):
             raise TypeError(f"loss_scale: expected a DynamicLossScale, NoOpLossScale or None, "
-                            f"got {type(ls).__name__}.")
+                            f"got {describe(ls)}.")
 
         def scaled(*a: Any, **k: Any) -> tuple[torch.Tensor, Any]:
             out = fun(*a, **k)

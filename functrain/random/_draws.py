@@ -232,7 +232,7 @@ def permutation(key: Tensor, x: int | Tensor) -> Tensor:
             raise TypeError(f"permutation: expected a tensor of dim >= 1, got {describe(x)}.")
         n = x.shape[0]
     elif isinstance(x, bool) or not hasattr(type(x), "__index__") or operator.index(x) < 0:
-        raise TypeError(f"permutation: expected a non-negative int or a tensor, got {x!r}.")
+        raise TypeError(f"permutation: expected an int >= 0 or a tensor, got {describe(x)}.")
     else:
         n = operator.index(x)
     perm = torch.arange(n, device=key.device)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._errors import describe
+from .._errors import check_int, describe
 from ._threefry import _FLOAT_BITS, _MASK32, _threefry_op, _words
 
 _KEY_HINT = "HINT: make one with functrain.random.key(seed)"
@@ -107,8 +107,7 @@ def split(key: Tensor, num: int = 2) -> Tensor:
         True
     """
     _check_key(key, "split")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 0:
-        raise TypeError(f"split: expected num to be a non-negative int, got {describe(num)}.")
+    check_int("split: num", num, minimum=0)
     x0, x1 = _words(key, (num,))
     return torch.stack([x0, x1], dim=-1)
 
