@@ -125,7 +125,7 @@ def test_cast_state_of_other_pytrees_and_errors():
 def test_autocast_inside_fullgraph_compile_around_grad_of_functional_call(dtype,
                                                                           compile_counter):
     model = _mlp()
-    params, _ = ft.split(model)
+    params, _ = ft.split_module(model)
     x, y = _regression()
 
     def grads_of(params, x, y):
