@@ -23,6 +23,7 @@ from . import random as random
 from . import tree as tree
 from ._bridge import call as call
 from ._bridge import split as split
+from ._bridge import split_module as split_module
 from ._callbacks import Callback as Callback
 from ._callbacks import Loop as Loop
 from ._donation import DonatedStateError as DonatedStateError
@@ -55,5 +56,6 @@ __all__ = [
     "precision",
     "random",
     "split",
+    "split_module",
     "tree",
 ]

@@ -30,6 +30,7 @@ from typing import Any
 import optree
 import torch
 
+from . import _compat
 from . import metrics as _metrics
 from . import tree as _tree
 from ._donation import check_not_donated, poison, remember_nodes, write_back
@@ -264,28 +265,23 @@ class CompiledStep:
         # each runner its own copy of _inner's code so runners never share (or evict) entries.
         global _RUNNERS
         _RUNNERS += 1
-        code = CompiledStep._inner.__code__.replace(co_name=f"functrain_step_{_RUNNERS}")
-        fn = types.FunctionType(code, CompiledStep._inner.__globals__, code.co_name)
-        self._code_name = code.co_name
+        fn = _compat.with_own_code(CompiledStep._inner, f"functrain_step_{_RUNNERS}")
+        self._code_name = fn.__code__.co_name
         return torch.compile(types.MethodType(fn, self), backend=self._compile_graph,
                              fullgraph=True, dynamic=False)
 
     def _compile_graph(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
         self.compiles += 1
         if self.backend == "openxla":
-            return torch._dynamo.lookup_backend("openxla")(gm, example_inputs)
-        from torch._inductor.compile_fx import compile_fx
-
+            return _compat.lookup_backend("openxla")(gm, example_inputs)
         patches = {"triton.cudagraphs": True} if self.backend == "cudagraphs" else {}
-        return compile_fx(gm, example_inputs, config_patches=patches)
+        return _compat.inductor_compile(gm, example_inputs, config_patches=patches)
 
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
         """Run the step on fake tensors: validates its outputs and returns its metrics."""
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         # Real tensors the step closes over (class weights, masks) are allowed in.
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        mode = _compat.fake_tensor_mode()
 
         def fake(x: Any) -> Any:
             return mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
@@ -343,7 +339,7 @@ class CompiledStep:
             # The graph writes into the state and the metric window: CUDA graphs replay over
             # fixed addresses, and inductor refuses to capture writes into unmarked inputs.
             for x in _tree.leaves((state, self._acc)):
-                torch._dynamo.mark_static_address(x)
+                _compat.mark_static_address(x)
         return state
 
     def place_batch(self, batch: Any) -> Any:
@@ -379,7 +375,7 @@ class CompiledStep:
         self._signatures.append(sig)
         partial = self._is_partial(batch)
         if reason is None:
-            reason = (fallback or _dynamo_reason(getattr(self, "_code_name", ""))
+            reason = (fallback or _compat.guard_failure_reason(getattr(self, "_code_name", ""))
                       or "guards failed (state or step changed)")
         self.recompiles.append((self.calls, reason))
         if partial:
@@ -523,18 +519,6 @@ def _leading(batch: Any) -> int | None:
     for x in _tree.leaves(batch):
         if isinstance(x, torch.Tensor) and x.dim():
             return x.shape[0]
-    return None
-
-
-def _dynamo_reason(code_name: str) -> str | None:
-    try:
-        from torch._dynamo.utils import guard_failures
-
-        for code, reasons in guard_failures.items():
-            if getattr(code, "co_name", None) == code_name and reasons:
-                return str(reasons[-1])
-    except Exception:  # pragma: no cover - private API, best effort
-        return None
     return None
 
 

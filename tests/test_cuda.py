@@ -559,7 +559,7 @@ def test_keys_draws_and_dropout_masks_are_the_same_on_cuda():
     torch.testing.assert_close(y_gpu.cpu(), y_cpu)
 
     model = _mlp(dropout=0.5)
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     key = R.fold_in(R.key(5), 11)
     out_cpu, _ = ft.call(model, params, buffers, x[:, :8], rng=key, train=True)
     gpu = ft.tree.map(lambda t: t.to(DEV), (params, buffers))

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from . import tree as _tree
-from ._precision_scale import DynamicLossScale, NoOpLossScale
-from ._state import TrainState
+from .. import tree as _tree
+from .._errors import describe
+from .._state import TrainState
+from ._scale import DynamicLossScale, NoOpLossScale
 
 __all__ = ["Policy"]
 
@@ -261,7 +262,7 @@ class Policy:
             return state
         if not isinstance(state, TrainState):
             raise TypeError(f"state: expected a functrain.TrainState, got "
-                            f"{type(state).__name__}. HINT: keep the loss scale in your own "
+                            f"{describe(state)}. HINT: keep the loss scale in your own "
                             "state and use DynamicLossScale's scale/unscale/adjust.")
         if loss_scale is None:
             if isinstance(state.extras.get("loss_scale"), DynamicLossScale):
@@ -269,7 +270,7 @@ class Policy:
             loss_scale = DynamicLossScale(device=state.step.device)
         if not isinstance(loss_scale, (DynamicLossScale, NoOpLossScale)):
             raise TypeError(f"loss_scale: expected a DynamicLossScale or NoOpLossScale, got "
-                            f"{type(loss_scale).__name__}.")
+                            f"{describe(loss_scale)}.")
         return state.replace(extras={**state.extras, "loss_scale": loss_scale})
 
     def wrap_step(self, step_fn: Callable[[Any, Any], Any], device_type: str | torch.device,
@@ -329,7 +330,7 @@ def _check_scaled(state: Any, new_state: Any) -> None:
     if not isinstance(old, DynamicLossScale):
         raise ValueError(
             "precision='16-mixed' needs a DynamicLossScale in state.extras['loss_scale'], "
-            f"got {type(old).__name__}. HINT: state = policy.prepare_state(state).")
+            f"got {describe(old)}. HINT: state = policy.prepare_state(state).")
     if getattr(new_state, "extras", {}).get("loss_scale") is old:
         raise ValueError(
             "precision='16-mixed': the step returned state.extras['loss_scale'] unchanged, so "
