@@ -41,14 +41,18 @@ Mechanism:
     `key`, `split`, `fold_in`, `bits`, `uniform`, `bernoulli` and `permutation` give the numbers
     `jax.random` gives with its default threefry implementation (checked against JAX 0.10 for
     seeds below ``2**31`` and ``fold_in`` data below ``2**32``); so does `randint` for ranges up
-    to ``2**16``, and `normal` up to the rounding of ``erfinv``.
+    to ``2**16``. Exactly, against JAX 0.10 on XLA's CPU (``tests/test_random_jax.py``):
+    `uniform` with any bounds is bit-identical in float32, float16 and bfloat16 (the
+    multiply-add is rounded as XLA rounds it); in float64 with bounds other than ``[0, 1)`` the
+    last bit may differ. `normal` is bit-identical in float16 and bfloat16; in float32 it
+    computes XLA's erfinv polynomial, and ~1% of draws differ by 1-3 ULP (XLA's float32
+    ``log1p`` is not correctly rounded); float64 uses ``torch.erfinv``, not XLA's algorithm.
 
 Guarantees:
     * ``(key, shape, dtype)`` fix every draw. Compiled and eager draws are bit-identical (the
       same kernels run). Integer draws, `uniform` on ``[0, 1)``, `bernoulli` and dropout masks
       are bit-identical across devices too; `normal` may differ across devices in the last bit
-      (``erfinv``), as may `uniform` with a custom ``low``/``high`` under a compiler that fuses
-      multiply-add.
+      (``log1p``).
     * Inside `keyed`, draws are numbered by a Python counter in program order, so for a fixed
       program a key fixes every draw: the same seed gives an identical run, compiled or eager,
       and a run resumed at step ``k`` from a state holding the key and the step repeats the

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._errors import describe
 from ._keys import _check_key, _float_bits, _shape, split
-from ._threefry import _FLOAT_BITS, _MASK32, _bits32, _normal_op, _unit
+from ._threefry import _FLOAT_BITS, _MASK32, _bits32, _normal_op, _scaled_unit, _unit
 
 # --------------------------------------------------------------------------------------------
 # Draws.
@@ -52,7 +52,9 @@ def uniform(
 
     With the default range the values are exact multiples of ``2**-23`` (float32; ``2**-52``
     for float64, ``2**-10`` float16, ``2**-7`` bfloat16), computed as ``jax.random.uniform``
-    does. Other ranges are ``max(low, u * (high - low) + low)``.
+    does. Other ranges are ``max(low, u * (high - low) + low)`` with the bounds rounded to
+    ``dtype`` and the multiply-add rounded as XLA rounds it, so float32, float16 and bfloat16
+    draws equal ``jax.random.uniform``'s bit for bit with any bounds.
 
     Args:
         key: A key, shape ``(2,)``.
@@ -78,10 +80,9 @@ def uniform(
     if not low < high:
         raise ValueError(f"uniform: expected low < high, got low={low}, high={high}.")
     _float_bits(dtype, "uniform")
-    u = _unit(key, _shape(shape), dtype)
-    if (low, high) != (0.0, 1.0):
-        u = torch.clamp_min(u * (high - low) + low, low)
-    return u
+    if (low, high) == (0.0, 1.0):
+        return _unit(key, _shape(shape), dtype)
+    return _scaled_unit(key, _shape(shape), dtype, low, high)
 
 
 def normal(
@@ -90,8 +91,9 @@ def normal(
     """Standard normal floats: ``sqrt(2) * erfinv(u)`` for ``u`` uniform in ``(-1, 1)``.
 
     ``u`` never reaches -1 or 1, so the result is always finite. This is how
-    ``jax.random.normal`` computes it; results agree with JAX up to ``erfinv``'s rounding.
-    16-bit dtypes are computed in float32 and rounded.
+    ``jax.random.normal`` computes it, with XLA's float32 erfinv polynomial: float16 and
+    bfloat16 draws equal JAX's bit for bit, float32 draws within 3 ULP (~99% identical),
+    float64 draws use ``torch.erfinv`` (see the module's notes).
 
     Args:
         key: A key, shape ``(2,)``.

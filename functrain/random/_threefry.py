@@ -89,14 +89,63 @@ def _iota_fake(key, n):
     return key.new_empty(n), key.new_empty(n)
 
 
+# XLA's float32 erfinv (Giles' single-precision approximation, as jax.lax.erf_inv lowers on
+# the CPU): a degree-8 polynomial in w = -log1p(-x*x), one set of coefficients for w < 5, one
+# for the tails.
+_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06,
+                   0.00021858087, -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844,
+                0.00573950773, -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+
+
+def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """``a * b + c`` in the inputs' dtype, rounded as XLA's CPU code rounds it.
+
+    XLA fuses the multiply-add in float32 and float16 (one rounding); the product of two such
+    values is exact in float64, so adding there and rounding once gives the fused result.
+    bfloat16 is not fused there; float64 is, but is not emulated here (no wider type).
+    """
+    if a.dtype in (torch.float64, torch.bfloat16):
+        return a * b + c
+    return (a.double() * b.double() + c.double()).to(a.dtype)
+
+
+def _erfinv32(x: Tensor) -> Tensor:
+    """erfinv in float32, computed as XLA computes it (not bit-exact: see `normal`)."""
+    w = -torch.log1p(-x * x)
+    central = w < 5.0
+    w = torch.where(central, w - 2.5, torch.sqrt(w) - 3.0)
+
+    def coefficient(i: int) -> Tensor:
+        return torch.where(central, torch.tensor(_ERFINV_CENTRAL[i], dtype=x.dtype),
+                           torch.tensor(_ERFINV_TAIL[i], dtype=x.dtype))
+
+    p = coefficient(0)
+    for i in range(1, len(_ERFINV_CENTRAL)):
+        p = _fma(p, w, coefficient(i))
+    return torch.where(x.abs() == 1, x * math.inf, p * x)
+
+
+def _scaled_unit(key: Tensor, shape: tuple[int, ...], dtype: torch.dtype, low: float,
+                 high: float) -> Tensor:
+    """``max(low, u * (high - low) + low)`` for ``u`` uniform in [0, 1), as jax.random does.
+
+    The bounds are rounded to ``dtype`` first and the multiply-add is fused (one rounding).
+    """
+    lo = torch.full((), low, dtype=dtype, device=key.device)
+    span = torch.full((), high, dtype=dtype, device=key.device) - lo
+    return torch.maximum(_fma(_unit(key, shape, dtype), span, lo), lo)
+
+
 def _normal_impl(key: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     """``n`` standard normals: ``sqrt(2) * erfinv(u)``, ``u`` uniform in ``(-1, 1)``."""
     _, nmant = _FLOAT_BITS[dtype]
     low = -1.0 + 2.0 ** -(nmant + 1)  # the float after -1 towards 0
-    u = torch.clamp_min(_unit(key, (n,), dtype) * (1.0 - low) + low, low)
-    if dtype in (torch.float16, torch.bfloat16):  # erfinv in float32, then round
-        return (torch.erfinv(u.float()) * math.sqrt(2.0)).to(dtype)
-    return torch.erfinv(u) * math.sqrt(2.0)
+    u = _scaled_unit(key, (n,), dtype, low, 1.0)
+    if dtype == torch.float64:
+        return torch.erfinv(u) * math.sqrt(2.0)
+    z = _erfinv32(u.float()).to(dtype)  # 16-bit dtypes: erfinv in float32, then round
+    return z * torch.tensor(math.sqrt(2.0), dtype=dtype)
 
 
 def _normal_fake(key, n, dtype):
