@@ -34,7 +34,7 @@ def test_xla_device_without_torch_xla_says_what_to_install(device):
 def test_fit_with_xla_fails_before_touching_the_state():
     state = {"w": torch.ones(2)}
     with pytest.raises(ImportError, match="needs torch_xla"):
-        ft.fit(step, state, [torch.ones(3)], epochs=1, device="xla", loggers=False)
+        ft.fit(step, state, [torch.ones(3)], epochs=1, device="xla", log=False)
     assert state["w"].tolist() == [1.0, 1.0]  # not donated
 
 
