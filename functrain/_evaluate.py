@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ._backend import resolve_backend
+from ._placement import resolve_device
 from ._runner import CompiledStep
 from ._window import MetricWindow
 
@@ -24,8 +26,14 @@ def runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: boo
                on_recompile: str = "warn", precision: Any = "32", check_finite: bool = False,
                train: bool = True, devices: int | str | None = None) -> CompiledStep:
     """The cached `CompiledStep` for ``fn`` with these options (built on first use)."""
-    key = (str(compile), str(device), donate, on_recompile, str(precision), check_finite,
-           train, str(devices))
+    # Keyed by the resolved device and backend, so that "auto" and what it resolves to (as
+    # fit's evaluation passes it) share one runner.
+    from .precision import Policy
+
+    dev = resolve_device(device, devices=devices)
+    policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
+    key = (resolve_backend(compile, dev), str(dev), donate, on_recompile, repr(policy),
+           check_finite, train, str(devices))
     try:
         per_fn = _RUNNERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no reuse

@@ -338,3 +338,23 @@ def test_nonfinite_guard_adds_no_host_sync_per_step():
         counts_by_mode[mode] = {k: snapshots[-1][k] - snapshots[0][k] for k in counts}
     assert counts_by_mode[None] == counts_by_mode["raise"] == {
         **dict.fromkeys(counts_by_mode[None], 0), "tolist": 3}
+
+
+def test_evaluate_after_fit_reuses_fits_compiled_evaluation(monkeypatch):
+    compiled = []
+
+    def counting(self, gm, example_inputs):  # the runner's path, with no inductor
+        self.compiles += 1
+        compiled.append(self)
+        return gm.forward
+
+    monkeypatch.setattr(ft.CompiledStep, "_compile_graph", counting)
+    model = _model()
+    eval_fn = _eval(model)
+    state = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), _data(2),
+                   epochs=1, eval_fn=eval_fn, eval_loader=_data(1), compile="inductor",
+                   device="cpu", **QUIET)
+    n = len(compiled)  # the step and the evaluation
+    # "auto" on the CPU is inductor, "32" the default policy: the same runner, no new compile
+    ft.evaluate(eval_fn, state, _data(1), compile="auto")
+    assert len(compiled) == n == 2
