@@ -264,10 +264,10 @@ class Policy:
         if not self.needs_loss_scale and loss_scale is None:
             return state
         if not (_is_train_state(state) and isinstance(getattr(state, "extras", None), dict)):
-            raise TypeError(f"state: expected a functrain.TrainState (or a state with its "
-                            f"params, opt_state, tx and an extras dict), got "
-                            f"{describe(state)}. HINT: keep the loss scale in your own "
-                            "state and use DynamicLossScale's scale/unscale/adjust.")
+            raise TypeError(f"state: expected a functrain.TrainState, got {describe(state)}. "
+                            "HINT: a state class of your own carries the loss scale if it has "
+                            "params, opt_state, tx and an extras dict; or keep the loss scale "
+                            "in your own state and use DynamicLossScale's scale/unscale/adjust.")
         if loss_scale is None:
             if isinstance(state.extras.get("loss_scale"), DynamicLossScale):
                 return state

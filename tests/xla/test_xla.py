@@ -286,8 +286,8 @@ def test_fit_on_xla_syncs_once_per_step_and_reads_once_per_log_window(monkeypatc
     before = transfers()
     ft.fit(step, fresh_state(), loader, epochs=4, device="xla", log=ft.Logging.quiet(8))
     windows = 4  # 32 steps, a window read every 8
-    resets = windows + 1  # fit starts with an empty window and empties it after each read;
-    # each reset is synced as a small graph of its own
+    resets = windows  # fit empties the window after each read (the first step makes the
+    # first window); each reset is synced as a small graph of its own
     assert len(syncs) == 32 + resets, len(syncs)
     # One transfer per log window (fit's one read of state.step at the start is a CPU tensor
     # here, or one more transfer: seen both ways); a read per step would give 32 or more.
