@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from test_optim_parity import (  # noqa: F401  (_float64 is an autouse fixture)
     MLP,
     PROBLEMS,
@@ -28,6 +27,7 @@ from test_optim_parity import (  # noqa: F401  (_float64 is an autouse fixture)
     run_ours,
     run_torch,
 )
+from torch import nn
 
 from functrain import optim
 

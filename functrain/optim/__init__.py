@@ -39,10 +39,10 @@ from ._adam_family import scale_by_radam as scale_by_radam
 from ._adam_family import scale_by_yogi as scale_by_yogi
 from ._adaptive import ScaleByAdamState as ScaleByAdamState
 from ._adaptive import ScaleByLionState as ScaleByLionState
-from ._adaptive import ScaleByRStdDevState as ScaleByRStdDevState
 from ._adaptive import ScaleByRmsState as ScaleByRmsState
 from ._adaptive import ScaleByRmsWithCountState as ScaleByRmsWithCountState
 from ._adaptive import ScaleByRssState as ScaleByRssState
+from ._adaptive import ScaleByRStdDevState as ScaleByRStdDevState
 from ._adaptive import scale_by_adam as scale_by_adam
 from ._adaptive import scale_by_lion as scale_by_lion
 from ._adaptive import scale_by_rms as scale_by_rms

@@ -17,7 +17,7 @@ from functrain import tree as _tree
 from . import _checks
 from ._adam_family import scalar_dtype
 from ._base import EmptyState, GradientTransformation, Params, Updates, device_of, zero_count
-from ._transforms import _NO_PARAMS, BiasCorrections, moment, moment_sq, per_leaf, zeros
+from ._transforms import _NO_PARAMS, BiasCorrections, moment_sq, per_leaf, zeros
 
 
 def _empty(params: Params) -> EmptyState:
@@ -191,7 +191,9 @@ def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float
     gradient keeps its sign and shrunk by ``eta_minus`` when it flips (that step is skipped).
 
     The update is ``+step_size * sign(g)`` (`rprop` flips the sign); the same math as
-    ``torch.optim.Rprop(lr, etas=(eta_minus, eta_plus), step_sizes=(min, max))``.
+    ``torch.optim.Rprop(lr, etas=(eta_minus, eta_plus), step_sizes=(min, max))``. optax
+    0.2.8's ``scale_by_rprop`` differs: it returns the previous step's update (its first
+    update is zero, each later one lags a step behind); this follows torch and the paper.
 
     Args:
         learning_rate: the initial step size, > 0.

@@ -175,7 +175,8 @@ def adaptive_grad_clip(clipping: float, eps: float = 1e-3,
 
     Units follow optax's layout conventions (``axis=None``): a vector is one unit; a matrix's
     and a 3-d tensor's units are reduced over dimension 0; a 4-d (HWIO) kernel's over
-    dimensions 0-2. For torch's ``(out, in)`` Linear weights pass ``axis=1``.
+    dimensions 0-2. ``axis`` replaces these for every leaf: for torch's ``(out, in)`` Linear
+    weights, ``masked(adaptive_grad_clip(c, axis=1), mask_of_the_weights)``.
 
     Args:
         clipping: the largest ratio of gradient norm to parameter norm, > 0.

@@ -10,8 +10,14 @@ import torch
 
 from functrain import tree as _tree
 
-from ._base import GradientTransformation, Params, Updates, call_update, set_to_zero, \
-    takes_extra_args
+from ._base import (
+    GradientTransformation,
+    Params,
+    Updates,
+    call_update,
+    set_to_zero,
+    takes_extra_args,
+)
 from ._masking import masked, multi_transform
 
 

@@ -12,7 +12,7 @@ from functrain import _errors
 from functrain import tree as _tree
 
 from . import _checks
-from ._adam_family import scale_by_ademamix, scale_by_adopt, scalar_dtype
+from ._adam_family import scalar_dtype, scale_by_ademamix, scale_by_adopt
 from ._base import (
     EmptyState,
     GradientTransformation,

@@ -19,8 +19,8 @@ from functrain import tree as _tree
 from . import _checks
 from ._adam_family import (
     scale_by_adamax,
-    scale_by_amsgrad,
     scale_by_adan,
+    scale_by_amsgrad,
     scale_by_belief,
     scale_by_nadam,
     scale_by_radam,
@@ -630,7 +630,7 @@ def rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
     """Rprop (Riedmiller & Braun, 1993): sign steps with per-element adaptive sizes.
 
     ``torch.optim.Rprop(lr, etas=(eta_minus, eta_plus), step_sizes=(min, max))`` is the same
-    math.
+    math. (optax 0.2.8's ``rprop`` lags one step behind it: see `scale_by_rprop`.)
 
     Args:
         learning_rate: the initial step size, > 0.
