@@ -5,6 +5,16 @@ transformations; states are NamedTuples of tensors; step counters are 0-d int64 
 schedules are branch-free functions of them, so a whole training step compiles into one graph
 with ``torch.compile(fullgraph=True)`` and never recompiles as the step or learning rate moves.
 
+It holds optax's optimizers under optax's names and defaults, the ``torch.optim`` ones optax
+lacks (`asgd`, `muon`, torch's NAdam via ``nadam(momentum_decay=...)``), optax.contrib's recent
+ones (`schedule_free_adamw`, `prodigy`, `sam`, `adopt`, `ademamix`, `reduce_on_plateau`) and
+weight averaging in the state (`ema_params`, `swa_params`, `averaged_params`). Values only the
+step knows (a loss for `polyak_sgd` or `reduce_on_plateau`) are passed as keywords of
+``update`` and reach every transformation through `chain` and the wrappers.
+``torch.optim.LBFGS`` has no counterpart: its step re-evaluates the loss several times (a line
+search) and branches on the values on the host, which a pure ``update(grads, state, params)``
+cannot do without taking the loss function itself.
+
 Example:
     >>> import torch
     >>> from functrain import optim
