@@ -114,3 +114,54 @@ def test_schedules_compile_once(counting_backend):
         for ours, eager in zip(fn(count), [s(count) for s in schedules], strict=True):
             torch.testing.assert_close(ours, eager)
     assert len(calls) == 1
+
+
+NEW_OPTIMIZERS = {
+    "muon": lambda: optim.muon(0.02),  # 2-D weight: Muon (bf16 Newton-Schulz); others: AdamW
+    "adafactor": lambda: optim.adafactor(1e-2, min_dim_size_to_factor=2),
+    "schedule_free_adamw": lambda: optim.schedule_free_adamw(1e-2, warmup_steps=2),
+    "adamw_ema": lambda: optim.chain(optim.adamw(1e-2), optim.ema_params(0.9)),
+    "radam": lambda: optim.radam(1e-2),
+    "nadamw_torch": lambda: optim.nadamw(1e-2, momentum_decay=4e-3),
+    "prodigy": lambda: optim.prodigy(),
+    "adan_wd_schedule": lambda: optim.adan(1e-2, weight_decay=optim.linear_schedule(0.1, 0, 3)),
+    "multisteps_skip": lambda: optim.MultiSteps(optim.adam(1e-2), 2,
+                                                should_skip_update_fn=optim.skip_not_finite),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_OPTIMIZERS))
+def test_new_optimizers_compile_once(counting_backend, name):
+    backend, calls = counting_backend
+
+    def grads_at(i):
+        grads = _grads(i)
+        if i == 2 and name == "multisteps_skip":
+            grads["fc"]["bias"][0] = float("nan")  # skipped, inside the same graph
+        return grads
+
+    _run_both(NEW_OPTIMIZERS[name](), backend, steps=5, grads_at=grads_at)
+    assert len(calls) == 1
+
+
+def test_a_value_passed_at_update_compiles_once(counting_backend):
+    backend, calls = counting_backend
+    opt = optim.chain(optim.sgd(0.1, momentum=0.9), optim.reduce_on_plateau(patience=1),
+                      optim.scale_by_polyak(max_learning_rate=2.0))
+
+    def step(params, state, grads, value):
+        updates, state = opt.update(grads, state, params, value=value)
+        return optim.apply_updates(params, updates), state
+
+    compiled = torch.compile(step, backend=backend, fullgraph=True)
+    params = c_params = _params()
+    state = c_state = opt.init(params)
+    for i in range(5):
+        value = torch.tensor(1.0 + 0.1 * (i % 2))
+        params, state = step(params, state, _grads(i), value)
+        c_params, c_state = compiled(c_params, c_state, _grads(i), value)
+        for a, b in zip(tree.leaves((params, state)), tree.leaves((c_params, c_state)),
+                        strict=True):
+            torch.testing.assert_close(a, b)
+    assert state[1].scale.item() < 1.0  # the plateau was detected
+    assert len(calls) == 1

@@ -132,22 +132,39 @@ class ScaleByRmsState(NamedTuple):
     nu: Updates
 
 
+class ScaleByRmsWithCountState(NamedTuple):
+    """State of `scale_by_rms` with ``bias_correction=True``: step ``count`` and ``nu``.
+
+    Example:
+        >>> import torch
+        >>> from functrain import optim
+        >>> optim.scale_by_rms(bias_correction=True).init({"w": torch.zeros(1)})
+        ScaleByRmsWithCountState(count=tensor(0), nu={'w': tensor([0.])})
+    """
+
+    count: torch.Tensor
+    nu: Updates
+
+
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
-                 eps_in_sqrt: bool = True) -> GradientTransformation:
+                 eps_in_sqrt: bool = True, bias_correction: bool = False
+                 ) -> GradientTransformation:
     """Divide updates by the root of a running mean of their squares (Tieleman & Hinton).
 
     ``update = g / sqrt(nu + eps)`` if ``eps_in_sqrt`` (optax's default), else
-    ``g / (sqrt(nu) + eps)`` (``torch.optim.RMSprop``'s form). optax's ``bias_correction``
-    option is not provided.
+    ``g / (sqrt(nu) + eps)`` (``torch.optim.RMSprop``'s form). With ``bias_correction``,
+    ``nu`` is divided by ``1 - decay**t`` first (as Adam does; schedule-free AdamW uses it).
 
     Args:
         decay: decay rate of the running mean, in [0, 1).
         eps: small constant, >= 0.
         initial_scale: initial value of ``nu``.
         eps_in_sqrt: put ``eps`` inside the square root.
+        bias_correction: correct ``nu``'s bias towards ``initial_scale``; the state then
+            carries a step count (`ScaleByRmsWithCountState`).
 
     Returns:
-        A `GradientTransformation` with `ScaleByRmsState`.
+        A `GradientTransformation` with `ScaleByRmsState` (or `ScaleByRmsWithCountState`).
 
     Example:
         >>> import torch
@@ -161,23 +178,34 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
     _checks.non_negative("eps", eps)
     _checks.non_negative("initial_scale", initial_scale)
 
-    def init_fn(params: Params) -> ScaleByRmsState:
+    def init_fn(params: Params) -> ScaleByRmsState | ScaleByRmsWithCountState:
         _checks.float_leaves(params, "params")
-        return ScaleByRmsState(nu=zeros(params, fill=initial_scale))
+        nu = zeros(params, fill=initial_scale)
+        if bias_correction:
+            return ScaleByRmsWithCountState(count=zero_count(params), nu=nu)
+        return ScaleByRmsState(nu=nu)
 
-    def update_fn(updates: Updates, state: ScaleByRmsState, params: Params | None = None):
+    def update_fn(updates: Updates, state: ScaleByRmsState | ScaleByRmsWithCountState,
+                  params: Params | None = None):
         _checks.update_inputs(updates, params)
         _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
+        if bias_correction:
+            count = state.count + 1
+            corrections = BiasCorrections(count)
 
         def one(g, v):
             v_new = moment_sq(g, v, decay)
+            v_hat = v_new * corrections.inverse("decay", decay, v_new.dtype) if (
+                bias_correction) else v_new
             if eps_in_sqrt:
-                u = g * (v_new + eps).rsqrt_()
+                u = g * (v_hat + eps).rsqrt_()
             else:
-                u = g / v_new.sqrt().add_(eps)
+                u = g / v_hat.sqrt().add_(eps)
             return u.to(g.dtype), v_new.to(v.dtype)
 
         u, nu = per_leaf(one, updates, state.nu)
+        if bias_correction:
+            return u, ScaleByRmsWithCountState(count=count, nu=nu)
         return u, ScaleByRmsState(nu=nu)
 
     return GradientTransformation(init_fn, update_fn)

@@ -8,6 +8,7 @@ one graph. In-place writing of the results back into old buffers is the runner's
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -35,7 +36,7 @@ class TransformInitFn(Protocol):
 
 class TransformUpdateFn(Protocol):
     def __call__(self, updates: Updates, state: OptState,
-                 params: Params | None = None) -> tuple[Updates, OptState]: ...
+                 params: Params | None = None, **extra_args: Any) -> tuple[Updates, OptState]: ...
 
 
 class GradientTransformation(NamedTuple):
@@ -45,7 +46,11 @@ class GradientTransformation(NamedTuple):
         init: ``init(params) -> state``.
         update: ``update(updates, state, params=None) -> (updates, new_state)``. ``updates``
             are usually gradients; the returned updates are added to the params by
-            `apply_updates`.
+            `apply_updates`. Some transformations need a value that only the training step
+            knows (the loss for `polyak_sgd` and `reduce_on_plateau`, a gradient function for
+            `sam`'s opaque mode): their ``update`` takes it as a keyword (``value=loss``), and
+            `chain` and the wrappers pass such keywords on to every transformation that
+            accepts them (optax's ``GradientTransformationExtraArgs``).
 
     Example:
         >>> import torch
@@ -121,6 +126,28 @@ def set_to_zero() -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
+def takes_extra_args(t: Any) -> bool:
+    """Whether ``t.update`` accepts keyword arguments beyond ``(updates, state, params)``.
+
+    Wrappers evaluate this once, when they are built (not inside a traced update).
+    """
+    try:
+        parameters = inspect.signature(t.update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in parameters)
+
+
+def call_update(t: Any, takes_extra: bool, updates: Updates, state: OptState,
+                params: Params | None, extra_args: dict[str, Any]) -> tuple[Updates, OptState]:
+    """``t.update(updates, state, params, **extra_args)``, dropping the keywords if ``t``
+    takes none (``takes_extra``: `takes_extra_args` of ``t``), as optax's
+    ``with_extra_args_support`` does."""
+    if extra_args and takes_extra:
+        return t.update(updates, state, params, **extra_args)
+    return t.update(updates, state, params)
+
+
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply transformations one after the other; the state is the tuple of their states.
 
@@ -150,17 +177,20 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 f"{_checks.describe(t)}. HINT: call the factory, e.g. optim.adam(1e-3), "
                 "not optim.adam.")
 
+    takes = [takes_extra_args(t) for t in transforms]
+
     def init_fn(params: Params) -> tuple:
         return tuple(t.init(params) for t in transforms)
 
-    def update_fn(updates: Updates, state: tuple, params: Params | None = None):
+    def update_fn(updates: Updates, state: tuple, params: Params | None = None,
+                  **extra_args: Any):
         if not isinstance(state, tuple) or len(state) != len(transforms):
             raise TypeError(
                 f"chain: state: expected a tuple of {len(transforms)} states, got "
                 f"{_checks.describe(state)}. HINT: pass the state returned by this chain's init.")
         new_state = []
-        for t, s in zip(transforms, state, strict=True):
-            updates, s = t.update(updates, s, params)
+        for t, takes_extra, s in zip(transforms, takes, state, strict=True):
+            updates, s = call_update(t, takes_extra, updates, s, params, extra_args)
             new_state.append(s)
         return updates, tuple(new_state)
 

@@ -14,17 +14,15 @@ from typing import Any
 import optree
 import torch
 
+from functrain import _errors
 from functrain import tree as _tree
 from functrain.tree import NAMESPACE
 
 
 def describe(x: Any) -> str:
-    """A short description of a value, for "expected X, got Y" messages."""
-    if isinstance(x, torch.Tensor):
-        return f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    if isinstance(x, (bool, numbers.Number, str)) or x is None:
-        return repr(x)
-    return f"an object of type {type(x).__name__}"
+    """A short description of a value, for "expected X, got Y" messages (functrain's one
+    vocabulary: `functrain._errors.describe`)."""
+    return _errors.describe(x)
 
 
 def _is_number(x: Any) -> bool:

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from functrain import tree as _tree
 
 from . import _checks
-from ._base import GradientTransformation, OptState, Params, Updates
+from ._base import GradientTransformation, OptState, Params, Updates, call_update, takes_extra_args
 
 
 class MaskedNode(NamedTuple):
@@ -87,15 +87,19 @@ def masked(inner: GradientTransformation,
         {'w': tensor([0.]), 'b': tensor([1.])}
     """
 
+    takes_extra = takes_extra_args(inner)
+
     def init_fn(params: Params) -> MaskedState:
         mask_tree = _resolve_mask(mask, params, "mask")
         return MaskedState(inner_state=inner.init(_mask_tree(params, mask_tree, "mask")))
 
-    def update_fn(updates: Updates, state: MaskedState, params: Params | None = None):
+    def update_fn(updates: Updates, state: MaskedState, params: Params | None = None,
+                  **extra_args: Any):
         mask_tree = _resolve_mask(mask, updates, "mask")
         masked_updates = _mask_tree(updates, mask_tree, "mask")
         masked_params = None if params is None else _mask_tree(params, mask_tree, "mask")
-        new_masked, inner_state = inner.update(masked_updates, state.inner_state, masked_params)
+        new_masked, inner_state = call_update(inner, takes_extra, masked_updates,
+                                              state.inner_state, masked_params, extra_args)
         new_updates = _tree.map(lambda m, new, old: new if m else old, mask_tree,
                                 new_masked, updates)
         return new_updates, MaskedState(inner_state=inner_state)
@@ -167,12 +171,13 @@ def multi_transform(transforms: Mapping[Hashable, GradientTransformation],
             group: masked(t, mask_for(labels, group)).init(params)
             for group, t in transforms.items()})
 
-    def update_fn(updates: Updates, state: MultiTransformState, params: Params | None = None):
+    def update_fn(updates: Updates, state: MultiTransformState, params: Params | None = None,
+                  **extra_args: Any):
         labels = labels_of(updates)
         new_states = {}
         for group, t in transforms.items():
             updates, new_states[group] = masked(t, mask_for(labels, group)).update(
-                updates, state.inner_states[group], params)
+                updates, state.inner_states[group], params, **extra_args)
         return updates, MultiTransformState(new_states)
 
     return GradientTransformation(init_fn, update_fn)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from functrain import _errors
+
 from . import _checks
 from ._base import Schedule
 
@@ -320,3 +322,218 @@ def piecewise_constant_schedule(init_value: float,
 
     return schedule
 
+
+
+def piecewise_interpolate_schedule(interpolate_type: str, init_value: float,
+                                   boundaries_and_scales: Mapping[int, float] | None = None
+                                   ) -> Schedule:
+    """Interpolate (linearly or by a half cosine) between values that change by a factor at
+    each boundary: the value reaches ``init_value * prod(scales up to b)`` at boundary ``b``.
+
+    Args:
+        interpolate_type: ``"linear"`` or ``"cosine"``.
+        init_value: the value at step 0.
+        boundaries_and_scales: a mapping from step to the factor reached at that step.
+
+    Returns:
+        A schedule.
+
+    Raises:
+        ValueError: on a bad ``interpolate_type`` or a negative scale.
+
+    Example:
+        >>> from functrain import optim
+        >>> sched = optim.piecewise_interpolate_schedule("linear", 1.0, {2: 0.5, 4: 0.0})
+        >>> [round(sched(t).item(), 3) for t in range(6)]
+        [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+    _errors.check_choice("interpolate_type", interpolate_type, ("linear", "cosine"))
+    _checks.number("init_value", init_value)
+    items = sorted((boundaries_and_scales or {}).items())
+    for boundary, s in items:
+        _steps(f"boundaries_and_scales[{boundary!r}] (the key)", boundary)
+        _checks.number(f"boundaries_and_scales[{boundary!r}]", s, low=0.0)
+    bounds = [0] + [b for b, _ in items]
+    values = [float(init_value)]
+    for _, s in items:
+        values.append(values[-1] * s)
+
+    def interpolate(start, end, pct):
+        if interpolate_type == "linear":
+            return (end - start) * pct + start
+        return end + (start - end) / 2.0 * (torch.cos(math.pi * pct) + 1)
+
+    def schedule(count: Any) -> torch.Tensor:
+        count = _count(count)
+        c = _as_float(count)
+        out = _const(values[-1], count) * (count >= bounds[-1])
+        for i in range(len(bounds) - 1):
+            size = max(bounds[i + 1] - bounds[i], 1)
+            inside = (bounds[i] <= count) & (count < bounds[i + 1])
+            value = interpolate(values[i], values[i + 1], (c - bounds[i]) / size)
+            out = out + torch.where(inside, value, 0.0)
+        return out
+
+    return schedule
+
+
+def _onecycle_steps(transition_steps: Any) -> None:
+    _steps("transition_steps", transition_steps)
+    if transition_steps <= 0:
+        raise ValueError(f"transition_steps: expected a positive number of steps, got "
+                         f"{transition_steps}.")
+
+
+def linear_onecycle_schedule(transition_steps: int, peak_value: float, pct_start: float = 0.3,
+                             pct_final: float = 0.85, div_factor: float = 25.0,
+                             final_div_factor: float = 1e4) -> Schedule:
+    """The one-cycle policy (Smith & Topin, 2017) with linear pieces: from
+    ``peak / div_factor`` up to ``peak`` at ``pct_start``, back down by ``pct_final``, then to
+    ``peak / (div_factor * final_div_factor)`` at ``transition_steps``.
+
+    Args:
+        transition_steps: the cycle's length, > 0.
+        peak_value: the largest value.
+        pct_start: fraction of the cycle spent rising.
+        pct_final: fraction of the cycle at which the descent to the start value ends.
+        div_factor: ``peak / initial value``, > 0.
+        final_div_factor: ``initial value / final value``, > 0.
+
+    Returns:
+        A schedule.
+
+    Example:
+        >>> from functrain import optim
+        >>> sched = optim.linear_onecycle_schedule(10, 1.0, pct_start=0.2, pct_final=0.6,
+        ...                                        div_factor=4.0, final_div_factor=1.0)
+        >>> [round(sched(t).item(), 3) for t in (0, 1, 2, 4, 6, 10)]
+        [0.25, 0.625, 1.0, 0.625, 0.25, 0.25]
+    """
+    _onecycle_steps(transition_steps)
+    _checks.number("peak_value", peak_value)
+    _checks.positive("div_factor", div_factor)
+    _checks.positive("final_div_factor", final_div_factor)
+    return piecewise_interpolate_schedule(
+        "linear", peak_value / div_factor,
+        {int(pct_start * transition_steps): div_factor,
+         int(pct_final * transition_steps): 1.0 / div_factor,
+         transition_steps: 1.0 / final_div_factor})
+
+
+def cosine_onecycle_schedule(transition_steps: int, peak_value: float, pct_start: float = 0.3,
+                             div_factor: float = 25.0, final_div_factor: float = 1e4
+                             ) -> Schedule:
+    """The one-cycle policy with half-cosine pieces (``torch.optim.lr_scheduler.OneCycleLR``'s
+    default shape): up from ``peak / div_factor`` to ``peak`` over ``pct_start`` of the cycle,
+    then down to ``peak / (div_factor * final_div_factor)``.
+
+    Args:
+        transition_steps: the cycle's length, > 0.
+        peak_value: the largest value.
+        pct_start: fraction of the cycle spent rising.
+        div_factor: ``peak / initial value``, > 0.
+        final_div_factor: ``initial value / final value``, > 0.
+
+    Returns:
+        A schedule.
+
+    Example:
+        >>> from functrain import optim
+        >>> sched = optim.cosine_onecycle_schedule(10, 1.0, pct_start=0.2, div_factor=4.0,
+        ...                                        final_div_factor=1.0)
+        >>> [round(sched(t).item(), 3) for t in (0, 1, 2, 6, 10)]
+        [0.25, 0.625, 1.0, 0.625, 0.25]
+    """
+    _onecycle_steps(transition_steps)
+    _checks.number("peak_value", peak_value)
+    _checks.positive("div_factor", div_factor)
+    _checks.positive("final_div_factor", final_div_factor)
+    return piecewise_interpolate_schedule(
+        "cosine", peak_value / div_factor,
+        {int(pct_start * transition_steps): div_factor,
+         int(transition_steps): 1.0 / (div_factor * final_div_factor)})
+
+
+def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int
+                             ) -> Schedule:
+    """Linear warm-up from ``init_value`` to ``peak_value``, then constant.
+
+    Args:
+        init_value: the value at step 0.
+        peak_value: the value from ``warmup_steps`` on.
+        warmup_steps: the length of the warm-up.
+
+    Returns:
+        A schedule.
+
+    Example:
+        >>> from functrain import optim
+        >>> sched = optim.warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
+        >>> [round(sched(t).item(), 2) for t in range(6)]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    return linear_schedule(init_value, peak_value, warmup_steps)
+
+
+def warmup_exponential_decay_schedule(init_value: float, peak_value: float, warmup_steps: int,
+                                      transition_steps: int, decay_rate: float,
+                                      transition_begin: int = 0, staircase: bool = False,
+                                      end_value: float | None = None) -> Schedule:
+    """Linear warm-up to ``peak_value``, then `exponential_decay` from it (the decay's count
+    starts at the end of the warm-up).
+
+    Args:
+        init_value: the value at step 0.
+        peak_value: the value at the end of the warm-up.
+        warmup_steps: the length of the warm-up.
+        transition_steps: steps per factor of ``decay_rate``.
+        decay_rate: the decay factor.
+        transition_begin: steps after the warm-up before decaying.
+        staircase: decay in whole steps.
+        end_value: a floor (or ceiling) for the value.
+
+    Returns:
+        A schedule.
+
+    Example:
+        >>> from functrain import optim
+        >>> sched = optim.warmup_exponential_decay_schedule(0.0, 1.0, 2, 1, 0.5)
+        >>> [round(sched(t).item(), 3) for t in range(5)]
+        [0.0, 0.5, 1.0, 0.5, 0.25]
+    """
+    return join_schedules(
+        [linear_schedule(init_value, peak_value, warmup_steps),
+         exponential_decay(peak_value, transition_steps, decay_rate, transition_begin,
+                           staircase, end_value)],
+        [warmup_steps])
+
+
+def sgdr_schedule(cosine_kwargs: Sequence[Mapping[str, Any]]) -> Schedule:
+    """SGDR (Loshchilov & Hutter, 2017): warm restarts, one `warmup_cosine_decay_schedule` per
+    cycle, each cycle ``decay_steps`` long.
+
+    Args:
+        cosine_kwargs: the arguments of each cycle's `warmup_cosine_decay_schedule`.
+
+    Returns:
+        A schedule.
+
+    Example:
+        >>> from functrain import optim
+        >>> cycle = dict(init_value=0.0, peak_value=1.0, warmup_steps=1, decay_steps=3)
+        >>> sched = optim.sgdr_schedule([cycle, cycle])
+        >>> [round(sched(t).item(), 2) for t in range(6)]
+        [0.0, 1.0, 0.5, 0.0, 1.0, 0.5]
+    """
+    schedules, boundaries, step = [], [], 0
+    for i, kwargs in enumerate(cosine_kwargs):
+        if not isinstance(kwargs, Mapping) or "decay_steps" not in kwargs:
+            raise TypeError(f"cosine_kwargs[{i}]: expected a mapping of "
+                            "warmup_cosine_decay_schedule's arguments with decay_steps, got "
+                            f"{_checks.describe(kwargs)}.")
+        schedules.append(warmup_cosine_decay_schedule(**kwargs))
+        step += kwargs["decay_steps"]
+        boundaries.append(step)
+    if not schedules:
+        raise ValueError("cosine_kwargs: expected at least one cycle, got none.")
+    return join_schedules(schedules, boundaries[:-1])

@@ -295,7 +295,21 @@ def trace(decay: float, nesterov: bool = False,
 # Weight decay.
 
 
-def add_decayed_weights(weight_decay: float = 0.0,
+class WeightDecayScheduleState(NamedTuple):
+    """State of `add_decayed_weights` with a scheduled ``weight_decay``: the step ``count``.
+
+    Example:
+        >>> import torch
+        >>> from functrain import optim
+        >>> optim.add_decayed_weights(optim.linear_schedule(0.1, 0.0, 10)).init(
+        ...     {"w": torch.zeros(1)})
+        WeightDecayScheduleState(count=tensor(0))
+    """
+
+    count: torch.Tensor
+
+
+def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
                         mask: Any | Callable[[Params], Any] | None = None
                         ) -> GradientTransformation:
     """Add ``weight_decay * params`` to the updates (decoupled weight decay, as in AdamW).
@@ -304,12 +318,13 @@ def add_decayed_weights(weight_decay: float = 0.0,
     as ``torch.optim.AdamW`` and optax both do.
 
     Args:
-        weight_decay: the decay rate, >= 0.
+        weight_decay: the decay rate, >= 0, or a schedule of the step count (the state then
+            counts steps: `WeightDecayScheduleState`).
         mask: a pytree of bools with the params' structure (or a prefix of it), or a function
             of the params returning one; ``True`` where weight decay applies. ``None``: all.
 
     Returns:
-        A stateless `GradientTransformation` (wrapped in `masked` if ``mask`` is given).
+        A `GradientTransformation` (wrapped in `masked` if ``mask`` is given).
 
     Raises:
         ValueError: if ``weight_decay`` is negative, or (at update) if ``params`` is None.
@@ -324,20 +339,28 @@ def add_decayed_weights(weight_decay: float = 0.0,
         >>> updates
         {'w': tensor([1.]), 'b': tensor([0.])}
     """
-    _checks.non_negative("weight_decay", weight_decay)
+    scheduled = callable(weight_decay) and not isinstance(weight_decay, torch.Tensor)
+    if not scheduled:
+        _checks.number("weight_decay", weight_decay, low=0.0, hint=" HINT: pass a number >= 0 "
+                       "or a schedule (a callable of the step count).")
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
+    def init_fn(params: Params) -> EmptyState | WeightDecayScheduleState:
+        if scheduled:
+            return WeightDecayScheduleState(count=zero_count(params))
         return EmptyState()
 
-    def update_fn(updates: Updates, state: EmptyState, params: Params | None = None):
+    def update_fn(updates: Updates, state: Any, params: Params | None = None):
         if params is None:
             raise ValueError(_NO_PARAMS.format(name="add_decayed_weights"))
         _checks.update_inputs(updates, params)
-        if is_number(weight_decay):
-            decay = lambda g, p: torch.add(g, p, alpha=weight_decay).to(g.dtype)
+        if scheduled:
+            wd = weight_decay(state.count)
+            state = WeightDecayScheduleState(count=state.count + 1)
+            decay = lambda g, p: (p * wd).to(g.dtype).add_(g)  # noqa: E731
+        elif is_number(weight_decay):
+            decay = lambda g, p: torch.add(g, p, alpha=weight_decay).to(g.dtype)  # noqa: E731
         else:
-            decay = lambda g, p: (p * weight_decay).add_(g).to(g.dtype)
+            decay = lambda g, p: (p * weight_decay).add_(g).to(g.dtype)  # noqa: E731
         return _tree.map(decay, updates, params), state
 
     t = GradientTransformation(init_fn, update_fn)

@@ -1,6 +1,7 @@
-"""Transformations that wrap others: `inject_hyperparams`, `MultiSteps`, `apply_if_finite`.
+"""Transformations that wrap others: `inject_hyperparams` and `apply_if_finite` (`MultiSteps`
+lives in ``_accumulation.py``).
 
-All three are branch-free: where optax uses ``lax.cond``, these compute both outcomes and pick
+Both are branch-free: where optax uses ``lax.cond``, these compute both outcomes and pick
 one with ``torch.where``, so the step compiles into one graph with no host sync.
 """
 
@@ -17,10 +18,19 @@ import torch
 from functrain import tree as _tree
 
 from . import _checks
-from ._base import GradientTransformation, OptState, Params, Updates, device_of, zero_count
+from ._base import (
+    GradientTransformation,
+    OptState,
+    Params,
+    Updates,
+    call_update,
+    device_of,
+    takes_extra_args,
+    zero_count,
+)
 
 
-def _select(cond: torch.Tensor, new: Any, old: Any) -> Any:
+def select(cond: torch.Tensor, new: Any, old: Any) -> Any:
     """``torch.where(cond, new, old)`` leaf by leaf, built on ``old`` (keeping its dict order)."""
     return _tree.map(lambda o, n: torch.where(cond, n, o), old, new)
 
@@ -125,8 +135,10 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
 
         # Check the arguments now, with the schedules evaluated at step 0 (on the CPU).
         count0 = torch.zeros((), dtype=torch.int64)
-        inner_factory(**other, **numeric,
-                      **{k: as_hyperparam(s(count0), count0.device) for k, s in schedules.items()})
+        checked = inner_factory(
+            **other, **numeric,
+            **{k: as_hyperparam(s(count0), count0.device) for k, s in schedules.items()})
+        takes_extra = takes_extra_args(checked)
 
         names = set(numeric) | set(schedules)
 
@@ -149,121 +161,16 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
             return InjectHyperparamsState(count, hyperparams, inner_state)
 
         def update_fn(updates: Updates, state: InjectHyperparamsState,
-                      params: Params | None = None):
+                      params: Params | None = None, **extra_args: Any):
             hyperparams = hyperparams_at(state.count, state.hyperparams)
             inner = inner_factory(**other, **hyperparams)
-            updates, inner_state = inner.update(updates, state.inner_state, params)
+            updates, inner_state = call_update(inner, takes_extra, updates,
+                                               state.inner_state, params, extra_args)
             return updates, InjectHyperparamsState(state.count + 1, hyperparams, inner_state)
 
         return GradientTransformation(init_fn, update_fn)
 
     return wrapped_factory
-
-
-# ---------------------------------------------------------------------------------------------
-# MultiSteps: gradient accumulation.
-
-
-class MultiStepsState(NamedTuple):
-    """State of `MultiSteps`.
-
-    Attributes:
-        mini_step: micro-steps accumulated since the last real update (0-d int64).
-        gradient_step: real updates done so far (0-d int64).
-        inner_opt_state: the wrapped optimizer's state.
-        acc_grads: the gradients accumulated so far (their running mean by default).
-
-    Example:
-        >>> import torch
-        >>> from functrain import optim
-        >>> state = optim.MultiSteps(optim.sgd(0.1), 4).init({"w": torch.zeros(1)})
-        >>> state.mini_step, state.gradient_step, state.acc_grads
-        (tensor(0), tensor(0), {'w': tensor([0.])})
-    """
-
-    mini_step: torch.Tensor
-    gradient_step: torch.Tensor
-    inner_opt_state: OptState
-    acc_grads: Updates
-
-
-class MultiSteps:
-    """Accumulate gradients over ``every_k_schedule`` micro-steps, then apply one update.
-
-    Every call to ``update`` adds the gradients to a running mean (or sum, with
-    ``use_grad_mean=False``); on the k-th call the wrapped optimizer is applied to it and its
-    updates are returned, on the other calls the updates are zero and the inner state is left
-    unchanged. Branch-free: the inner update is computed at every call and selected with
-    ``torch.where``, so one compiled step serves all micro-steps. optax's
-    ``should_skip_update_fn`` is not provided (wrap the inner optimizer in `apply_if_finite`).
-
-    Args:
-        opt: the optimizer to apply to the accumulated gradients.
-        every_k_schedule: k, a positive int, or a function of the 0-d ``gradient_step`` tensor.
-        use_grad_mean: accumulate the mean (True) or the sum of the gradients.
-
-    Example:
-        >>> import torch
-        >>> from functrain import optim
-        >>> opt = optim.MultiSteps(optim.sgd(1.0), every_k_schedule=2)
-        >>> params = {"w": torch.zeros(1)}
-        >>> state = opt.init(params)
-        >>> for g in (1.0, 3.0):
-        ...     updates, state = opt.update({"w": torch.tensor([g])}, state, params)
-        ...     print(updates["w"], opt.has_updated(state))
-        tensor([0.]) tensor(False)
-        tensor([-2.]) tensor(True)
-    """
-
-    def __init__(self, opt: GradientTransformation,
-                 every_k_schedule: int | Callable[[torch.Tensor], Any],
-                 use_grad_mean: bool = True) -> None:
-        if not callable(every_k_schedule):
-            if not isinstance(every_k_schedule, int) or isinstance(every_k_schedule, bool) or (
-                    every_k_schedule < 1):
-                raise ValueError(f"every_k_schedule: expected a positive int or a schedule, got "
-                                 f"{_checks.describe(every_k_schedule)}.")
-        self.inner_opt = opt
-        self.every_k_schedule = every_k_schedule
-        self.use_grad_mean = use_grad_mean
-
-    def init(self, params: Params) -> MultiStepsState:
-        """Return the initial `MultiStepsState` for ``params``."""
-        _checks.float_leaves(params, "params")
-        # Two distinct tensors: aliased inputs would add a guard to a compiled step.
-        return MultiStepsState(mini_step=zero_count(params), gradient_step=zero_count(params),
-                               inner_opt_state=self.inner_opt.init(params),
-                               acc_grads=_tree.map(torch.zeros_like, params))
-
-    def update(self, updates: Updates, state: MultiStepsState,
-               params: Params | None = None) -> tuple[Updates, MultiStepsState]:
-        """Accumulate ``updates``; every k-th call, return the inner optimizer's updates."""
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.acc_grads, dtype=True, ref_name="state.acc_grads")
-        k = self.every_k_schedule
-        if callable(k):
-            k = k(state.gradient_step)
-        if self.use_grad_mean:
-            n = state.mini_step + 1
-            acc = _tree.map(lambda a, g: (g - a).div_(n).add_(a), state.acc_grads, updates)
-        else:
-            acc = _tree.map(lambda a, g: a + g, state.acc_grads, updates)
-        emit = state.mini_step >= k - 1
-        inner_updates, inner_state = self.inner_opt.update(acc, state.inner_opt_state, params)
-        new_state = MultiStepsState(
-            mini_step=torch.where(emit, 0, state.mini_step + 1),
-            gradient_step=torch.where(emit, state.gradient_step + 1, state.gradient_step),
-            inner_opt_state=_select(emit, inner_state, state.inner_opt_state),
-            acc_grads=_tree.map(lambda a: torch.where(emit, 0.0, a), acc))
-        return _tree.map(lambda u: torch.where(emit, u, 0.0), inner_updates), new_state
-
-    def has_updated(self, state: MultiStepsState) -> torch.Tensor:
-        """A 0-d bool tensor: did the last ``update`` apply the inner optimizer?"""
-        return state.mini_step == 0
-
-    def gradient_transformation(self) -> GradientTransformation:
-        """This accumulator as a plain `GradientTransformation`, e.g. to use in `chain`."""
-        return GradientTransformation(self.init, self.update)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,18 +247,22 @@ def apply_if_finite(inner: GradientTransformation,
             last_finite=torch.ones((), dtype=torch.bool, device=device_of(params)),
             total_notfinite=zero_count(params), inner_state=inner.init(params))
 
-    def update_fn(updates: Updates, state: ApplyIfFiniteState, params: Params | None = None):
+    takes_extra = takes_extra_args(inner)
+
+    def update_fn(updates: Updates, state: ApplyIfFiniteState, params: Params | None = None,
+                  **extra_args: Any):
         _checks.update_inputs(updates, params)
         finite = _all_finite(updates)
         notfinite_count = torch.where(finite, 0, state.notfinite_count + 1)
         apply = finite | (notfinite_count > max_consecutive_errors)
-        new_updates, inner_state = inner.update(updates, state.inner_state, params)
+        new_updates, inner_state = call_update(inner, takes_extra, updates, state.inner_state,
+                                               params, extra_args)
         new_state = ApplyIfFiniteState(
             notfinite_count=notfinite_count,
             last_finite=finite,
             total_notfinite=torch.where(finite, state.total_notfinite,
                                         state.total_notfinite + 1),
-            inner_state=_select(apply, inner_state, state.inner_state))
+            inner_state=select(apply, inner_state, state.inner_state))
         return _tree.map(lambda u: torch.where(apply, u, 0.0), new_updates), new_state
 
     return GradientTransformation(init_fn, update_fn)
