@@ -18,6 +18,7 @@ from . import data as data
 from . import loggers as loggers
 from . import metrics as metrics
 from . import optim as optim
+from . import population as population
 from . import precision as precision
 from . import random as random
 from . import tree as tree
@@ -52,6 +53,7 @@ __all__ = [
     "loggers",
     "metrics",
     "optim",
+    "population",
     "precision",
     "random",
     "split",
