@@ -19,6 +19,7 @@ from . import loggers as loggers
 from . import metrics as metrics
 from . import optim as optim
 from . import population as population
+from . import privacy as privacy
 from . import precision as precision
 from . import random as random
 from . import tree as tree
@@ -34,6 +35,7 @@ from ._runner import RecompileError as RecompileError
 from ._runner import compile_step as compile_step
 from ._state import TrainState as TrainState
 from ._version import __version__ as __version__
+from .per_example import per_example_grads as per_example_grads
 
 __all__ = [
     "Callback",
@@ -53,8 +55,10 @@ __all__ = [
     "loggers",
     "metrics",
     "optim",
+    "per_example_grads",
     "population",
     "precision",
+    "privacy",
     "random",
     "split",
     "tree",
