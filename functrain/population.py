@@ -470,14 +470,19 @@ class _MetricLayout:
             self.entries = tuple(
                 (k, type(ms[k]), tuple(f.name for f in dataclasses.fields(ms[k])))
                 for k in names)
-        assert self.entries is not None  # set by the dry run before any compile
+        if self.entries is None:
+            raise RuntimeError(
+                "functrain.population: the step's metric layout is unknown inside a compiled "
+                "graph. HINT: run the population step through functrain.fit or "
+                "functrain.compile_step (which run it once eagerly first), or call it once "
+                "eagerly before compiling it yourself.")
         return tuple(tuple(getattr(ms[k], f) for f in fields)
                      for k, _, fields in self.entries)
 
     def unflatten(self, flat: tuple[tuple[torch.Tensor, ...], ...]) -> dict[str, Any]:
-        assert self.entries is not None
+        entries = self.entries or ()
         return {k: t(**dict(zip(fields, values)))
-                for (k, t, fields), values in zip(self.entries, flat)}
+                for (k, t, fields), values in zip(entries, flat)}
 
 
 def _check_population(state: Any, where: str) -> None:

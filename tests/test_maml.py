@@ -102,3 +102,16 @@ def test_maml_is_second_order():
     for k in params:
         torch.testing.assert_close(second[k], exact[k], rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(second[k], first[k], rtol=1e-3, atol=1e-5) for k in params)
+
+
+def test_maml_example_short_run():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "examples/maml_sine.py", "--shots", "5", "--steps", "30",
+         "--compile", "eager"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pre-update" in out.stdout and "MAML (30 steps)" in out.stdout

@@ -209,3 +209,19 @@ def test_privacy_errors_name_the_argument():
     with pytest.raises(TypeError, match=r"grads\['a'\]: expected a tensor with a leading batch "
                                         r"dimension.*HINT"):
         privacy.clip_per_example({"a": torch.tensor(1.0)}, 1.0)
+
+
+def test_dp_sgd_example_short_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("opacus")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "examples/dp_sgd.py", "--steps", "40", "--compile", "eager",
+         "--run-dir", str(tmp_path)],
+        cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "test accuracy:" in out.stdout and "epsilon = " in out.stdout

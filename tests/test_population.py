@@ -281,3 +281,20 @@ def test_best_and_mean_over_members_follow_each_members_window():
         pytest.approx((1.5 + 1.25) / 2))
     assert pop_lib.Best(finite, torch.tensor(True)).compute().item() == pytest.approx(3.0)
     assert math.isclose(pop_lib.Best(stacked, torch.tensor(False)).compute().item(), 0.5)
+
+
+def test_population_sweep_example_short_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "examples/population_sweep.py", "--members", "3", "--steps", "40",
+         "--compile", "eager", "--run-dir", str(tmp_path)],
+        cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = out.stdout.split("test accuracy")[1]
+    assert "1.00e-04" in table and "1.00e-01" in table and "best: member" in out.stdout
+    assert (tmp_path / "metrics.jsonl").read_text().count("train/loss/2") > 0
