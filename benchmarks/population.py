@@ -141,9 +141,9 @@ def main() -> None:
         run_population(n, Cycle(data.data, 3), optimizer)  # compiles the N-member graph
         compile_s = time.perf_counter() - t
         times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-        variants = [("a", lambda: run_population(n, data, optimizer)),
-                    ("b", lambda: run_sequential(n, data, optimizer)),
-                    ("c", lambda: run_loop(n, data))]
+        variants = [("a", lambda n=n: run_population(n, data, optimizer)),
+                    ("b", lambda n=n: run_sequential(n, data, optimizer)),
+                    ("c", lambda n=n: run_loop(n, data))]
         for r in range(args.rounds):
             for name, fn in variants[r % 3:] + variants[:r % 3]:
                 times[name].append(fn())
