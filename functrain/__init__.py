@@ -19,8 +19,8 @@ from . import loggers as loggers
 from . import metrics as metrics
 from . import optim as optim
 from . import population as population
-from . import privacy as privacy
 from . import precision as precision
+from . import privacy as privacy
 from . import random as random
 from . import tree as tree
 from ._bridge import call as call
