@@ -11,6 +11,13 @@ meta-loss differentiates through them (second order: the Hessian-vector products
 
 Prints the mean-squared error on held-out tasks before adaptation ("pre-update", the
 meta-learned initialisation itself) and after 1 and 10 inner steps ("post-update").
+
+Measured here (2 shared CPU cores, compile="auto", seed 0, inner lr 0.01, meta-batch 25, Adam
+1e-3), MSE on 200 held-out tasks, pre-update / after 1 step / after 10 steps:
+10-shot, 3000 meta-steps: 2.957 / 0.827 / 0.321 (random init: 4.044 / 3.873 / 3.853);
+5-shot, 2000 meta-steps: 2.995 / 1.167 / 0.818 (random init: 4.065 / 3.934 / 4.693).
+The paper trains for 70,000 meta-steps; these shorter runs already show its regime: the
+learned initialisation is a poor fit by itself and a good one after a single step.
 """
 
 from __future__ import annotations
