@@ -50,7 +50,8 @@ def step(state, batch):
     return state.apply_gradients(grads), {"loss": loss}
 
 
-POP_STEP = ft.population.vmap(step, per_member=False)
+# One population step per size: a runner's metric window is sized for its first population.
+POP_STEPS: dict[int, object] = {}
 FIT = dict(compile="auto", loggers=False, progress=False, summary=False)
 
 
@@ -81,7 +82,8 @@ def tx():
 def run_population(n: int, data: Cycle, optimizer) -> float:
     pop = ft.population.create(make, optimizer, seeds=n)
     t = time.perf_counter()
-    pop = ft.fit(POP_STEP, pop, data, epochs=1, log_every=len(data), **FIT)
+    pop_step = POP_STEPS.setdefault(n, ft.population.vmap(step, per_member=False))
+    pop = ft.fit(pop_step, pop, data, epochs=1, log_every=len(data), **FIT)
     float(pop.members.step.sum())
     return time.perf_counter() - t
 

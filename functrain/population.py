@@ -424,7 +424,12 @@ class Best(_metrics.Metric):
 
 
 def _merge_members(a: _metrics.Metric, b: _metrics.Metric) -> _metrics.Metric:
-    n = _tree.leaves(a)[0].shape[0]
+    n, m = _tree.leaves(a)[0].shape[0], _tree.leaves(b)[0].shape[0]
+    if n != m:  # shapes are static: checked once, while tracing
+        raise ValueError(
+            f"population metrics: expected {n} members (as in the metric window), got {m}. "
+            "HINT: a population step's metric window is sized for the first population it ran "
+            "on; build a new step with functrain.population.vmap(step) for another size.")
     merged = [_member(a, i).merge(_member(b, i)) for i in range(n)]
     return _tree.map(lambda *xs: torch.stack(xs), *merged)
 

@@ -298,3 +298,10 @@ def test_population_sweep_example_short_run(tmp_path):
     table = out.stdout.split("test accuracy")[1]
     assert "1.00e-04" in table and "1.00e-01" in table and "best: member" in out.stdout
     assert (tmp_path / "metrics.jsonl").read_text().count("train/loss/2") > 0
+
+
+def test_a_population_step_refuses_a_population_of_another_size():
+    run = ft.compile_step(pop_lib.vmap(_step, per_member=False), compile="eager")
+    pop, _ = run(pop_lib.create(_make, _tx(), seeds=2), _data(1)[0])
+    with pytest.raises(ValueError, match=r"expected 2 members .*got 3.*HINT: .*vmap\(step\)"):
+        run(pop_lib.create(_make, _tx(), seeds=3), _data(1)[0])
