@@ -18,7 +18,9 @@ from . import data as data
 from . import loggers as loggers
 from . import metrics as metrics
 from . import optim as optim
+from . import population as population
 from . import precision as precision
+from . import privacy as privacy
 from . import random as random
 from . import tree as tree
 from ._bridge import call as call
@@ -38,6 +40,7 @@ from ._version import __version__ as __version__
 from ._window import MetricWindow as MetricWindow
 from .callbacks import Callback as Callback
 from .callbacks import Loop as Loop
+from .per_example import per_example_grads as per_example_grads
 
 __all__ = [
     "Callback",
@@ -61,7 +64,10 @@ __all__ = [
     "loggers",
     "metrics",
     "optim",
+    "per_example_grads",
+    "population",
     "precision",
+    "privacy",
     "random",
     "split",
     "split_module",

@@ -232,7 +232,10 @@ class CompiledStep:
                  else self.policy.cast_state(state))
         require_tensors(state, "state", "keep per-step values in the state as 0-d tensors "
                         "(torch.tensor(...)) so the step compiles once.")
-        state = _tree.map(lambda x: place(x, self.device, False), state)
+        # Detached: a leaf that requires grad (params from torch.func.stack_module_state) cannot
+        # be written in place by donation, and functrain differentiates with torch.func anyway.
+        state = _tree.map(lambda x: place(x.detach() if x.requires_grad else x, self.device,
+                                          False), state)
         if self._empty is None:  # first call: run the step on fake tensors to check it
             fake_metrics = self._dry_run(state, batch)
             self._empty = _metrics.empty_like(fake_metrics)

@@ -12,7 +12,7 @@ import pytest
 import functrain as ft
 
 MODULES = ["tree", "optim", "random", "metrics", "loggers", "data", "callbacks", "checkpoint",
-           "precision"]
+           "precision", "population", "privacy"]
 
 
 def _public(module):

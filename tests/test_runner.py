@@ -121,7 +121,7 @@ def test_precision_policies_treat_a_forked_state_class_like_train_state():
     assert cast.params["w"].dtype == torch.bfloat16
     assert cast.opt_state[0].mu["w"].dtype == torch.bfloat16  # through tx.init, as TrainState
     assert cast.step.dtype == torch.int64
-    with pytest.raises(TypeError, match=r"state: expected a functrain.TrainState.*HINT: .*extras dict"):
+    with pytest.raises(TypeError, match=r"expected a functrain.TrainState.*HINT: .*extras dict"):
         ft.precision.Policy.from_name("16-mixed").prepare_state(state)
 
 

@@ -126,11 +126,15 @@ def set_to_zero() -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
-def takes_extra_args(t: Any) -> bool:
+def takes_extra_args(t: Any) -> bool | None:
     """Whether ``t.update`` accepts keyword arguments beyond ``(updates, state, params)``.
 
-    Wrappers evaluate this once, when they are built (not inside a traced update).
+    Wrappers evaluate this once, when they are built. An optimizer built inside a compiled
+    step (an inner loop, as in MAML) gets ``None`` (not known yet: signatures cannot be read
+    while Dynamo traces), and `call_update` decides only if extra arguments are passed.
     """
+    if torch.compiler.is_compiling():
+        return None
     try:
         parameters = inspect.signature(t.update).parameters.values()
     except (TypeError, ValueError):
@@ -138,12 +142,12 @@ def takes_extra_args(t: Any) -> bool:
     return any(p.kind in (p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in parameters)
 
 
-def call_update(t: Any, takes_extra: bool, updates: Updates, state: OptState,
+def call_update(t: Any, takes_extra: bool | None, updates: Updates, state: OptState,
                 params: Params | None, extra_args: dict[str, Any]) -> tuple[Updates, OptState]:
     """``t.update(updates, state, params, **extra_args)``, dropping the keywords if ``t``
     takes none (``takes_extra``: `takes_extra_args` of ``t``), as optax's
     ``with_extra_args_support`` does."""
-    if extra_args and takes_extra:
+    if extra_args and (takes_extra or (takes_extra is None and takes_extra_args(t))):
         return t.update(updates, state, params, **extra_args)
     return t.update(updates, state, params)
 
