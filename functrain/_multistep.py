@@ -1,61 +1,61 @@
-"""K steps per call: one compiled call runs K consecutive training steps over K stacked batches.
+"""K steps per call: the batches side (stacking, grouping) of ``compile_step(steps_per_call=K)``.
 
 On a fast device the host pays a fixed cost per call (Python, Dynamo's guards, the launch);
 running K steps in one call pays it once per K steps, as TPU loops do with
-``steps_per_execution``. The K-step function is an ordinary pure step: it unrolls K calls of
-the user's step in program order, so it computes exactly what K single calls compute, and it
-merges the K steps' metrics into one value the runner then merges into its window (a bare
-0-d metric becomes a `functrain.metrics.Mean`, exactly as one step at a time would).
+``steps_per_execution``. The runner unrolls the K steps into one graph
+(`CompiledStep.run_steps`); `fit` feeds it K batches at a time, stacked by `stack_batches`
+and grouped by `group_batches`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from . import metrics as _metrics
 from . import tree as _tree
 
-__all__ = ["group_batches", "stack_batches", "unrolled_step"]
+__all__ = ["group_batches", "stack_batches", "stacked_batch_size"]
 
 
-def unrolled_step(step_fn: Callable[[Any, Any], tuple[Any, Any]], k: int
-                  ) -> Callable[[Any, Any], tuple[Any, Any]]:
-    """``step_fn`` applied ``k`` times over a batch whose leaves have a leading axis of ``k``.
+def stack_batches(batches: Sequence[Any]) -> Any:
+    """Stack batches of one structure and shape along a new first axis, for
+    `CompiledStep.run_steps` (``compile_step(step, steps_per_call=len(batches))``).
 
-    Example:
-        >>> import torch
-        >>> def step(s, b):
-        ...     return s + b.sum(), {"x": b.sum()}
-        >>> s, m = unrolled_step(step, 3)(torch.tensor(0.0), torch.arange(6.0).view(3, 2))
-        >>> float(s), float(m["x"].compute())
-        (15.0, 5.0)
-    """
+    Args:
+        batches: batches (tensors, or tuples/dicts of tensors) with equal shapes.
 
-    def step_k(state: Any, batches: Any) -> tuple[Any, Any]:
-        window = None
-        for i in range(k):
-            state, metrics = step_fn(state, _tree.map(lambda x, i=i: x[i], batches))
-            metrics = _metrics.to_metrics(metrics)
-            window = metrics if window is None else _metrics.merge_all(window, metrics)
-        return state, window
+    Returns:
+        One batch whose every leaf has a new first dimension of ``len(batches)``.
 
-    step_k.__name__ = f"{getattr(step_fn, '__name__', 'step')}_x{k}"
-    return step_k
-
-
-def stack_batches(batches: list[Any]) -> Any:
-    """The batches' leaves stacked along a new leading axis (one batch of ``len(batches)``).
+    Raises:
+        ValueError: ``batches`` is empty.
+        functrain.tree.TreeMismatchError: the batches differ in structure (names the path).
 
     Example:
-        >>> import torch
-        >>> stack_batches([(torch.zeros(2), torch.ones(())), (torch.ones(2), torch.zeros(()))])
+        >>> import torch, functrain as ft
+        >>> ft.stack_batches([(torch.zeros(2), torch.ones(())), (torch.ones(2), torch.zeros(()))])
         (tensor([[0., 0.],
                 [1., 1.]]), tensor([1., 0.]))
     """
+    if not batches:
+        raise ValueError("batches: expected at least one batch, got none.")
     return _tree.map(lambda *xs: torch.stack(xs), batches[0], *batches[1:])
+
+
+def stacked_batch_size(batches: Any) -> int | None:
+    """The batch size of K stacked batches: the second dimension of the first leaf with one.
+
+    Example:
+        >>> import torch
+        >>> stacked_batch_size((torch.zeros(4, 8, 3), torch.zeros(4, 8)))
+        8
+    """
+    for x in _tree.leaves(batches):
+        if isinstance(x, torch.Tensor) and x.dim() > 1:
+            return x.shape[1]
+    return None
 
 
 def group_batches(batches: Iterable[Any], k: int, limit: int | None = None
