@@ -184,7 +184,7 @@ class ProgressBar:
             >>> bar = ProgressBar(total=4, enabled=True, file=out, min_interval=0)
             >>> bar.status("compiling (3 s)")
             >>> out.getvalue()
-            'train 0/4 compiling (3 s)\n'
+            'train 0/4 compiling (3 s)\\n'
         """
         if not self.enabled or self._closed or text is None:
             if self._tqdm is not None and not self._closed:
