@@ -30,6 +30,7 @@ from ._donation import DonatedStateError as DonatedStateError
 from ._evaluate import evaluate as evaluate
 from ._fit import fit as fit
 from ._loop_state import LoopState as LoopState
+from ._multistep import stack_batches as stack_batches
 from ._run_config import Checkpointing as Checkpointing
 from ._run_config import Logging as Logging
 from ._runner import CompiledStep as CompiledStep
@@ -71,5 +72,6 @@ __all__ = [
     "random",
     "split",
     "split_module",
+    "stack_batches",
     "tree",
 ]

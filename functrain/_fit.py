@@ -22,13 +22,14 @@ from ._donation import is_donated
 from ._errors import check_int
 from ._evaluate import Evaluator, check_loader, runner_for
 from ._loop_state import LoopState
+from ._multistep import group_batches, stacked_batch_size
 from ._placement import batch_size, prefetch
 from ._run_config import Checkpointing, Logging
 from ._runner import NONFINITE, CompiledStep
 from ._signals import StopSignal
 from ._window import MetricWindow
 from .callbacks._protocol import Callback, Loop
-from .callbacks._run import NonFiniteGuard
+from .callbacks._run import NonFiniteGuard, ProgressBar
 from .precision import Policy
 
 __all__ = ["fit"]
@@ -63,7 +64,9 @@ def fit(
         step_fn: ``step_fn(state, batch) -> (state, metrics)``, pure; metrics a dict of 0-d
             tensors (means over the window) or `functrain.metrics` values. Or a
             `functrain.compile_step` runner, for its rarer options (``on_recompile``,
-            ``devices``, ``check_finite``); ``device``, ``precision``, ``compile`` stay unset.
+            ``devices``, ``check_finite``, ``steps_per_call``: K steps per compiled call,
+            logging, evaluating and checkpointing at the first K-boundary at or after each
+            due step); ``device``, ``precision``, ``compile`` stay unset.
         state: the initial state (usually a `functrain.TrainState`); donated: use the returned
             state afterwards.
         loader: an iterable of batches (tensors, or tuples/dicts of tensors), once per epoch.
@@ -131,20 +134,25 @@ def fit(
         epoch, skip = pos.epoch, pos.batch_in_epoch
         while not done and (epochs is None or epoch < epochs):
             loop.epoch, run.batch_in_epoch, run.epoch_finished = epoch, skip, False
-            for batch in run.batches(epoch, skip):
-                loop.state, window = runner.run(loop.state, batch, window)   # step
-                loop.step += 1                                               # count
-                run.batch_in_epoch += 1
-                n = batch_size(batch) or 0
+            for k, batch in run.step_batches(epoch, skip):
+                if k == 1:
+                    loop.state, window = runner.run(loop.state, batch, window)   # step
+                    n = batch_size(batch) or 0
+                else:  # K stacked batches, K steps in one call (steps_per_call)
+                    loop.state, window = runner.run_steps(loop.state, batch, window)
+                    n = k * (stacked_batch_size(batch) or 0)
+                before, loop.step = loop.step, loop.step + k                 # count
+                run.batch_in_epoch += k
                 loop.samples += n
-                run.window_steps += 1
+                run.window_steps += k
                 run.window_samples += n
-                if loop.step % every == 0:                                   # log window
+                if _crossed(before, loop.step, every):                       # log window
                     window = run.flush(window)
-                if eval_every and loop.step % eval_every == 0:              # evaluate
+                if eval_every and _crossed(before, loop.step, eval_every):  # evaluate
                     run.evaluate()
                 done = loop.step == run.end_step or run.should_stop(stop)   # stop
-                if run.checkpoint and not done and run.checkpoint.due(loop.step):
+                if (run.checkpoint and not done
+                        and any(map(run.checkpoint.due, range(before + 1, loop.step + 1)))):
                     run.save(window, blocking=False)                         # checkpoint
                 if done:
                     break
@@ -250,6 +258,8 @@ class _Run:
             lg.log_hparams(hparams)
         for cb in self.loop.callbacks:
             cb.on_run_start(self.loop)
+        bars = [cb for cb in self.loop.callbacks if isinstance(cb, ProgressBar)]
+        self.runner.status = bars[0].show_status if bars else None  # "compiling (N s)"
 
     def _resume(self, state: Any, resume: Any) -> tuple[Any, LoopState | None]:
         """The state and loop position of the checkpoint ``resume`` names, if any."""
@@ -276,6 +286,17 @@ class _Run:
         if skip:  # resuming mid-epoch: the batches already trained on
             next(itertools.islice(batches, skip - 1, None), None)
         return batches
+
+    def step_batches(self, epoch: int, skip: int) -> Iterator[tuple[int, Any]]:
+        """``(k, batch)`` pairs: ``k`` steps per call over ``k`` stacked batches when the
+        runner has ``steps_per_call=k``, else (and for the rest of an epoch, or the steps left
+        before ``max_steps``) one batch at a time."""
+        batches = self.batches(epoch, skip)
+        k = self.runner.steps_per_call
+        if k == 1:
+            return ((1, b) for b in batches)
+        left = None if self.end_step is None else self.end_step - self.loop.step
+        return group_batches(batches, k, left)
 
     def flush(self, window: MetricWindow | None) -> MetricWindow | None:
         """Read the metric window, log it, tell the callbacks; start the next window."""
@@ -358,6 +379,8 @@ class _Run:
         if is_donated(loop.state):  # interrupted between donation and hand-back
             loop.state = self.runner.last_state()
         loop.compiles = self.runner.compiles
+        loop.compile_time = self.runner.compile_time
+        self.runner.status = None
         try:
             if self.manager is not None:
                 self.manager.wait()
@@ -367,6 +390,12 @@ class _Run:
             for lg in loop.loggers:
                 lg.close()
         return kind is KeyboardInterrupt
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in ``(before, after]`` (a K-step call may pass
+    one without landing on it)."""
+    return after // every > before // every
 
 
 def _logging(log: Any) -> Logging:

@@ -173,6 +173,32 @@ class ProgressBar:
         line = f"{head} {post} | {tail}" if post else f"{head} | {tail}"
         print(line, file=self.file, flush=True)
 
+    def status(self, text: str | None) -> None:
+        """Show ``text`` (e.g. ``"compiling (12 s)"``) in place of the metrics until the next
+        update; ``None`` clears it. The fallback bar prints it at most once per
+        ``min_interval``. Safe to call from another thread.
+
+        Example:
+            >>> import io
+            >>> out = io.StringIO()
+            >>> bar = ProgressBar(total=4, enabled=True, file=out, min_interval=0)
+            >>> bar.status("compiling (3 s)")
+            >>> out.getvalue()
+            'train 0/4 compiling (3 s)\\n'
+        """
+        if not self.enabled or self._closed or text is None:
+            if self._tqdm is not None and not self._closed:
+                self._tqdm.set_postfix_str(self._postfix(), refresh=True)
+            return
+        if self._tqdm is not None:
+            self._tqdm.set_postfix_str(text, refresh=True)
+            return
+        now = time.perf_counter()
+        if now - self._last_print >= self.min_interval:
+            self._last_print = now
+            print(f"{self.desc} {self.n}{f'/{self.total}' if self.total else ''} {text}",
+                  file=self.file, flush=True)
+
     def write(self, msg: str) -> None:
         """Print ``msg`` on its own line without garbling the bar; a disabled bar prints nothing.
 

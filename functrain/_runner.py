@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,9 +32,10 @@ import torch
 from . import _compat
 from . import metrics as _metrics
 from . import tree as _tree
+from ._compile_status import Compiling
 from ._backend import FUNCTIONAL, compile_graph, compile_method, resolve_backend
 from ._donation import check_not_donated, poison, remember_nodes, write_back
-from ._errors import check_choice
+from ._errors import check_choice, check_int
 from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
 from ._recompile import RecompileError, RecompileGuard
 from ._window import MetricWindow
@@ -90,6 +92,10 @@ class CompiledStep:
         backend: ``"eager"``, ``"inductor"``, ``"cudagraphs"`` or ``"openxla"``.
         device: where state and batches live.
         compiles: how many graphs have been compiled so far.
+        compile_time: seconds spent in the calls that compiled them (each such call's whole
+            time: tracing, compiling and the first run).
+        status: ``None``, or called with ``"compiling (N s)"`` about once a second while a
+            first call compiles, then with ``None`` (`fit` points it at its progress bar).
         recompiles: list of ``(call_index, reason)`` for each compile after the first.
 
     Example:
@@ -114,11 +120,13 @@ class CompiledStep:
         check_finite: bool = False,
         devices: int | str | None = None,
         train: bool = True,
+        steps_per_call: int = 1,
     ) -> None:
         if not callable(step_fn):
             raise TypeError(f"step_fn: expected a callable step(state, batch) -> "
                             f"(state, metrics), got {type(step_fn).__name__}.")
         check_choice("on_recompile", on_recompile, ("warn", "raise", "ignore"))
+        check_int("steps_per_call", steps_per_call, minimum=1)
         from .precision import Policy
 
         check_devices(devices)
@@ -147,7 +155,11 @@ class CompiledStep:
         self.on_recompile = on_recompile
         self.return_metrics = return_metrics
         self.check_finite = check_finite
+        self.steps_per_call = steps_per_call
         self.compiles = 0
+        self.compile_time = 0.0
+        # Called with "compiling (N s)" once a second while a step compiles, then None.
+        self.status: Callable[[str | None], Any] | None = None
         self.calls = 0
         self._window: MetricWindow | None = None  # the window `__call__` merges into
         self._empty: Any = None  # the window's structure, from the first call's dry run
@@ -155,16 +167,23 @@ class CompiledStep:
         self._checked_state: Any = None
         self._carrier: Any = None
         self._last_placed: Any = None
-        if self.backend == "eager":
-            self._fn, code_name = self._inner, ""
-        else:
-            self._fn, code_name = compile_method(
-                CompiledStep._inner, self, lambda gm, inputs: self._compile_graph(gm, inputs))
-        self._guard = RecompileGuard(on_recompile, code_name)
+        # One step per call (`run`), and with steps_per_call=K > 1 also K steps per call
+        # (`run_steps`), each compiled (once) on its first use.
+        self._fns: dict[int, Any] = {}
+        self._guards: dict[int, RecompileGuard] = {}
+        self._calls = {1: 0, steps_per_call: 0}
+        for k in {1, steps_per_call}:
+            method = CompiledStep._inner if k == 1 else CompiledStep._inner_steps
+            if self.backend == "eager":
+                fn, code_name = method.__get__(self), ""
+            else:
+                fn, code_name = compile_method(
+                    method, self, lambda gm, inputs: self._compile_graph(gm, inputs))
+            self._fns[k], self._guards[k] = fn, RecompileGuard(on_recompile, code_name)
 
     @property
     def recompiles(self) -> list[tuple[int, str]]:
-        return self._guard.recompiles
+        return sorted(r for g in self._guards.values() for r in g.recompiles)
 
     def _compile_graph(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
         self.compiles += 1
@@ -173,6 +192,20 @@ class CompiledStep:
     def _inner(self, state: Any, batch: Any, acc: Any) -> tuple[Any, Any, Any]:
         new_state, raw_metrics = self.step_fn(state, batch)
         new_acc = _metrics.merge_all(acc, self._window_metrics(raw_metrics, new_state))
+        return self._outputs(state, acc, new_state, raw_metrics, new_acc)
+
+    def _inner_steps(self, state: Any, batches: Any, acc: Any) -> tuple[Any, Any, Any]:
+        # K steps unrolled in program order, each merging into the window as a single call
+        # does: the same operations as K calls of `_inner`, in one graph.
+        new_state, new_acc = state, acc
+        for i in range(self.steps_per_call):
+            new_state, raw_metrics = self.step_fn(
+                new_state, _tree.map(lambda x, i=i: x[i], batches))
+            new_acc = _metrics.merge_all(new_acc, self._window_metrics(raw_metrics, new_state))
+        return self._outputs(state, acc, new_state, raw_metrics, new_acc)
+
+    def _outputs(self, state: Any, acc: Any, new_state: Any, raw_metrics: Any,
+                 new_acc: Any) -> tuple[Any, Any, Any]:
         # Returning the step's own metrics costs a little every call (dynamo rebuilds the
         # objects), so the fit loop, which only reads the window, turns it off.
         step_metrics = raw_metrics if self.return_metrics else None
@@ -299,37 +332,73 @@ class CompiledStep:
         state, _, window = self._run(state, batch, window)
         return state, window
 
-    def _run(self, state: Any, batch: Any, window: MetricWindow | None
+    def run_steps(self, state: Any, batches: Any, window: MetricWindow | None
+                  ) -> tuple[Any, MetricWindow]:
+        """Run ``steps_per_call`` steps in one call, over ``batches`` stacked along a new
+        first axis (see `functrain.stack_batches`): ``-> (new_state, new_window)``.
+
+        The same numbers as that many calls of `run` on the batches in order (the steps are
+        unrolled into one graph, each merging its metrics into the window in turn); the host
+        pays its per-call cost once. ``state`` and ``window`` are donated, as in `run`.
+
+        Raises:
+            ValueError: ``steps_per_call`` is 1, or the batches are not stacked by it.
+        """
+        k = self.steps_per_call
+        if k == 1:
+            raise ValueError("run_steps needs a runner built with steps_per_call > 1, got "
+                             "steps_per_call=1. HINT: ft.compile_step(step, steps_per_call=8).")
+        lead = {x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else None
+                for x in _tree.leaves(batches)}
+        if lead != {k}:
+            raise ValueError(f"batches: expected every leaf stacked along a first axis of "
+                             f"steps_per_call={k}, got first dimensions {sorted(map(str, lead))}."
+                             " HINT: functrain.stack_batches(list_of_batches).")
+        state, _, window = self._run(state, batches, window, steps=k)
+        return state, window
+
+    def _run(self, state: Any, batch: Any, window: MetricWindow | None, steps: int = 1
              ) -> tuple[Any, Any, MetricWindow]:
         check_not_donated(state)
         batch = self.place_batch(batch)
+        one = batch if steps == 1 else _tree.map(lambda x: x[0], batch)
         if state is self._checked_state and self._carrier is not None:
             run_state = self._carrier  # fast path: the object the graph was last called with
         else:
-            run_state = self._prepare(state, batch)
+            run_state = self._prepare(state, one)
         if window is None or window is not self._seen_window:
             window = self._adopt(window)
-        guard = self._guard
-        if self.calls == 0:
-            guard.first_batch(batch, batch_size(batch))
+        guard = self._guards[steps]
+        if self._calls[steps] == 0:
+            guard.first_batch(batch, batch_size(one))
+        self._calls[steps] += 1
         before = self.compiles
         self.calls += 1
         xla = self._xla
         if xla is not None:
             xla_before = xla.compile_count()
-        new_state, step_metrics, new_acc = self._fn(run_state, batch, window.metrics)
+        t0 = time.perf_counter()
+        if self._calls[steps] == 1 and self.backend != "eager":  # compiles: say so
+            with Compiling(self.status):
+                new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
+                                                                    window.metrics)
+        else:
+            new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
+                                                                window.metrics)
+        if self.compiles > before:
+            self.compile_time += time.perf_counter() - t0
         if xla is not None:
             # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
             # mode) and queues it, without waiting.
             xla.sync(collect=self.backend == "eager")
-        if self.compiles > before and before > 0:
-            guard.report(self.calls, self.compiles, batch, batch_size(batch))
+        if self.compiles > before and self._calls[steps] > 1:
+            guard.report(self.calls, self.compiles, batch, batch_size(one))
         elif xla is not None and self.calls > _XLA_WARMUP and xla.compile_count() > xla_before:
             # torch_xla compiled during a step after warm-up, with no Dynamo recompile. In lazy
             # mode with the same shapes, that is torch_xla's occasional graph variant with
             # extra live outputs (see functrain._xla.sync), compiled once: not reported.
             if not (self.backend == "eager" and guard.seen(batch)):
-                guard.report(self.calls, self.compiles, batch, batch_size(batch),
+                guard.report(self.calls, self.compiles, batch, batch_size(one),
                              "torch_xla compiled a new XLA graph for the step")
         if self.backend in FUNCTIONAL:
             window = MetricWindow(new_acc)
@@ -383,6 +452,7 @@ def compile_step(
     on_recompile: str = "warn",
     precision: Any = "32",
     devices: int | str | None = None,
+    steps_per_call: int = 1,
 ) -> CompiledStep:
     """Compile a pure ``step_fn(state, batch) -> (state, metrics)`` into functrain's runner.
 
@@ -410,6 +480,13 @@ def compile_step(
             first dimension across all of torch_xla's devices with SPMD (data parallel; the
             state is replicated). The result is that of one device on the whole batch. It
             switches the process to SPMD mode, so ask for it before any other XLA work.
+        steps_per_call: K > 1 also compiles K consecutive steps as one call
+            (`CompiledStep.run_steps` over K stacked batches), so the host's per-call cost
+            (Python, guards, launch) is paid once per K steps, like ``steps_per_execution``
+            on TPUs. Pass the runner to `functrain.fit`, which then groups the loader's
+            batches K at a time (the rest of an epoch runs one step per call) and logs,
+            evaluates and checkpoints at the first K-boundary at or after each due step.
+            The numbers equal K single steps; each step shape compiles once.
 
     Returns:
         A `CompiledStep`.
@@ -432,5 +509,6 @@ def compile_step(
         (3, ['loss'])
     """
     return CompiledStep(step_fn, compile=compile, device=device, donate=donate,
-                        on_recompile=on_recompile, precision=precision, devices=devices)
+                        on_recompile=on_recompile, precision=precision, devices=devices,
+                        steps_per_call=steps_per_call)
 

@@ -27,6 +27,7 @@ class Loop:
         total_steps: the step count at which the run ends, if known (``max_steps`` or
             epochs times a sized loader's length), counted like ``step``.
         compiles: graphs the training step has compiled so far (set before `on_run_end`).
+        compile_time: seconds of the calls that compiled them (set with ``compiles``).
         nonfinite_step: with a `functrain.callbacks.NonFiniteGuard`, the first step of the
             window just logged whose metrics or params held inf/NaN (0: none).
 
@@ -49,6 +50,7 @@ class Loop:
     loggers: tuple[Any, ...] = ()
     total_steps: int | None = None
     compiles: int = 0
+    compile_time: float = 0.0
     nonfinite_step: int = 0
 
     def request_stop(self, reason: str) -> None:

@@ -55,6 +55,17 @@ class ProgressBar(Callback):
                          samples=loop.samples - self._samples, epoch=loop.epoch)
         self._step, self._samples = loop.step, loop.samples
 
+    def show_status(self, text: str | None) -> None:
+        """Show ``text`` in the bar until the next log window (`fit` shows ``"compiling (N
+        s)"`` while the step compiles); ``None`` clears it.
+
+        Example:
+            >>> import functrain as ft
+            >>> ft.callbacks.ProgressBar(enabled=False).show_status("compiling (1 s)")
+        """
+        if self._bar is not None:
+            self._bar.status(text)
+
     def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
         if self._bar is not None:
             self._bar.write(" ".join(f"{k}={v:.4g}" for k, v in metrics.items())
@@ -74,7 +85,8 @@ def higher_is_better(name: str) -> bool:
 
 class Summary(Callback):
     """Prints the end-of-run summary: steps, epochs, samples, wall time, samples/s, the last
-    and best value of every metric, why the run stopped, and compile count.
+    and best value of every metric, why the run stopped, the compile count and the time the
+    compiles took (first calls included).
 
     The best evaluation values are part of its checkpointed state, so a resumed run reports
     the best over the whole run. Nothing is printed when the run ends with an error.
@@ -120,6 +132,7 @@ class Summary(Callback):
             report["stopped"] = loop.stop_reason
         if loop.compiles:
             report["compiles"] = loop.compiles
+            report["compile time"] = f"{loop.compile_time:.1f} s"
         print(format_summary(report))
 
 
