@@ -8,7 +8,8 @@ Times, in rotated rounds (medians), one training step of:
 - ``opt``: only ``state.apply_gradients`` (functrain's Adam, eager) on fixed gradients
 - ``bare``: the example's step function called directly, no runner
 - ``runner``: ``ft.compile_step(step, compile="eager")``
-- ``fit``: ``ft.fit(..., compile="eager")`` (``log=False``: no loggers, progress bar or summary), per step
+- ``fit``: ``ft.fit(..., compile="eager")`` (``log=False``: no loggers, progress bar or
+  summary), per step
 
 and counts, per step, the Python function calls (``sys.setprofile`` "call" events) and the
 C-function calls ("c_call") of each variant; ``--cprofile`` prints the top entries of a
@@ -95,7 +96,7 @@ def make_variants(ex, batches, steps: int):
         for i in range(n):
             x, y = batches[i % len(batches)]
 
-            def loss_fn(params):
+            def loss_fn(params, x=x, y=y):
                 logits, _ = ft.call(fmodel, params, s.buffers, x)
                 return nn.functional.cross_entropy(logits, y)
 

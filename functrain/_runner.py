@@ -32,8 +32,8 @@ import torch
 from . import _compat
 from . import metrics as _metrics
 from . import tree as _tree
-from ._compile_status import Compiling
 from ._backend import FUNCTIONAL, compile_graph, compile_method, resolve_backend
+from ._compile_status import Compiling
 from ._donation import check_not_donated, poison, remember_nodes, write_back
 from ._errors import check_choice, check_int
 from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
