@@ -54,7 +54,7 @@ def split(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
         >>> import warnings, torch, functrain as ft
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     params, buffers = ft.split_module(torch.nn.Linear(2, 1))
+        ...     params, buffers = ft.split(torch.nn.Linear(2, 1))
         >>> sorted(params), caught[0].category.__name__
         (['bias', 'weight'], 'DeprecationWarning')
     """
