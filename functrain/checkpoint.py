@@ -689,6 +689,9 @@ def _dcp_load(path: Path, like: dict[str, torch.Tensor],
                  no_dist=True)
     if not whole:
         return targets
+    for k, t in like.items():
+        if k not in loaded and t.numel() == 0:  # DCP plans no read for an empty tensor
+            loaded[k] = torch.empty(t.shape, dtype=t.dtype)
     return {k: loaded[k] if t.device.type in ("cpu", "meta") else loaded[k].to(t.device)
             for k, t in like.items()}
 
