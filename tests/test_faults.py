@@ -397,17 +397,14 @@ def early_stopping_stop_index(values, **kwargs):
     ([0.9, 0.8, 0.3], dict(mode="max", divergence_threshold=0.3)),
     ([0.3, 0.2, 0.1, 0.2, 0.3], dict(min_delta=0.1, patience=2)),
 ])
-@pending
 def test_early_stopping_agrees_with_lightning_check_for_check(values, kwargs):
     assert early_stopping_stop_index(values, **kwargs) == lightning_reference(values, **kwargs)
 
 
-@pending
 def test_early_stopping_issue_case_stops_at_epoch_1():
     assert early_stopping_stop_index([1.0, 0.9, 0.9, 0.9], min_delta=0.1, patience=1) == 1
 
 
-@pending
 def test_early_stopping_agrees_with_lightning_on_decimal_sequences():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
