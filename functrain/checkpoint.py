@@ -107,6 +107,7 @@ import optree
 import torch
 
 from . import tree as _tree
+from ._errors import check_int, describe
 from ._version import __version__
 
 __all__ = [
@@ -596,7 +597,14 @@ def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     def fill(obj: Any) -> Any:
         if isinstance(obj, dict):
             if set(obj) == {_TENSOR_REF}:
-                return tensors[obj[_TENSOR_REF]]
+                ref = obj[_TENSOR_REF]
+                if not (isinstance(ref, str) and ref in tensors):
+                    raise CheckpointError(
+                        f"checkpoint {str(path)!r}: expected meta.json's tensor references to "
+                        f"name tensors listed in manifest.json, got {ref!r}, which it does not "
+                        "list. HINT: the checkpoint was modified after it was written; do not "
+                        "load it.")
+                return tensors[ref]
             return {k: fill(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [fill(v) for v in obj]
@@ -660,7 +668,14 @@ def _dcp_load(path: Path, like: dict[str, torch.Tensor],
                 with open(path / name, "rb") as f:
                     for req in reqs:
                         view = self._slice_file(f, storage[req.storage_index])
-                        t = torch.load(view, map_location="cpu", weights_only=True)
+                        try:
+                            t = torch.load(view, map_location="cpu", weights_only=True)
+                        except Exception as e:  # a crafted or foreign file: not torch.save's
+                            raise CheckpointError(
+                                f"checkpoint {str(path)!r}: expected {name!r} to hold "
+                                f"{req.dest_index.fqn!r} as torch.save data, got unreadable "
+                                f"bytes ({type(e).__name__}: {str(e)[:200]}). HINT: the "
+                                "checkpoint is corrupt or was modified; do not load it.") from None
                         want = like[req.dest_index.fqn]
                         if not (isinstance(t, torch.Tensor) and t.shape == want.shape
                                 and t.dtype == want.dtype):
@@ -684,9 +699,17 @@ def _dcp_load(path: Path, like: dict[str, torch.Tensor],
     else:
         targets = {k: torch.empty_like(t, device="cpu" if t.device.type == "meta" else None)
                    for k, t in like.items()}
-    with _quiet_single_process_warning(), _unwrap_dcp_errors():
-        dcp.load(targets, storage_reader=SafeReader(path), planner=TensorOnlyPlanner(),
-                 no_dist=True)
+    try:
+        with _quiet_single_process_warning(), _unwrap_dcp_errors():
+            dcp.load(targets, storage_reader=SafeReader(path), planner=TensorOnlyPlanner(),
+                     no_dist=True)
+    except (CheckpointError, OSError, MemoryError):
+        raise
+    except Exception as e:  # DCP's reader on a crafted file: IndexError, UnpicklingError...
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: expected readable DCP tensor data, got an error "
+            f"({type(e).__name__}: {str(e)[:200]}). HINT: the checkpoint is corrupt or was "
+            "modified; do not load it.") from None
     if not whole:
         return targets
     for k, t in like.items():
@@ -804,7 +827,7 @@ class CheckpointManager:
             ...     CheckpointManager(d).path(123).name
             'step_000000123'
         """
-        return self.directory / f"step_{int(step):09d}"
+        return self.directory / f"step_{_check_step(step):09d}"
 
     def save(self, step: int | torch.Tensor, state: Any, meta: Mapping[str, Any] | None = None,
              *, blocking: bool = True) -> Path:
@@ -833,10 +856,8 @@ class CheckpointManager:
             ...     ft.checkpoint.restore(p, like={"w": torch.zeros(3)})
             {'w': tensor([1., 1., 1.])}
         """
+        step = _check_step(step)
         self.wait()
-        step = int(step)
-        if step < 0:
-            raise ValueError(f"step: expected a non-negative int, got {step}.")
         path = self.path(step)
         if blocking:
             self._write(path, state, meta)
@@ -943,6 +964,18 @@ class CheckpointManager:
                 os.rename(p, target)
             else:
                 _remove(p)
+
+
+def _check_step(step: Any) -> int:
+    """A step number: a non-negative int, or a 0-d integer tensor such as ``state.step``."""
+    if isinstance(step, torch.Tensor) and step.dim() == 0 and not (
+            step.is_floating_point() or step.is_complex() or step.dtype == torch.bool):
+        step = int(step)
+    elif isinstance(step, torch.Tensor):
+        raise TypeError(f"step: expected an int or a 0-d integer tensor, got "
+                        f"{describe(step)}. HINT: pass state.step or int(state.step).")
+    return check_int("step", step, minimum=0, hint="checkpoints are named by their step, "
+                     "e.g. mgr.save(int(state.step), state).")
 
 
 _STEP_DIR = re.compile(r"step_\d+")
