@@ -233,7 +233,6 @@ def test_async_save_failing_at_interpreter_exit_fails_the_process(tmp_path):
 # --- 11: a full disk is reported as such --------------------------------------------------
 
 
-@pending
 def test_full_disk_is_an_oserror_naming_the_path(tmp_path, monkeypatch):
     mgr = ckpt.CheckpointManager(tmp_path / "ck")
     mgr.save(1, {"w": torch.ones(10)})
@@ -255,7 +254,6 @@ def test_full_disk_is_an_oserror_naming_the_path(tmp_path, monkeypatch):
     ckpt.verify(mgr.path(1))
 
 
-@pending
 def test_enospc_from_a_write_names_the_checkpoint(tmp_path, monkeypatch):
     def full(state_dict, directory):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -283,7 +281,6 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", str(mount)], capture_output=True, timeout=30)
 
 
-@pending
 def test_full_tmpfs_is_an_oserror_and_keeps_earlier_checkpoints(tiny_disk):
     mgr = ckpt.CheckpointManager(tiny_disk / "ck")
     mgr.save(1, {"w": torch.ones(100)})
