@@ -87,6 +87,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -96,8 +97,11 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import threading
+import traceback
 import warnings
+import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -832,6 +836,8 @@ class CheckpointManager:
     written, so a crash never leaves fewer than before. ``save(..., blocking=False)`` copies the
     tensors to host memory at once (so the next step may overwrite the state) and writes in a
     background thread; an error there is raised by the next `save`, `wait`, `all` or `latest`.
+    A save still running when the program exits is completed first (or, if it fails, the
+    error is printed and the exit status is 1).
     "Newest" means the highest step; checkpoints of higher steps than the one being saved (from
     a run that went further) are neither counted nor deleted. On creation the manager cleans
     up after crashed saves of processes that are gone (see `functrain.checkpoint`, Atomicity).
@@ -860,6 +866,7 @@ class CheckpointManager:
         self.keep = keep
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._error_path: Path | None = None
         self._remove_stale_tmp()
 
     def path(self, step: int) -> Path:
@@ -912,7 +919,8 @@ class CheckpointManager:
         meta = _tree.map(_to_host, _check_meta(meta))
         self._thread = threading.Thread(target=self._background, args=(path, state, meta),
                                         name=f"functrain-checkpoint-{step}")
-        self._thread.start()  # not a daemon: the interpreter waits for it at exit
+        _finish_at_exit(self)
+        self._thread.start()  # not a daemon; _finish_at_exit completes it before pools close
         return path
 
     def _background(self, path: Path, state: Any, meta: Any) -> None:
@@ -920,6 +928,7 @@ class CheckpointManager:
             self._write(path, state, meta)
         except BaseException as e:  # handed to the main thread by wait()
             self._error = e
+            self._error_path = path
 
     def _write(self, path: Path, state: Any, meta: Any) -> None:
         save(path, state, meta=meta, overwrite=True)
@@ -1020,6 +1029,50 @@ def _check_step(step: Any) -> int:
                         f"{describe(step)}. HINT: pass state.step or int(state.step).")
     return check_int("step", step, minimum=0, hint="checkpoints are named by their step, "
                      "e.g. mgr.save(int(state.step), state).")
+
+
+# Managers with a background save that may still run when the interpreter exits.
+_AT_EXIT: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
+_EXIT_HOOK = [False]
+
+
+def _finish_at_exit(manager: CheckpointManager) -> None:
+    """Make sure ``manager``'s background save completes, or fails loudly, at exit.
+
+    At a normal interpreter exit, ``concurrent.futures`` refuses new work (threading's exit
+    hooks run before non-daemon threads are joined), which a save still in progress needs
+    (DCP's and the checksums' thread pools), so it would fail unseen. functrain's own hook,
+    registered after ``concurrent.futures``' and so run before it, waits for each pending save
+    while the pools still work; if one failed, it prints the error and exits with status 1.
+    """
+    _AT_EXIT.add(manager)
+    if _EXIT_HOOK[0]:
+        return
+    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9
+    try:
+        (register or atexit.register)(_finish_pending_saves)
+        _EXIT_HOOK[0] = True
+    except RuntimeError:  # already shutting down: the thread is joined as non-daemon
+        pass
+
+
+def _finish_pending_saves() -> None:
+    failed = False
+    for manager in list(_AT_EXIT):
+        if manager._thread is not None:
+            manager._thread.join()
+            manager._thread = None
+        if manager._error is not None:
+            err, manager._error = manager._error, None
+            where = manager._error_path or manager.directory
+            print(f"functrain: the checkpoint {str(where)!r} was NOT written: a background save"
+                  " failed while the program was exiting:", file=sys.stderr)
+            traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+            failed = True
+    if failed:  # never let an exit status of 0 report a save that did not happen
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 _STEP_DIR = re.compile(r"step_\d+")

@@ -204,7 +204,6 @@ ASYNC_EXIT = textwrap.dedent("""
 """)
 
 
-@pending
 def test_async_save_followed_by_interpreter_exit_is_completed(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(ASYNC_EXIT)
@@ -218,7 +217,6 @@ def test_async_save_followed_by_interpreter_exit_is_completed(tmp_path):
                        torch.arange(100000.0))
 
 
-@pending
 def test_async_save_failing_at_interpreter_exit_fails_the_process(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(ASYNC_EXIT)
