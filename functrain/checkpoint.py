@@ -99,6 +99,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 import traceback
 import warnings
 import weakref
@@ -970,11 +971,19 @@ class CheckpointManager:
         self.wait()
         return [p for p in self._step_dirs() if (p / _MANIFEST).is_file()]
 
-    def latest(self) -> Path | None:
+    def latest(self, *, strict: bool = False) -> Path | None:
         """The newest intact checkpoint, or ``None``; waits for a save.
 
         Checks checksums (`functrain.checkpoint.verify`) from the newest checkpoint down,
         skipping each incomplete or corrupt one with a warning that names it and the reason.
+
+        Args:
+            strict: when there are checkpoints but none is intact, raise instead of returning
+                ``None`` (what a resume wants: not to start afresh over a corrupt run).
+
+        Raises:
+            CheckpointError: with ``strict``, if every checkpoint found is incomplete or
+                corrupt; lists each with the reason it was rejected. Nothing is deleted.
 
         Example:
             >>> import tempfile
@@ -983,13 +992,70 @@ class CheckpointManager:
             True
         """
         self.wait()
+        rejected: list[str] = []
         for p in reversed(self._step_dirs()):
             try:
                 verify(p)
                 return p
-            except CheckpointError as e:
+            except (CheckpointError, OSError) as e:
+                rejected.append(f"  {p.name}: {e}")
                 warnings.warn(f"skipping {e}", stacklevel=2)  # e names the path
+        if strict and rejected:
+            raise CheckpointError(
+                f"checkpoints in {str(self.directory)!r}: expected at least one intact "
+                f"checkpoint, got {len(rejected)}, none of them intact:\n"
+                + "\n".join(rejected) + "\nHINT: nothing was deleted. Restore an intact copy "
+                "into that directory, or start afresh elsewhere or with fit(..., resume=None)"
+                " (which moves these aside, see CheckpointManager.set_aside).")
         return None
+
+    def set_aside(self, after_step: int, reason: str) -> Path | None:
+        """Move the checkpoints of steps above ``after_step`` out of the run's way, keeping them.
+
+        After a rollback (a resume from an older checkpoint), or a fresh start in a directory
+        that holds checkpoints (``after_step=-1``), the checkpoints that are not part of what
+        this run continues would otherwise be taken for its newest (``latest``), or evicted
+        or overwritten by its saves. They go, untouched, into one folder
+        ``directory/aside-<UTC time>-after-<after_step>/`` with a ``README`` saying why.
+
+        Args:
+            after_step: keep the checkpoints of this step and below in place.
+            reason: why, written into the folder's ``README``.
+
+        Returns:
+            The folder, or ``None`` if there was nothing to move.
+
+        Example:
+            >>> import tempfile, torch
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     mgr = CheckpointManager(d, keep=None)
+            ...     for step in (10, 20, 30):
+            ...         _ = mgr.save(step, {"w": torch.ones(1)})
+            ...     aside = mgr.set_aside(10, "rolled back to step 10")
+            ...     [p.name for p in mgr.all()], sorted(q.name for q in aside.iterdir())
+            (['step_000000010'], ['README', 'step_000000020', 'step_000000030'])
+        """
+        self.wait()
+        after_step = check_int("after_step", after_step, minimum=-1)
+        move = [p for p in self._step_dirs() if _step_of(p) > after_step]
+        if not move:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.directory / f"aside-{stamp}-after-{after_step}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.directory / f"aside-{stamp}-after-{after_step}-{n}"
+        aside.mkdir()
+        (aside / "README").write_text(
+            f"Checkpoints set aside by functrain {__version__} at {stamp}: {reason}\n"
+            "They are intact as written; move one back into the parent directory to use it.\n",
+            encoding="utf-8")
+        for p in move:
+            os.rename(p, aside / p.name)
+        _fsync_dir(aside)
+        _fsync_dir(self.directory)
+        return aside
 
     def _step_dirs(self) -> list[Path]:
         if not self.directory.is_dir():

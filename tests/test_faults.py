@@ -709,3 +709,42 @@ def test_every_new_shape_is_reported_before_torchs_recompile_limit(cheap_compile
                    loggers=False, progress=False, summary=False, compile="inductor")
     reported = [r for r in record if "recompiled" in str(r.message)]
     assert len(reported) >= 5  # shapes after the one allowed smaller batch, until the limit
+
+
+def test_latest_strict_lists_every_rejected_checkpoint_and_deletes_nothing(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path, keep=None)
+    for s in (2, 4):
+        mgr.save(s, {"w": torch.ones(3)})
+    _corrupt(mgr.path(2))
+    (mgr.path(4) / "manifest.json").unlink()
+    before = snapshot(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert mgr.latest() is None  # not strict: as before
+        with pytest.raises(ckpt.CheckpointError) as info:
+            mgr.latest(strict=True)
+    text = str(info.value)
+    assert "step_000000002" in text and "SHA-256" in text
+    assert "step_000000004" in text and "manifest" in text
+    assert "nothing was deleted" in text
+    assert snapshot(tmp_path) == before
+    assert ckpt.CheckpointManager(tmp_path / "empty").latest(strict=True) is None
+
+
+def test_set_aside_moves_newer_checkpoints_untouched(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path, keep=2)
+    for s in (1, 2, 3):
+        mgr.save(s, {"w": torch.full((2,), float(s))})
+    before = snapshot(mgr.path(3))
+    aside = mgr.set_aside(1, "rolled back to step 1")
+    assert mgr.all() == []  # step 1 was evicted by keep=2; 2 and 3 are aside
+    assert sorted(p.name for p in aside.iterdir()) == ["README", "step_000000002",
+                                                       "step_000000003"]
+    assert snapshot(aside / "step_000000003") == before
+    assert "rolled back to step 1" in (aside / "README").read_text()
+    mgr.save(4, {"w": torch.ones(2)})  # new saves and evictions leave the aside folder alone
+    mgr.save(5, {"w": torch.ones(2)})
+    mgr.save(6, {"w": torch.ones(2)})
+    assert [p.name for p in mgr.all()] == ["step_000000005", "step_000000006"]
+    assert snapshot(aside / "step_000000003") == before
+    assert mgr.set_aside(10, "nothing newer") is None
