@@ -47,6 +47,7 @@ import numbers
 import os
 import re
 import shutil
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -130,12 +131,16 @@ def _decode(x: Any) -> float | None:
 
 
 def _f32(x: float) -> float:
-    """``x`` rounded to float32 (as torch rounds a Python float to a float32 tensor's dtype).
+    """``x`` rounded to float32 (to nearest, as torch rounds a Python float to float32), in
+    plain Python: no tensor, so nothing a host-sync counter would see.
 
     A float32 difference computed in float64 and rounded once is the float32 result: float64
     has more than twice float32's precision, so the double rounding is exact.
     """
-    return float(torch.tensor(x, dtype=torch.float32))
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:  # rounds past float32's largest value
+        return math.copysign(math.inf, x)
 
 
 def _publish(loop: Loop, values: dict[str, float]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -748,3 +749,12 @@ def test_set_aside_moves_newer_checkpoints_untouched(tmp_path):
     assert [p.name for p in mgr.all()] == ["step_000000005", "step_000000006"]
     assert snapshot(aside / "step_000000003") == before
     assert mgr.set_aside(10, "nothing newer") is None
+
+
+def test_float32_rounding_of_early_stopping_matches_torch():
+    from functrain.callbacks import _f32
+
+    for x in [0.1, 0.7, 0.9 + 0.1, 1e-45, 3.4028235677973366e38, 3.402823669209385e38, 1e39,
+              -1e39, float("inf"), -0.0, 2.0**-149 * 1.5]:
+        assert _f32(x) == float(torch.tensor(x, dtype=torch.float32)), x
+    assert math.isnan(_f32(float("nan")))
