@@ -67,6 +67,9 @@ class LoaderOrder:
         kind: ``"stateful"``, ``"set_epoch"``, ``"dataloader"`` or ``"iterable"``.
         exact: whether a resumed run sees exactly the batches of the uninterrupted one.
         why_not: for ``exact=False``, why (for the resume warning); else ``None``.
+        why_not_mid_epoch: why a resume *mid-epoch* may not be exact, else ``None``: also
+            set for a stateful loader whose worker processes would restart from their seeds
+            (its dataset does not save its own state).
     """
 
     def __init__(self, loader: Any, seed: int) -> None:
@@ -74,6 +77,7 @@ class LoaderOrder:
         self.seed = int(seed)
         self.kind, self.why_not = _classify(loader)
         self.exact = self.why_not is None
+        self.why_not_mid_epoch = self.why_not or _stateful_workers_restart(loader, self.kind)
         self._set_sampler = False
         if self.kind == "dataloader":
             from torch.utils.data import RandomSampler
@@ -134,6 +138,18 @@ def _classify(loader: Any) -> tuple[str, str | None]:
         f"the loader (a {type(loader).__name__}) is an iterable whose order functrain cannot "
         "replay. HINT: use a torch DataLoader over a map-style dataset, torchdata's "
         "StatefulDataLoader, functrain.data.ArrayLoader, or give the loader set_epoch(epoch)")
+
+
+def _stateful_workers_restart(loader: Any, kind: str) -> str | None:
+    dataset = getattr(loader, "dataset", None)
+    if kind != "stateful" or not getattr(loader, "num_workers", 0) or (
+            callable(getattr(dataset, "state_dict", None))
+            and callable(getattr(dataset, "load_state_dict", None))):
+        return None
+    return ("the stateful loader continues mid-epoch, but its worker processes restart from "
+            "their seeds, so random augmentation in the dataset draws other numbers. HINT: "
+            "give the dataset state_dict()/load_state_dict() that save its generators "
+            "(torchdata's Stateful), or resume at epoch boundaries")
 
 
 def _dataloader_not_exact(loader: Any, data: Any) -> str | None:

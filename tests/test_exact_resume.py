@@ -216,11 +216,23 @@ SCRIPT = textwrap.dedent("""
                     time.sleep(0.1)
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    class SavesItsRandomness(Noisy):
+        # A StatefulDataLoader restarts its workers from their seeds; a dataset that draws
+        # random numbers in them keeps its generators in its state (torchdata's Stateful).
+        def state_dict(self):
+            version, internal, gauss = random.getstate()
+            return {"torch": torch.get_rng_state(), "python": list(internal),
+                    "version": version, "gauss": gauss}
+        def load_state_dict(self, sd):
+            torch.set_rng_state(sd["torch"])
+            random.setstate((sd["version"], tuple(sd["python"]), sd["gauss"]))
+
     if kind == "stateful":
-        from torchdata.stateful_dataloader import StatefulDataLoader as Loader
+        from torchdata.stateful_dataloader import StatefulDataLoader
+        loader = StatefulDataLoader(SavesItsRandomness(), batch_size=8, shuffle=True,
+                                    num_workers=2)
     else:
-        Loader = torch.utils.data.DataLoader
-    loader = Loader(Noisy(), batch_size=8, shuffle=True, num_workers=2)
+        loader = torch.utils.data.DataLoader(Noisy(), batch_size=8, shuffle=True, num_workers=2)
     state = ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=3)
     ft.fit(step, state, loader, epochs=3, log_every=2, checkpoint_every=4, keep=None,
            run_dir=run_dir, resume="auto", compile=compile, callbacks=[Kill()],
@@ -304,7 +316,27 @@ def test_resume_warns_at_every_resume_when_the_loader_cannot_be_replayed(tmp_pat
 
     kwargs = dict(run_dir=tmp_path, checkpoint_every=4, resume="auto", loggers=False,
                   compile="eager", progress=False, summary=False)
-    state = ft.TrainState.create(torch.nn.Linear(3, 1), ft.optim.sgd(0.1))
-    ft.fit(step, state, Once(), epochs=1, **kwargs)  # ends at an epoch boundary
-    with pytest.warns(UserWarning, match="exact"):
-        ft.fit(step, state, Once(), epochs=2, **kwargs)
+    def state():
+        return ft.TrainState.create(torch.nn.Linear(3, 1), ft.optim.sgd(0.1))
+
+    ft.fit(step, state(), Once(), epochs=1, **kwargs)  # ends at an epoch boundary
+    with pytest.warns(UserWarning, match="at an epoch boundary: not guaranteed to be exact"):
+        ft.fit(step, state(), Once(), epochs=2, **kwargs)
+
+
+def test_stateful_loader_with_workers_warns_mid_epoch_unless_its_dataset_saves_its_state():
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+
+    class Saves(Noisy):
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    plain = _loader_state.LoaderOrder(sdl.StatefulDataLoader(Noisy(), num_workers=2), seed=0)
+    assert plain.exact and "restart" in plain.why_not_mid_epoch
+    saves = _loader_state.LoaderOrder(sdl.StatefulDataLoader(Saves(), num_workers=2), seed=0)
+    assert saves.why_not_mid_epoch is None
+    in_process = _loader_state.LoaderOrder(sdl.StatefulDataLoader(Noisy()), seed=0)
+    assert in_process.why_not_mid_epoch is None  # the main process's generators are restored
