@@ -19,7 +19,9 @@ import torch
 from . import loggers as _loggers
 from . import optim as _optim
 from . import tree as _tree
+from . import _rng_state
 from ._callbacks import Callback, Loop
+from ._loader_state import LoaderOrder
 from ._donation import is_donated
 from ._progress import ProgressBar, format_summary
 from ._runner import NONFINITE, CompiledStep, _leading, prefetch
@@ -431,11 +433,10 @@ def fit(
     window_steps, window_samples = meta.get("window_steps", 0), meta.get("window_samples", 0)
     done = end_step is not None and loop.step >= end_step  # e.g. resuming a finished run
     skip = meta.get("batch_in_epoch", 0)
-    ordered = hasattr(loader, "set_epoch")
-    if skip and not ordered:
-        warnings.warn("resume: the loader has no set_epoch(epoch), so its order cannot be "
-                      f"replayed; skipping the first {skip} batches of the epoch it yields. "
-                      "HINT: use functrain.data.ArrayLoader for an exact resume.", stacklevel=2)
+    order = LoaderOrder(loader, seed=meta.get("data_seed", torch.initial_seed()))
+    resume_rng, loader_state = meta.get("rng"), meta.get("loader")
+    if meta and not done:
+        _warn_if_inexact(order, skip, resume_rng)
 
     def save_checkpoint(blocking: bool, epoch_done: bool = False) -> None:
         assert manager is not None
@@ -444,7 +445,8 @@ def fit(
             "samples": loop.samples, "run_start": run_start, "end_step": end_step,
             "best": best, "callbacks": loop.callback_states(),
             "window": runner.metric_window(), "window_steps": window_steps,
-            "window_samples": window_samples}, blocking=blocking)
+            "window_samples": window_samples, "data_seed": order.seed,
+            "rng": _rng_state.capture(), "loader": order.state_dict()}, blocking=blocking)
 
     n_batches, epoch_finished = skip, False  # the position, should no epoch start
     with stop:
@@ -452,14 +454,25 @@ def fit(
             epoch = loop.epoch
             while not done and (epochs is None or epoch < epochs):
                 loop.epoch = epoch
-                if ordered:
-                    loader.set_epoch(epoch)
+                order.start_epoch(epoch)
                 n_batches, skip = skip, 0
                 completed = epoch_finished = False
+                if resume_rng is not None and not n_batches:
+                    # at an epoch boundary: as the straight run was before iter(loader)
+                    _restore_rng(resume_rng)
+                    resume_rng = None
+                if loader_state is not None:  # a stateful loader continues by itself
+                    order.load_state_dict(loader_state)
+                    loader_state = None
+                # A stateful loader's state must not run ahead of the step (no prefetch).
                 batches = iter(prefetch(loader, runner.place_batch)
-                               if runner.device.type in ("cuda", "xla") else loader)
-                if n_batches:  # resuming mid-epoch: the batches already trained on
+                               if runner.device.type in ("cuda", "xla")
+                               and order.kind != "stateful" else loader)
+                if n_batches and order.skips_batches:  # resuming mid-epoch: already trained on
                     next(itertools.islice(batches, n_batches - 1, None), None)
+                if resume_rng is not None:  # mid-epoch: as the straight run was at the save
+                    _restore_rng(resume_rng)
+                    resume_rng = None
                 for batch in batches:
                     n_batches += 1
                     loop.state, _ = runner(loop.state, batch)
@@ -514,6 +527,7 @@ def fit(
             loop.error = e
             raise
         finally:
+            order.close()
             if is_donated(loop.state):  # interrupted between donation and hand-back
                 loop.state = runner._checked_state
             if manager is not None:
@@ -569,6 +583,29 @@ def _resume(state: Any, resume: Any, manager: Any, policy: Policy) -> tuple[Any,
     # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
     like = policy.prepare_state(state)
     return checkpoint.restore(path, like=like), checkpoint.load_meta(path)
+
+
+def _warn_if_inexact(order: LoaderOrder, skip: int, rng: Any) -> None:
+    """At every resume, say so when it may not repeat the uninterrupted run exactly."""
+    problems = []
+    why = order.why_not_mid_epoch if skip else order.why_not
+    if why is not None:
+        problems.append(why)
+    if rng is None:
+        problems.append("the checkpoint holds no global random state (written by an older "
+                        "functrain), so unkeyed randomness (nn.Dropout without a key, "
+                        "torch.rand) draws other numbers")
+    if problems:
+        where = f"mid-epoch (after {skip} batches)" if skip else "at an epoch boundary"
+        warnings.warn(f"resume {where}: not guaranteed to be exact: " + "; ".join(problems)
+                      + ".", stacklevel=3)
+
+
+def _restore_rng(state: Any) -> None:
+    missing = _rng_state.restore(state)
+    if missing:
+        warnings.warn("resume: not guaranteed to be exact: could not restore "
+                      + ", ".join(missing) + ".", stacklevel=3)
 
 
 def _higher_is_better(name: str) -> bool:

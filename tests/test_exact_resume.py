@@ -255,7 +255,6 @@ def _losses(run_dir):
     return by_step
 
 
-@pending
 @pytest.mark.parametrize("kind", ["dataloader", "stateful"])
 @pytest.mark.parametrize("compile", ["eager", "inductor"])
 def test_sigkill_at_epoch_boundary_and_mid_epoch_then_resume_is_bit_identical(
@@ -290,7 +289,6 @@ def test_sigkill_at_epoch_boundary_and_mid_epoch_then_resume_is_bit_identical(
     assert _losses(straight) == _losses(killed)
 
 
-@pending
 def test_resume_warns_at_every_resume_when_the_loader_cannot_be_replayed(tmp_path):
     def gen_loader():
         g = torch.Generator().manual_seed(0)
