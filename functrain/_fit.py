@@ -23,6 +23,7 @@ from . import _rng_state
 from ._callbacks import Callback, Loop
 from ._loader_state import LoaderOrder
 from ._donation import is_donated
+from ._errors import describe
 from ._progress import ProgressBar, format_summary
 from ._runner import NONFINITE, CompiledStep, _leading, prefetch
 from .precision import Policy
@@ -185,6 +186,7 @@ def fit(
     hparams: dict[str, Any] | None = None,
     accumulate: int = 1,
     on_nonfinite: str | None = None,
+    exit_on_sigterm: bool = True,
 ) -> Any:
     """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
 
@@ -261,12 +263,21 @@ def fit(
             ``"raise"`` raises ``FloatingPointError`` naming the step and the first
             non-finite metric or param leaf. Checkpoints already written are kept.
 
+        exit_on_sigterm: after a SIGTERM (a scheduler's pre-emption), stop at the next step
+            boundary, write the checkpoint (with ``checkpoint_every``), close the logs, and
+            then exit the process with status 143 (``SystemExit(143)``), so that the stop is
+            not taken for success. ``False``: return the state instead.
+
     Returns:
-        The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
-        step's state).
+        The final state (or, after Ctrl-C / a callback's stop / a SIGTERM with
+        ``exit_on_sigterm=False``, the last complete step's state).
 
     Raises:
         ValueError / TypeError: for bad arguments, naming the argument, before any step.
+        KeyboardInterrupt: at a second Ctrl-C, at once (the first one stops at the next step
+            boundary); checkpoints already written are intact.
+        SystemExit: with status 143 after a SIGTERM, once the checkpoint is written (see
+            ``exit_on_sigterm``).
 
     Example:
         >>> import torch, functrain as ft
@@ -301,6 +312,8 @@ def fit(
     if on_nonfinite not in (None, "skip", "stop", "raise"):
         raise ValueError("on_nonfinite: expected None, 'skip', 'stop' or 'raise', "
                          f"got {on_nonfinite!r}.")
+    if not isinstance(exit_on_sigterm, bool):
+        raise TypeError(f"exit_on_sigterm: expected a bool, got {describe(exit_on_sigterm)}.")
     if hparams is not None and not isinstance(hparams, dict):
         raise TypeError(f"hparams: expected a dict, got {type(hparams).__name__}.")
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
@@ -311,12 +324,48 @@ def fit(
                          f"eval_loader={'set' if eval_loader is not None else None}.")
     if eval_loader is not None:
         _check_loader(eval_loader, "eval_loader")
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks: expected a list of functrain.Callback objects, got "
+                        f"{describe(callbacks)}. HINT: callbacks=[cb] for one.")
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
                             f"got {type(cb).__name__}.")
     _check_positive_int(checkpoint_every, "checkpoint_every")
     _check_positive_int(keep, "keep")
+    if eval_fn is None:
+        if eval_every is not None:
+            raise ValueError(f"eval_every={eval_every}: expected eval_fn and eval_loader to "
+                             "evaluate with, got neither. HINT: pass eval_fn=..., "
+                             "eval_loader=..., or drop eval_every.")
+        for i, cb in enumerate(callbacks):
+            monitor = getattr(cb, "monitor", None)
+            if isinstance(monitor, str) and monitor.startswith("val/"):
+                raise ValueError(
+                    f"callbacks[{i}]: {type(cb).__name__} monitors {monitor!r}, expected an "
+                    "evaluation to produce it, got no eval_fn. HINT: pass eval_fn and "
+                    "eval_loader, or monitor a training metric ('train/loss').")
+    if run_dir is not None and (not isinstance(run_dir, (str, os.PathLike))
+                                or not os.fspath(run_dir)):
+        raise ValueError(f"run_dir: expected a directory path or None, got "
+                         f"{describe(run_dir)}. HINT: run_dir='runs/exp1'; None picks "
+                         "runs/<date>-<time>.")
+    if resume is not None and (isinstance(resume, bool) or not (
+            resume == "auto" or isinstance(resume, (str, os.PathLike)))):
+        raise TypeError(f"resume: expected 'auto', a checkpoint path or None, got "
+                        f"{describe(resume)}. HINT: resume='auto' continues from the newest "
+                        "intact checkpoint in run_dir/checkpoints.")
+    if loggers is not None and not isinstance(loggers, bool):
+        if not isinstance(loggers, (list, tuple)):
+            raise TypeError(f"loggers: expected None, False or a list of loggers, got "
+                            f"{describe(loggers)}. HINT: loggers=[ft.loggers.CSVLogger(...)].")
+        for i, lg in enumerate(loggers):
+            if not all(callable(getattr(lg, m, None))
+                       for m in ("log_metrics", "log_hparams", "close")):
+                raise TypeError(f"loggers[{i}]: expected a functrain.loggers.Logger (with "
+                                f"log_metrics, log_hparams and close), got {describe(lg)}. "
+                                "HINT: e.g. functrain.loggers.JSONLLogger('runs/x/m.jsonl'); "
+                                "loggers=None gives the default ones.")
     if resume == "auto" and run_dir is None:
         raise ValueError("resume='auto' needs run_dir: it looks for checkpoints in "
                          "run_dir/checkpoints. HINT: fit(..., run_dir='runs/exp1', "
@@ -330,8 +379,6 @@ def fit(
     default_logs = loggers is None or loggers is True
     if run_dir is None and (default_logs or checkpoint_every or resume):
         run_dir = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    loggers = (_loggers.default_loggers(run_dir) if default_logs
-               else [] if loggers is False else list(loggers))
     manager = None
     if checkpoint_every or resume:
         from .checkpoint import CheckpointManager
@@ -417,14 +464,23 @@ def fit(
             warnings.warn(f"functrain: skipped the update of a step with {msg} (and any later "
                           "ones in this log window).", stacklevel=3)
 
-    stop = _StopSignal()
-    for lg in loggers:
-        lg.log_hparams({**(hparams or {}), "epochs": epochs, "max_steps": max_steps,
-                        "log_every": log_every, "compile": runner.backend,
-                        "device": str(runner.device), "precision": str(precision),
-                        "start_step": start_step})
-    for cb in callbacks:
-        cb.on_run_start(loop)
+    stop = _StopSignal(exit_on_sigterm)
+    # Created last before the loop, and closed if anything fails before it starts: a logger
+    # may own a thread (TensorBoard's writer).
+    loggers = (_loggers.default_loggers(run_dir) if default_logs
+               else [] if loggers is False else list(loggers))
+    try:
+        for lg in loggers:
+            lg.log_hparams({**(hparams or {}), "epochs": epochs, "max_steps": max_steps,
+                            "log_every": log_every, "compile": runner.backend,
+                            "device": str(runner.device), "precision": str(precision),
+                            "start_step": start_step})
+        for cb in callbacks:
+            cb.on_run_start(loop)
+    except BaseException:
+        for lg in loggers:
+            lg.close()
+        raise
     # max_steps counts from the start of the original run, also when resuming.
     run_start = meta.get("run_start", start_step)
     end_step = None if max_steps is None else run_start + max_steps
@@ -521,7 +577,11 @@ def fit(
                 run_eval()
             if checkpoint_every and not idle_resume:  # the end of the run, or a stop
                 save_checkpoint(blocking=True, epoch_done=epoch_finished)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            if stop.interrupted:  # a second Ctrl-C: to the caller, now (checkpoints kept)
+                loop.stop_reason = "interrupted (a second Ctrl-C)"
+                loop.error = e
+                raise
             loop.stop_reason = "interrupted (KeyboardInterrupt)"
         except BaseException as e:
             loop.error = e
@@ -550,6 +610,11 @@ def fit(
         if runner.compiles:
             report["compiles"] = runner.compiles
         print(format_summary(report))
+    if stop.terminated and exit_on_sigterm:
+        # Pre-empted: the checkpoint (if any) is written and the logs closed. Exit as a
+        # process killed by SIGTERM reports it (128 + 15), so a scheduler can tell this run
+        # from a finished one.
+        raise SystemExit(128 + signal.SIGTERM)
     opt_state = getattr(loop.state, "opt_state", None)
     for _ in range((accumulate > 1) + (on_nonfinite == "skip")):
         opt_state = opt_state.inner_state if hasattr(opt_state, "inner_state") else (
@@ -614,16 +679,26 @@ def _higher_is_better(name: str) -> bool:
 
 
 class _StopSignal:
-    """SIGINT/SIGTERM -> stop at the next step boundary; a second SIGINT interrupts at once."""
+    """SIGINT/SIGTERM -> stop at the next step boundary; a second SIGINT interrupts at once.
 
-    def __init__(self) -> None:
+    ``terminated`` records a SIGTERM (fit then exits with status 143 after saving, when
+    ``exit_on_sigterm``); ``interrupted`` a second SIGINT (its KeyboardInterrupt goes to the
+    caller).
+    """
+
+    def __init__(self, exit_on_sigterm: bool = True) -> None:
         self.reason: str | None = None
+        self.exit_on_sigterm = exit_on_sigterm
+        self.terminated = False
+        self.interrupted = False
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if self.reason is not None and signum == signal.SIGINT:
+            self.interrupted = True
             raise KeyboardInterrupt
+        self.terminated = self.terminated or signum == signal.SIGTERM
         self.reason = f"received {name}"
 
     def __enter__(self) -> _StopSignal:

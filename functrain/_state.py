@@ -102,6 +102,9 @@ class TrainState:
 
         params, buffers = split(module)
         if device is not None:
+            from ._runner import resolve_device
+
+            device = resolve_device(device)  # a clear error for a backend that is missing
             params, buffers = _tree.map(lambda x: x.to(device), (params, buffers))
         dev = next(iter(params.values())).device if params else torch.device(device or "cpu")
         fields = {f.name for f in dataclasses.fields(cls)}
