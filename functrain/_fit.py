@@ -639,15 +639,33 @@ def _wrap_tx(state: Any, wrap: Callable[[Any], Any]) -> Any:
 def _resume(state: Any, resume: Any, manager: Any, policy: Policy) -> tuple[Any, dict]:
     """Restore ``state`` and the loop's meta from the checkpoint ``resume`` names."""
     if not resume:
+        if manager is not None and manager.all():
+            aside = manager.set_aside(-1, "a new run started here with resume=None")
+            warnings.warn(f"fit: {str(manager.directory)!r} held checkpoints of an earlier run; "
+                          "this run starts afresh (resume=None), so they were moved, untouched,"
+                          f" to {str(aside)!r}. HINT: resume='auto' continues a run.",
+                          stacklevel=3)
         return state, {}
     from . import checkpoint
 
-    path = manager.latest() if resume == "auto" else resume
+    # Every checkpoint corrupt: refuse (listing them) rather than start afresh over them.
+    path = manager.latest(strict=True) if resume == "auto" else resume
     if path is None:
         return state, {}
     # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
     like = policy.prepare_state(state)
-    return checkpoint.restore(path, like=like), checkpoint.load_meta(path)
+    state, meta = checkpoint.restore(path, like=like), checkpoint.load_meta(path)
+    if manager is not None and hasattr(state, "step"):
+        # This run continues the checkpoint it resumed from: newer ones (a branch abandoned
+        # by a rollback, or corrupt ones skipped above) must not count as its newest, nor be
+        # overwritten or evicted by its saves.
+        aside = manager.set_aside(int(state.step), f"the run resumed from {str(path)!r}; these "
+                                  "are newer, from another branch of the run or corrupt")
+        if aside is not None:
+            warnings.warn(f"fit: resumed from {str(path)!r}; the newer checkpoints there were "
+                          f"moved, untouched, to {str(aside)!r}, so that resume='auto' finds "
+                          "this run's own newest.", stacklevel=3)
+    return state, meta
 
 
 def _warn_if_inexact(order: LoaderOrder, skip: int, rng: Any) -> None:

@@ -537,7 +537,6 @@ def _corrupt(path: Path) -> None:
     data.write_bytes(data.read_bytes()[:-3] + b"xyz")
 
 
-@pending
 def test_resume_auto_with_every_checkpoint_corrupt_refuses_and_deletes_nothing(tmp_path):
     data = make_data(4)
     ft.fit(step, make_state(), data, epochs=2, checkpoint_every=2, keep=None, run_dir=tmp_path,
@@ -558,7 +557,6 @@ def test_resume_auto_with_every_checkpoint_corrupt_refuses_and_deletes_nothing(t
     assert snapshot(tmp_path / "checkpoints") == before
 
 
-@pending
 def test_fresh_run_never_deletes_checkpoints_it_did_not_write(tmp_path):
     data = make_data(4)
     ft.fit(step, make_state(), data, epochs=2, checkpoint_every=2, keep=None, run_dir=tmp_path,
@@ -586,7 +584,6 @@ class StartStep(ft.Callback):
         self.step = loop.step
 
 
-@pending
 def test_rollback_then_crash_resumes_the_new_branch(tmp_path):
     data = make_data(4)
     common = dict(run_dir=tmp_path, log_every=1, loggers=False, keep=None, **QUIET)
