@@ -25,7 +25,7 @@ from ._loader_state import LoaderOrder
 from ._donation import is_donated
 from ._errors import describe
 from ._progress import ProgressBar, format_summary
-from ._runner import NONFINITE, CompiledStep, _leading, prefetch
+from ._runner import NONFINITE, NONFINITE_PARAMS, CompiledStep, _leading, prefetch
 from .precision import Policy
 
 __all__ = ["evaluate", "fit"]
@@ -437,9 +437,10 @@ def fit(
     def flush_train(window_steps: int, window_samples: int) -> None:
         values = runner.read_metrics()
         bad_step = int(values.pop(NONFINITE, 0) or 0)
+        params_step = int(values.pop(NONFINITE_PARAMS, 0) or 0)
         values = {f"train/{k}": v for k, v in values.items()}
         if bad_step:
-            nonfinite(bad_step, values)
+            nonfinite(bad_step, params_step, values)
         if values:
             log(values, loop.step)
         bar.update(window_steps, {k.removeprefix("train/"): v for k, v in values.items()},
@@ -447,7 +448,10 @@ def fit(
         for cb in callbacks:
             cb.on_log(loop, values)
 
-    def nonfinite(bad_step: int, values: dict[str, float]) -> None:
+    unsaveable = [False]  # a guard saw a step whose state must not become a checkpoint
+    skips_reported = [0]
+
+    def nonfinite(bad_step: int, params_step: int, values: dict[str, float]) -> None:
         what = next((f"metric {k} = {v}" for k, v in values.items() if not math.isfinite(v)),
                     None)
         if what is None:
@@ -456,13 +460,35 @@ def fit(
                 if not bool(torch.isfinite(x).all())), "a non-finite value")
         msg = f"non-finite values at step {bad_step}: {what}"
         if on_nonfinite == "raise":
+            unsaveable[0] = True
             raise FloatingPointError(msg + ". HINT: lower the learning rate, clip gradients, "
                                      "or pass on_nonfinite='skip' to skip such steps.")
         if on_nonfinite == "stop":
+            unsaveable[0] = True
             loop.request_stop(msg)
+            return
+        skipped = _skipped_updates(getattr(loop.state, "opt_state", None))
+        new, skips_reported[0] = skipped - skips_reported[0], skipped
+        if params_step:  # despite the skips (e.g. a finite update that overflowed)
+            unsaveable[0] = True
+            warnings.warn(f"functrain: the params became non-finite at step {params_step} "
+                          f"({what}); no more checkpoints are written in this run. HINT: "
+                          "lower the learning rate or clip gradients.", stacklevel=3)
+        elif new:
+            warnings.warn(f"functrain: skipped the update of a step with {msg} ({new} "
+                          "update(s) with non-finite gradients skipped in this log window; "
+                          "params and optimizer state were kept).", stacklevel=3)
         else:
-            warnings.warn(f"functrain: skipped the update of a step with {msg} (and any later "
-                          "ones in this log window).", stacklevel=3)
+            warnings.warn(f"functrain: {msg}; the update was applied: its gradients were "
+                          "finite (on_nonfinite='skip' skips only updates with non-finite "
+                          "gradients).", stacklevel=3)
+
+    def saveable() -> bool:
+        """With a guard on: whether the state may be checkpointed (one small host read)."""
+        if on_nonfinite is None or unsaveable[0]:
+            return not unsaveable[0]
+        first, params = runner.nonfinite_steps()
+        return not (params if on_nonfinite == "skip" else first)
 
     stop = _StopSignal(exit_on_sigterm)
     # Created last before the loop, and closed if anything fails before it starts: a logger
@@ -549,7 +575,13 @@ def fit(
                         done = True
                     if (checkpoint_every and loop.step % checkpoint_every == 0
                             and not done):
-                        save_checkpoint(blocking=False)
+                        if saveable():
+                            save_checkpoint(blocking=False)
+                        else:  # handle it now (raise / stop / warn), and write nothing
+                            flush_train(window_steps, window_samples)
+                            window_steps = window_samples = 0
+                            unsaveable[0] = unsaveable[0] or on_nonfinite != "skip"
+                            done = done or bool(loop.stop_reason)
                     if done:
                         break
                 else:
@@ -575,7 +607,7 @@ def fit(
             if (evaluator is not None and not loop.stop_reason
                     and evaluated_at[0] != loop.step and not idle_resume):
                 run_eval()
-            if checkpoint_every and not idle_resume:  # the end of the run, or a stop
+            if checkpoint_every and not idle_resume and saveable():  # the end, or a stop
                 save_checkpoint(blocking=True, epoch_done=epoch_finished)
         except KeyboardInterrupt as e:
             if stop.interrupted:  # a second Ctrl-C: to the caller, now (checkpoints kept)
@@ -666,6 +698,17 @@ def _resume(state: Any, resume: Any, manager: Any, policy: Policy) -> tuple[Any,
                           f"moved, untouched, to {str(aside)!r}, so that resume='auto' finds "
                           "this run's own newest.", stacklevel=3)
     return state, meta
+
+
+def _skipped_updates(opt_state: Any) -> int:
+    """``apply_if_finite``'s count of skipped updates in ``opt_state`` (0 if none wraps it)."""
+    node = opt_state
+    while node is not None:
+        if hasattr(node, "total_notfinite"):
+            return int(node.total_notfinite)
+        node = (node.inner_opt_state if hasattr(node, "inner_opt_state")
+                else getattr(node, "inner_state", None))
+    return 0
 
 
 def _warn_if_inexact(order: LoaderOrder, skip: int, rng: Any) -> None:

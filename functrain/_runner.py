@@ -144,6 +144,7 @@ _FUNCTIONAL = ("eager", "openxla")
 # lazy mode), then the metric window's read and reset graphs.
 _XLA_WARMUP = 2
 NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
+NONFINITE_PARAMS = "__nonfinite_params_step__"  # the same, for the new params alone
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -323,11 +324,12 @@ class CompiledStep:
         if self.check_finite:
             from .precision import all_finite
 
-            finite = all_finite(_tree.leaves(raw_metrics)) & all_finite(
-                getattr(new_state, "params", new_state))
+            params_finite = all_finite(getattr(new_state, "params", new_state))
+            finite = all_finite(_tree.leaves(raw_metrics)) & params_finite
             step = getattr(new_state, "step", None)
-            window[NONFINITE] = FirstStep.where(~finite, step if step is not None
-                                                else torch.ones((), dtype=torch.int64))
+            step = step if step is not None else torch.ones((), dtype=torch.int64)
+            window[NONFINITE] = FirstStep.where(~finite, step)
+            window[NONFINITE_PARAMS] = FirstStep.where(~params_finite, step)
         return window
 
     def _prepare(self, state: Any, batch: Any) -> Any:
@@ -475,6 +477,16 @@ class CompiledStep:
         if reset:
             self.reset_metrics()
         return out
+
+    def nonfinite_steps(self) -> tuple[int, int]:
+        """With ``check_finite``: the first step of the current window with a non-finite
+        metric or param, and the first with non-finite params (0: none). One small host read;
+        the window is kept."""
+        acc = self._acc
+        if acc is None or NONFINITE not in acc:
+            return 0, 0
+        first, params = torch.stack([acc[NONFINITE].step, acc[NONFINITE_PARAMS].step]).tolist()
+        return int(first), int(params)
 
     def metric_window(self) -> list[torch.Tensor]:
         """The metric window's tensors (copies), e.g. to save in a checkpoint."""
