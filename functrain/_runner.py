@@ -247,6 +247,7 @@ class CompiledStep:
         self._carrier: Any = None
         self._signatures: list[tuple[Any, ...]] = []
         self._first_batch_len: int | None = None
+        self._partial_signature: tuple[Any, ...] | None = None
         self._last_placed: Any = None
         self._fn = self._build()
 
@@ -392,8 +393,11 @@ class CompiledStep:
             reason = (fallback or _dynamo_reason(getattr(self, "_code_name", ""))
                       or "guards failed (state or step changed)")
         self.recompiles.append((self.calls, reason))
-        if partial:
-            return  # the documented extra compile for a smaller last batch
+        if partial and self._partial_signature in (None, sig):
+            # The documented extra compile for a smaller last batch: one such shape only
+            # (the same one every epoch); any other new shape is reported.
+            self._partial_signature = sig
+            return
         msg = (f"functrain: the step recompiled (compile #{self.compiles}) at call "
                f"{self.calls}: {reason}.")
         if self.on_recompile == "raise":
@@ -432,7 +436,16 @@ class CompiledStep:
         xla = self._xla
         if xla is not None:
             xla_before = xla.compile_count()
-        new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
+        try:
+            new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            seen = "; ".join(f"call {c}: {r}" for c, r in self.recompiles[-8:])
+            raise RecompileError(
+                f"functrain: the step would recompile again (it has compiled {self.compiles} "
+                f"times; torch stops at torch._dynamo.config.recompile_limit="
+                f"{torch._dynamo.config.recompile_limit}). The recompiles: {seen}. HINT: keep "
+                "batch shapes fixed (drop_last=True, padding) and per-step values in the state "
+                "as tensors.") from None
         if xla is not None:
             # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
             # mode) and queues it, without waiting.

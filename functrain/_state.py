@@ -84,6 +84,11 @@ class TrainState:
             device: where to put the tensors; default: where the module's tensors are.
             **extras: initial entries of ``extras`` (or fields of a subclass).
 
+        Parameters with ``requires_grad=False`` (frozen layers) go into ``buffers``, not
+        ``params``: they are non-trainable state, out of the optimizer's reach (no update, no
+        weight decay), and `functrain.call` still finds them there. To train them, set
+        ``requires_grad_(True)`` before ``create``.
+
         Raises:
             TypeError: if ``optimizer`` does not have ``init`` and ``update``.
 
@@ -101,6 +106,9 @@ class TrainState:
         from . import random as _random
 
         params, buffers = split(module)
+        frozen = {k for k, p in module.named_parameters() if not p.requires_grad}
+        if frozen:  # non-trainable state: kept out of the optimizer's reach
+            buffers = {**buffers, **{k: params.pop(k) for k in list(params) if k in frozen}}
         if device is not None:
             from ._runner import resolve_device
 
