@@ -25,6 +25,7 @@ from ._loader_state import LoaderOrder
 from ._donation import is_donated
 from ._errors import describe
 from ._progress import ProgressBar, format_summary
+from ._state import TrainState
 from ._runner import NONFINITE, NONFINITE_PARAMS, CompiledStep, _leading, prefetch
 from .precision import Policy
 
@@ -269,8 +270,10 @@ def fit(
             not taken for success. ``False``: return the state instead.
 
     Returns:
-        The final state (or, after Ctrl-C / a callback's stop / a SIGTERM with
-        ``exit_on_sigterm=False``, the last complete step's state).
+        The final state (or, after Ctrl-C / a callback's stop / a non-finite guard's stop /
+        a SIGTERM with ``exit_on_sigterm=False``, the last complete step's state). A
+        `functrain.TrainState` says why it was returned in ``state.stop_reason``: ``None``
+        when the run went to its end, else the reason (e.g. ``"received SIGINT"``).
 
     Raises:
         ValueError / TypeError: for bad arguments, naming the argument, before any step.
@@ -654,6 +657,8 @@ def fit(
     if opt_state is not getattr(loop.state, "opt_state", None):
         # hand back the optimizer the caller gave (a partial accumulation window goes)
         loop.state = loop.state.replace(tx=tx, opt_state=opt_state)
+    if isinstance(loop.state, TrainState):  # says why it stopped (None: ran to its end)
+        object.__setattr__(loop.state, "stop_reason", loop.stop_reason)
     return loop.state
 
 

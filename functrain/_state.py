@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import optree
 import torch
@@ -35,6 +35,10 @@ class TrainState:
         extras: a dict for anything else the step carries (an EMA of params, a loss scale...).
         tx: the optimizer (a `functrain.optim.GradientTransformation`); static.
         module: the ``nn.Module`` whose code `apply` runs; static.
+        stop_reason: on the state `functrain.fit` returns, why it returned early (e.g.
+            ``"received SIGINT"``, ``"EarlyStopping: ..."``, a non-finite guard's message), or
+            ``None`` when the run went to its end. Not part of the pytree (other states,
+            e.g. from ``replace``, have ``None``).
 
     Example:
         >>> import torch, functrain as ft
@@ -57,6 +61,8 @@ class TrainState:
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     tx: Any = dataclasses.field(default=None, metadata={"static": True})
     module: nn.Module | None = dataclasses.field(default=None, metadata={"static": True})
+    # Not a field: set by `functrain.fit` on the state it returns.
+    stop_reason: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         _fields(type(self))  # fill the cache while not tracing

@@ -464,7 +464,7 @@ STOP_SCRIPT = textwrap.dedent("""
                    epochs=3, log_every=1, checkpoint_every=100, run_dir=run_dir,
                    callbacks=[Signal()], compile="eager", progress=False, summary=False,
                    **kwargs)
-    print("RETURNED", int(state.step), flush=True)
+    print("RETURNED", int(state.step), state.stop_reason, flush=True)
 """)
 
 
@@ -487,7 +487,7 @@ def test_sigterm_exits_143_after_the_checkpoint_is_safe(tmp_path):
 def test_sigterm_opt_out_returns_normally(tmp_path):
     out = _stop_run(tmp_path, "term-optout")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "RETURNED 3" in out.stdout
+    assert "RETURNED 3 received SIGTERM" in out.stdout
 
 
 def test_second_ctrl_c_raises_keyboard_interrupt_at_once(tmp_path):
@@ -744,3 +744,19 @@ def test_float32_rounding_of_early_stopping_matches_torch():
               -1e39, float("inf"), -0.0, 2.0**-149 * 1.5]:
         assert _f32(x) == float(torch.tensor(x, dtype=torch.float32)), x
     assert math.isnan(_f32(float("nan")))
+class StopAt(ft.Callback):
+    def on_log(self, loop, metrics):
+        if loop.step == 2:
+            loop.request_stop("enough at step 2")
+
+
+def test_returned_state_says_why_the_run_stopped():
+    done = ft.fit(step, make_state(), make_data(), epochs=1, loggers=False, **QUIET)
+    assert done.stop_reason is None and int(done.step) == 4
+    stopped = ft.fit(step, make_state(), make_data(), epochs=1, log_every=1, loggers=False,
+                     callbacks=[StopAt()], **QUIET)
+    assert stopped.stop_reason == "enough at step 2" and int(stopped.step) == 2
+    assert stopped.replace(step=stopped.step).stop_reason is None  # not part of the pytree
+    nan = ft.fit(step, make_state(), make_data(4, bad=1), epochs=1, log_every=1,
+                 on_nonfinite="stop", loggers=False, **QUIET)
+    assert "non-finite values at step 2" in nan.stop_reason
