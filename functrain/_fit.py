@@ -241,10 +241,16 @@ def fit(
             state, so a resumed run continues exactly where it stopped.
         keep: how many periodic checkpoints to keep (``None``: all).
         resume: ``"auto"``: continue from the newest intact checkpoint in
-            ``run_dir/checkpoints`` if there is one (else start fresh); a path: continue
-            from that checkpoint. ``epochs`` and ``max_steps`` then count from the start of
-            the original run. Exact resumption needs a loader whose order is a function of
-            the epoch (`functrain.data.ArrayLoader`, or any loader with ``set_epoch``).
+            ``run_dir/checkpoints`` if there is one (else start fresh; if every one is
+            corrupt, raise `functrain.checkpoint.CheckpointError` listing them); a path:
+            continue from that checkpoint, moving newer ones there aside (a rollback).
+            ``None`` with checkpoints in ``run_dir/checkpoints``: start afresh and move them
+            aside. ``epochs`` and ``max_steps`` then count from the start of the original
+            run. The resume is exact (see the README, "Failure and resume guarantees") with
+            `functrain.data.ArrayLoader` or a loader with ``set_epoch``, a list of batches,
+            a ``DataLoader`` over a map-style dataset with its default sampler, or torchdata's
+            ``StatefulDataLoader``; the global random generators are restored too. Otherwise
+            every resume warns why it may not be.
         hparams: the run's hyperparameters, recorded by every logger at the start (with
             fit's own settings).
         accumulate: apply the optimizer once every this many steps, to the mean of their
