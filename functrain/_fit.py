@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
+from . import _rng_state
 from . import loggers as _loggers
 from . import optim as _optim
 from . import tree as _tree
-from . import _rng_state
 from ._callbacks import Callback, Loop
-from ._loader_state import LoaderOrder
 from ._donation import is_donated
 from ._errors import describe
+from ._loader_state import LoaderOrder
 from ._progress import ProgressBar, format_summary
-from ._state import TrainState
 from ._runner import NONFINITE, NONFINITE_PARAMS, CompiledStep, _leading, prefetch
+from ._state import TrainState
 from .precision import Policy
 
 __all__ = ["evaluate", "fit"]
