@@ -85,6 +85,7 @@ def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bo
                               devices=devices, _train=wrap is None)
         per_fn[key] = runner
     runner.reset_metrics()
+    runner.start_run()
     return runner
 
 

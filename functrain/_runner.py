@@ -491,6 +491,10 @@ class CompiledStep:
             self.reset_metrics()
         return out
 
+    def start_run(self) -> None:
+        """A new run over (maybe) other data: its one smaller last batch is allowed again."""
+        self._partial_signature = None
+
     def nonfinite_steps(self) -> tuple[int, int]:
         """With ``check_finite``: the first step of the current window with a non-finite
         metric or param, and the first with non-finite params (0: none). One small host read;
