@@ -744,6 +744,8 @@ def test_float32_rounding_of_early_stopping_matches_torch():
               -1e39, float("inf"), -0.0, 2.0**-149 * 1.5]:
         assert _f32(x) == float(torch.tensor(x, dtype=torch.float32)), x
     assert math.isnan(_f32(float("nan")))
+
+
 class StopAt(ft.Callback):
     def on_log(self, loop, metrics):
         if loop.step == 2:
