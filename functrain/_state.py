@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import tree as _tree
-from ._bridge import call, split
+from ._bridge import call, split_module
 
 __all__ = ["TrainState"]
 
@@ -27,7 +27,7 @@ class TrainState:
     Attributes:
         step: 0-d int64 tensor, the number of steps taken (fp16 steps skipped for
             non-finite gradients included; see `functrain.precision`).
-        params: parameters by qualified name (from `functrain.split`).
+        params: parameters by qualified name (from `functrain.split_module`).
         buffers: buffers by qualified name (BatchNorm statistics, ...).
         opt_state: the optimizer's state, ``tx.init(params)``.
         rng: a `functrain.random` key; derive per-step keys with
@@ -84,7 +84,8 @@ class TrainState:
         """Build the initial state of ``module`` trained by ``optimizer``.
 
         Args:
-            module: the model; its current parameters and buffers are copied (`functrain.split`).
+            module: the model; its current parameters and buffers are copied
+                (`functrain.split_module`).
             optimizer: a `functrain.optim.GradientTransformation`, e.g. ``ft.optim.adamw(1e-3)``.
             seed: seeds ``rng`` (`functrain.random.key`).
             device: where to put the tensors; default: where the module's tensors are.
@@ -111,14 +112,12 @@ class TrainState:
                 f"got {type(optimizer).__name__}. HINT: e.g. functrain.optim.adamw(1e-3).")
         from . import random as _random
 
-        params, buffers = split(module)
+        params, buffers = split_module(module)
         frozen = {k for k, p in module.named_parameters() if not p.requires_grad}
         if frozen:  # non-trainable state: kept out of the optimizer's reach
             buffers = {**buffers, **{k: params.pop(k) for k in list(params) if k in frozen}}
         if device is not None:
-            from ._runner import resolve_device
-
-            device = resolve_device(device)  # a clear error for a backend that is missing
+            _check_backend(device)
             params, buffers = _tree.map(lambda x: x.to(device), (params, buffers))
         dev = next(iter(params.values())).device if params else torch.device(device or "cpu")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -216,9 +215,9 @@ def _check_opt_state(state: TrainState) -> None:
     except TypeError:
         key, ref = None, None
     if ref is None:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from ._compat import real_tensors
 
-        with unset_fake_temporarily():  # real meta tensors, also during the runner's fake run
+        with real_tensors():  # real meta tensors, also during the runner's fake run
             meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
                     for k, v in state.params.items()}
             ref = state.tx.init(meta)
@@ -264,3 +263,22 @@ def _register(cls: type) -> None:
 
 
 _register(TrainState)
+
+
+def _check_backend(device: Any) -> None:
+    """A clear error for ``device`` on a backend this process cannot use (e.g. CUDA here)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r}.") from None
+    if kind == "mps":
+        available = torch.backends.mps.is_available()
+    elif kind in ("cpu", "meta", "xla"):
+        available = True
+    else:
+        available = bool(getattr(getattr(torch, kind, None), "is_available", lambda: False)())
+    if not available:
+        raise ValueError(f"device={device!r}: the {kind} backend is not available here (torch "
+                         f"{torch.__version__}). HINT: create the state on 'cpu' (or leave "
+                         "device=None); fit moves it to its device.")

@@ -25,11 +25,37 @@ from torch import nn
 import functrain as ft
 from functrain import checkpoint as ckpt
 from functrain.callbacks import EarlyStopping, ModelCheckpoint
+from functrain.checkpoint import _save as ckpt_save
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = {"compile": "eager", "progress": False, "summary": False}
+
+
+def fit(step_fn, state, loader, *, checkpoint_every=None, keep=3, log_every=50, loggers=None,
+        on_nonfinite=None, on_recompile=None, progress=False, summary=False, compile="eager",
+        callbacks=(), **kwargs):
+    """`ft.fit` with the run's settings spelled as plain arguments (Logging, Checkpointing,
+    NonFiniteGuard, compile_step built here), so that each test reads as one call."""
+    if isinstance(callbacks, (list, tuple)):
+        callbacks = list(callbacks)
+        if on_nonfinite is not None:
+            callbacks.append(ft.callbacks.NonFiniteGuard(on_nonfinite))
+    if on_nonfinite == "skip":  # skipping updates is an optimizer wrapper
+        wrapped = ft.optim.apply_if_finite(state.tx, 2**31 - 1)
+        fresh = wrapped.init(state.params)
+        state = state.replace(tx=wrapped, opt_state=fresh._replace(inner_state=state.opt_state))
+    if on_recompile is not None:
+        step_fn = ft.compile_step(step_fn, compile=compile, on_recompile=on_recompile)
+    else:
+        kwargs["compile"] = compile
+    log = ft.Logging(every=log_every, loggers=[] if loggers is False else loggers,
+                     progress=progress, summary=summary)
+    checkpoint = None if checkpoint_every is None else ft.Checkpointing(every=checkpoint_every,
+                                                                       keep=keep)
+    return ft.fit(step_fn, state, loader, callbacks=callbacks, log=log, checkpoint=checkpoint,
+                  **kwargs)
 # Tests of defects not fixed yet: they must fail (strict), and lose this mark with the fix.
 pending = pytest.mark.xfail(strict=True, reason="issue 12: not fixed yet")
 
@@ -83,7 +109,7 @@ def test_resumed_copy_of_a_run_writes_and_deletes_only_in_its_own_run_dir(tmp_pa
 
     def run(run_dir, epochs):
         cb = ModelCheckpoint("val/loss", save_top_k=1, save_last=True)
-        ft.fit(step, make_state(), data, epochs=epochs, eval_fn=eval_fn, eval_loader=data[:1],
+        fit(step, make_state(), data, epochs=epochs, eval_fn=eval_fn, eval_loader=data[:1],
                callbacks=[cb], run_dir=run_dir, checkpoint_every=4, resume="auto",
                loggers=False, **QUIET)
         return cb
@@ -146,17 +172,17 @@ def test_nonfinite_guard_writes_only_finite_checkpoints(tmp_path, on_nonfinite):
                   on_nonfinite=on_nonfinite, loggers=False, **QUIET)
     if on_nonfinite == "raise":
         with pytest.raises(FloatingPointError):
-            ft.fit(step, make_state(), data, **kwargs)
+            fit(step, make_state(), data, **kwargs)
     else:
-        ft.fit(step, make_state(), data, **kwargs)
+        fit(step, make_state(), data, **kwargs)
     mgr = ckpt.CheckpointManager(tmp_path / "checkpoints")
     kept = mgr.all()
     assert kept, "the newest finite checkpoint must survive"
     for p in kept:
         assert finite(ckpt.restore(p, like=make_state())), p.name
     assert mgr.latest().name == "step_000000004"  # the newest finite one
-    resumed = ft.fit(step, make_state(), make_data(10), epochs=1, run_dir=tmp_path,
-                     resume="auto", loggers=False, **QUIET)
+    resumed = fit(step, make_state(), make_data(10), epochs=1, run_dir=tmp_path,
+                  resume="auto", loggers=False, on_nonfinite=on_nonfinite, **QUIET)
     assert finite(resumed)
 
 
@@ -229,14 +255,14 @@ def test_async_save_failing_at_interpreter_exit_fails_the_process(tmp_path):
 def test_full_disk_is_an_oserror_naming_the_path(tmp_path, monkeypatch):
     mgr = ckpt.CheckpointManager(tmp_path / "ck")
     mgr.save(1, {"w": torch.ones(10)})
-    real = ckpt._dcp_save
+    real = ckpt_save._dcp_save
 
     def full(state_dict, directory):
         real(state_dict, directory)  # what torch raises on a full disk: not an OSError
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
-    monkeypatch.setattr(ckpt, "_dcp_save", full)
-    monkeypatch.setattr(ckpt, "_free_bytes", lambda path: 100, raising=False)
+    monkeypatch.setattr(ckpt_save, "_dcp_save", full)
+    monkeypatch.setattr(ckpt_save, "_free_bytes", lambda path: 100)
     for blocking in (True, False):
         with pytest.raises(OSError, match="no space left on device") as info:
             mgr.save(2, {"w": torch.ones(1000)}, blocking=blocking)
@@ -251,7 +277,7 @@ def test_enospc_from_a_write_names_the_checkpoint(tmp_path, monkeypatch):
     def full(state_dict, directory):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_dcp_save", full)
+    monkeypatch.setattr(ckpt_save, "_dcp_save", full)
     with pytest.raises(OSError, match=r"no space left on device.*step_5") as info:
         ckpt.save(tmp_path / "step_5", {"w": torch.ones(3)})
     assert info.value.errno == errno.ENOSPC
@@ -424,10 +450,10 @@ def test_fit_failing_early_leaks_no_threads(tmp_path):
     before = threading.active_count()
     for i in range(4):
         with pytest.raises(RuntimeError, match="callback failed at start"):
-            ft.fit(step, make_state(), data, epochs=1, run_dir=tmp_path / f"a{i}",
+            fit(step, make_state(), data, epochs=1, run_dir=tmp_path / f"a{i}",
                    callbacks=[FailAtStart()], **QUIET)
         with pytest.raises(FileNotFoundError):
-            ft.fit(step, make_state(), data, epochs=1, run_dir=tmp_path / f"b{i}",
+            fit(step, make_state(), data, epochs=1, run_dir=tmp_path / f"b{i}",
                    resume=tmp_path / "no-such-checkpoint", **QUIET)
     assert threading.active_count() == before
 
@@ -459,11 +485,19 @@ STOP_SCRIPT = textwrap.dedent("""
                     os.kill(os.getpid(), signal.SIGINT)
 
     data = [(torch.randn(4, 3), torch.randn(4, 1)) for _ in range(8)]
-    kwargs = {"exit_on_sigterm": False} if mode == "term-optout" else {}
-    state = ft.fit(step, ft.TrainState.create(nn.Linear(3, 1), ft.optim.sgd(0.1)), data,
-                   epochs=3, log_every=1, checkpoint_every=100, run_dir=run_dir,
-                   callbacks=[Signal()], compile="eager", progress=False, summary=False,
-                   **kwargs)
+    def run():
+        return ft.fit(step, ft.TrainState.create(nn.Linear(3, 1), ft.optim.sgd(0.1)), data,
+                      epochs=3, run_dir=run_dir, callbacks=[Signal()], compile="eager",
+                      log=ft.Logging(every=1, progress=False, summary=False),
+                      checkpoint=ft.Checkpointing(every=100))
+
+    if mode == "term-optout":  # the opt-out: catch Preempted, take its state
+        try:
+            state = run()
+        except ft.Preempted as e:
+            state = e.state
+    else:
+        state = run()
     print("RETURNED", int(state.step), state.stop_reason, flush=True)
 """)
 
@@ -517,7 +551,7 @@ def test_fit_refuses_arguments_it_would_ignore_or_mangle(tmp_path, monkeypatch, 
     if kwargs.get("device") == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
     with pytest.raises(error, match=match):
-        ft.fit(step, make_state(), make_data(), epochs=1, **{"loggers": False, **QUIET,
+        fit(step, make_state(), make_data(), epochs=1, **{"loggers": False, **QUIET,
                                                             **kwargs})
 
 
@@ -538,7 +572,7 @@ def _corrupt(path: Path) -> None:
 
 def test_resume_auto_with_every_checkpoint_corrupt_refuses_and_deletes_nothing(tmp_path):
     data = make_data(4)
-    ft.fit(step, make_state(), data, epochs=2, checkpoint_every=2, keep=None, run_dir=tmp_path,
+    fit(step, make_state(), data, epochs=2, checkpoint_every=2, keep=None, run_dir=tmp_path,
            loggers=False, **QUIET)
     dirs = ckpt.CheckpointManager(tmp_path / "checkpoints").all()
     assert len(dirs) == 4
@@ -547,7 +581,7 @@ def test_resume_auto_with_every_checkpoint_corrupt_refuses_and_deletes_nothing(t
     before = snapshot(tmp_path / "checkpoints")
     with pytest.raises(ckpt.CheckpointError) as info, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ft.fit(step, make_state(), data, epochs=4, checkpoint_every=2, keep=1,
+        fit(step, make_state(), data, epochs=4, checkpoint_every=2, keep=1,
                run_dir=tmp_path, resume="auto", loggers=False, **QUIET)
     for p in dirs:
         assert p.name in str(info.value)  # lists every checkpoint found...
@@ -558,11 +592,11 @@ def test_resume_auto_with_every_checkpoint_corrupt_refuses_and_deletes_nothing(t
 
 def test_fresh_run_never_deletes_checkpoints_it_did_not_write(tmp_path):
     data = make_data(4)
-    ft.fit(step, make_state(), data, epochs=2, checkpoint_every=2, keep=None, run_dir=tmp_path,
+    fit(step, make_state(), data, epochs=2, checkpoint_every=2, keep=None, run_dir=tmp_path,
            loggers=False, **QUIET)
     manifests = {hashlib.sha256(p.read_bytes()).hexdigest()
                  for p in (tmp_path / "checkpoints").glob("step_*/manifest.json")}
-    ft.fit(step, make_state(seed=1), data, epochs=1, checkpoint_every=1, keep=1,
+    fit(step, make_state(seed=1), data, epochs=1, checkpoint_every=1, keep=1,
            run_dir=tmp_path, resume=None, loggers=False, **QUIET)
     after = {hashlib.sha256(p.read_bytes()).hexdigest()
              for p in (tmp_path / "checkpoints").rglob("manifest.json")}
@@ -586,15 +620,15 @@ class StartStep(ft.Callback):
 def test_rollback_then_crash_resumes_the_new_branch(tmp_path):
     data = make_data(4)
     common = dict(run_dir=tmp_path, log_every=1, loggers=False, keep=None, **QUIET)
-    ft.fit(step, make_state(), data, max_steps=12, checkpoint_every=4, **common)
+    fit(step, make_state(), data, max_steps=12, checkpoint_every=4, **common)
     mgr = ckpt.CheckpointManager(tmp_path / "checkpoints")
     assert [p.name[-2:] for p in mgr.all()] == ["04", "08", "12"]
     old_12 = snapshot(mgr.path(12))
     with pytest.raises(RuntimeError, match="crash at 7"):  # rollback to 4, new branch, crash
-        ft.fit(step, make_state(lr=0.01), data, max_steps=12, checkpoint_every=2,
+        fit(step, make_state(lr=0.01), data, max_steps=12, checkpoint_every=2,
                resume=mgr.path(4), callbacks=[CrashAt(7)], **common)
     start = StartStep()
-    ft.fit(step, make_state(lr=0.01), data, max_steps=12, checkpoint_every=2, resume="auto",
+    fit(step, make_state(lr=0.01), data, max_steps=12, checkpoint_every=2, resume="auto",
            callbacks=[start], **common)
     assert start.step == 6  # the newest checkpoint of the new branch, not the old 12
     assert any(snapshot(p.parent) == old_12 for p in (tmp_path / "checkpoints").rglob(
@@ -622,7 +656,7 @@ def test_requires_grad_false_parameters_stay_frozen():
         return state.apply_gradients(grads), {"loss": loss}
 
     start = {k: v.clone() for k, v in state.params.items() if k.startswith("2.")}
-    state = ft.fit(readme_step, state, make_data(), epochs=2, loggers=False, **QUIET)
+    state = fit(readme_step, state, make_data(), epochs=2, loggers=False, **QUIET)
     assert set(frozen) <= set(state.buffers) and not set(frozen) & set(state.params)
     for k, v in frozen.items():
         assert torch.equal(state.buffers[k], v), k
@@ -641,7 +675,7 @@ def test_skip_warning_for_a_nonfinite_metric_does_not_claim_a_skipped_update():
     state = make_state()
     w0 = state.params["weight"].clone()
     with pytest.warns(UserWarning) as record:
-        state = ft.fit(nan_metric_step, state, make_data(), epochs=1, log_every=4,
+        state = fit(nan_metric_step, state, make_data(), epochs=1, log_every=4,
                        on_nonfinite="skip", loggers=False, **QUIET)
     texts = [str(r.message) for r in record if "non-finite" in str(r.message)]
     assert texts and not any("skipped the update" in t for t in texts), texts
@@ -651,7 +685,7 @@ def test_skip_warning_for_a_nonfinite_metric_does_not_claim_a_skipped_update():
 
 def test_skip_warning_for_nonfinite_gradients_says_the_update_was_skipped():
     with pytest.warns(UserWarning, match="skipped"):
-        state = ft.fit(step, make_state(), make_data(4, bad=1), epochs=1, log_every=4,
+        state = fit(step, make_state(), make_data(4, bad=1), epochs=1, log_every=4,
                        on_nonfinite="skip", loggers=False, **QUIET)
     assert finite(state)
 
@@ -677,14 +711,14 @@ def shapes_data(sizes):
 
 def test_second_smaller_batch_shape_raises_under_on_recompile_raise(cheap_compile):
     with pytest.raises(ft.RecompileError, match=r"\(6, 3\)"):
-        ft.fit(step, make_state(), shapes_data([8, 8, 7, 6]), epochs=1, on_recompile="raise",
+        fit(step, make_state(), shapes_data([8, 8, 7, 6]), epochs=1, on_recompile="raise",
                loggers=False, progress=False, summary=False, compile="inductor")
 
 
 def test_same_smaller_last_batch_every_epoch_is_not_reported(cheap_compile):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ft.fit(step, make_state(), shapes_data([8, 8, 5]), epochs=3, on_recompile="raise",
+        fit(step, make_state(), shapes_data([8, 8, 5]), epochs=3, on_recompile="raise",
                loggers=False, progress=False, summary=False, compile="inductor")
 
 
@@ -692,7 +726,7 @@ def test_every_new_shape_is_reported_before_torchs_recompile_limit(cheap_compile
     sizes = [16] + list(range(15, 1, -1))  # 14 smaller shapes: far past torch's limit of 8
     with pytest.warns(UserWarning) as record:
         with pytest.raises(ft.RecompileError, match="recompile"):
-            ft.fit(step, make_state(), shapes_data(sizes), epochs=1, on_recompile="warn",
+            fit(step, make_state(), shapes_data(sizes), epochs=1, on_recompile="warn",
                    loggers=False, progress=False, summary=False, compile="inductor")
     reported = [r for r in record if "recompiled" in str(r.message)]
     assert len(reported) >= 5  # shapes after the one allowed smaller batch, until the limit
@@ -738,7 +772,7 @@ def test_set_aside_moves_newer_checkpoints_untouched(tmp_path):
 
 
 def test_float32_rounding_of_early_stopping_matches_torch():
-    from functrain.callbacks import _f32
+    from functrain.callbacks._early_stopping import _f32
 
     for x in [0.1, 0.7, 0.9 + 0.1, 1e-45, 3.4028235677973366e38, 3.402823669209385e38, 1e39,
               -1e39, float("inf"), -0.0, 2.0**-149 * 1.5]:
@@ -753,12 +787,12 @@ class StopAt(ft.Callback):
 
 
 def test_returned_state_says_why_the_run_stopped():
-    done = ft.fit(step, make_state(), make_data(), epochs=1, loggers=False, **QUIET)
+    done = fit(step, make_state(), make_data(), epochs=1, loggers=False, **QUIET)
     assert done.stop_reason is None and int(done.step) == 4
-    stopped = ft.fit(step, make_state(), make_data(), epochs=1, log_every=1, loggers=False,
+    stopped = fit(step, make_state(), make_data(), epochs=1, log_every=1, loggers=False,
                      callbacks=[StopAt()], **QUIET)
     assert stopped.stop_reason == "enough at step 2" and int(stopped.step) == 2
     assert stopped.replace(step=stopped.step).stop_reason is None  # not part of the pytree
-    nan = ft.fit(step, make_state(), make_data(4, bad=1), epochs=1, log_every=1,
+    nan = fit(step, make_state(), make_data(4, bad=1), epochs=1, log_every=1,
                  on_nonfinite="stop", loggers=False, **QUIET)
     assert "non-finite values at step 2" in nan.stop_reason
