@@ -36,6 +36,7 @@ from ._run_config import Logging as Logging
 from ._runner import CompiledStep as CompiledStep
 from ._runner import RecompileError as RecompileError
 from ._runner import compile_step as compile_step
+from ._signals import Preempted as Preempted
 from ._state import TrainState as TrainState
 from ._version import __version__ as __version__
 from ._window import MetricWindow as MetricWindow
@@ -52,6 +53,7 @@ __all__ = [
     "Loop",
     "LoopState",
     "MetricWindow",
+    "Preempted",
     "RecompileError",
     "TrainState",
     "__version__",

@@ -113,6 +113,25 @@ def guard_failure_reason(code_name: str) -> str | None:
     return None
 
 
+def is_recompile_limit_error(e: BaseException) -> bool:
+    """Whether ``e`` is Dynamo's failure at its recompile limit (``FailOnRecompileLimitHit``).
+
+    Missing public API: the exception class lives in ``torch._dynamo.exc``.
+    """
+    try:
+        return isinstance(e, _private("torch._dynamo.exc", "FailOnRecompileLimitHit"))
+    except Exception:
+        return False
+
+
+def recompile_limit() -> int | None:
+    """Dynamo's recompile limit per code object (``torch._dynamo.config.recompile_limit``)."""
+    try:
+        return int(_private("torch._dynamo.config", "recompile_limit"))
+    except Exception:
+        return None
+
+
 def fake_tensor_mode() -> Any:
     """A fake-tensor mode in which real tensors are allowed too (for a shape-only dry run).
 

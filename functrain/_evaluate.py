@@ -45,6 +45,7 @@ def runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: boo
                               return_metrics=False, precision=precision,
                               check_finite=check_finite, devices=devices, train=train)
         per_fn[key] = runner
+    runner._guard.start_run()  # a new run: its one smaller last batch is allowed again
     return runner
 
 

@@ -18,15 +18,18 @@ from typing import Any
 
 import torch
 
+from . import _rng_state
 from ._donation import is_donated
-from ._errors import check_int
+from ._errors import check_int, describe
 from ._evaluate import Evaluator, check_loader, runner_for
+from ._loader_state import LoaderOrder
 from ._loop_state import LoopState
 from ._multistep import group_batches, stacked_batch_size
 from ._placement import batch_size, prefetch
 from ._run_config import Checkpointing, Logging
-from ._runner import NONFINITE, CompiledStep
-from ._signals import StopSignal
+from ._runner import NONFINITE, NONFINITE_PARAMS, CompiledStep, nonfinite_steps
+from ._signals import Preempted, StopSignal
+from ._state import TrainState
 from ._window import MetricWindow
 from .callbacks._protocol import Callback, Loop
 from .callbacks._run import NonFiniteGuard, ProgressBar
@@ -88,9 +91,15 @@ def fit(
         run_dir: where logs and checkpoints go; default ``runs/<date>-<time>`` (only created
             if something is written).
         resume: ``"auto"``: continue from the newest intact checkpoint in
-            ``run_dir/checkpoints`` if any; a path: from that checkpoint. ``epochs`` and
-            ``max_steps`` then count from the start of the original run. Exact resumption needs
-            a loader whose order is a function of the epoch (one with ``set_epoch``).
+            ``run_dir/checkpoints`` if any (if every one is corrupt, raise
+            `functrain.checkpoint.CheckpointError` listing them); a path: from that checkpoint,
+            moving newer ones there aside (a rollback). ``None`` with checkpoints in
+            ``run_dir/checkpoints``: start afresh and move them aside. ``epochs`` and
+            ``max_steps`` then count from the start of the original run. The resume is exact
+            (README, "Failure and resume guarantees") with a loader with ``set_epoch``, a list,
+            a ``DataLoader`` over a map-style dataset with its default sampler, or torchdata's
+            ``StatefulDataLoader``; the global random generators are restored too. Otherwise
+            every resume warns why it may not be.
         log: a `functrain.Logging` (log interval, loggers, hparams, progress bar, summary);
             ``True``: the defaults; ``False``: no loggers, progress bar or summary.
         checkpoint: a `functrain.Checkpointing` (every N steps, how many to keep); ``None``:
@@ -101,11 +110,17 @@ def fit(
     `functrain.callbacks.NonFiniteGuard` raises, stops or warns on inf/NaN.
 
     Returns:
-        The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
-        step's state).
+        The final state (or, after Ctrl-C / a callback's stop / a non-finite guard's stop, the
+        last complete step's state). A `functrain.TrainState` says why in
+        ``state.stop_reason``: ``None`` when the run went to its end, else the reason.
 
     Raises:
         ValueError / TypeError: for bad arguments, naming the argument, before any step.
+        KeyboardInterrupt: at a second Ctrl-C, at once (the first one stops at the next step
+            boundary and returns); checkpoints already written are intact.
+        functrain.Preempted: after a SIGTERM, once the checkpoint is written and the logs are
+            closed: a ``SystemExit`` with status 143, so the process ends as pre-empted, not
+            finished. To go on instead, catch it: ``except ft.Preempted as e: state = e.state``.
 
     Example:
         >>> import torch, functrain as ft
@@ -153,7 +168,11 @@ def fit(
                 done = loop.step == run.end_step or run.should_stop(stop)   # stop
                 if (run.checkpoint and not done
                         and any(map(run.checkpoint.due, range(before + 1, loop.step + 1)))):
-                    run.save(window, blocking=False)                         # checkpoint
+                    if run.saveable(window):                                 # checkpoint
+                        run.save(window, blocking=False)
+                    else:  # the guard acts now (raise / stop / warn); nothing is written
+                        window = run.flush(window)
+                        done = run.should_stop(stop)
                 if done:
                     break
             else:
@@ -165,6 +184,10 @@ def fit(
                 run.evaluate()
             done = run.should_stop(stop) or done  # a stop asked at the epoch's end
         run.finish(window)
+    if isinstance(loop.state, TrainState):  # says why it stopped (None: ran to its end)
+        object.__setattr__(loop.state, "stop_reason", loop.stop_reason)
+    if stop.terminated:  # pre-empted: saved and closed; exit 143 unless the caller catches it
+        raise Preempted(loop.state, loop.stop_reason or "received SIGTERM")
     return loop.state
 
 
@@ -191,6 +214,31 @@ class _Run:
                              f"eval_loader={'set' if eval_loader is not None else None}.")
         if eval_loader is not None:
             check_loader(eval_loader, "eval_loader")
+        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"callbacks: expected a list of functrain.Callback objects, got "
+                            f"{describe(callbacks)}. HINT: callbacks=[cb] for one.")
+        if eval_fn is None:
+            if eval_every is not None:
+                raise ValueError(f"eval_every={eval_every}: expected eval_fn and eval_loader to "
+                                 "evaluate with, got neither. HINT: pass eval_fn=..., "
+                                 "eval_loader=..., or drop eval_every.")
+            for i, cb in enumerate(callbacks):
+                monitor = getattr(cb, "monitor", None)
+                if isinstance(monitor, str) and monitor.startswith("val/"):
+                    raise ValueError(
+                        f"callbacks[{i}]: {type(cb).__name__} monitors {monitor!r}, expected an "
+                        "evaluation to produce it, got no eval_fn. HINT: pass eval_fn and "
+                        "eval_loader, or monitor a training metric ('train/loss').")
+        if run_dir is not None and (not isinstance(run_dir, (str, os.PathLike))
+                                    or not os.fspath(run_dir)):
+            raise ValueError(f"run_dir: expected a directory path or None, got "
+                             f"{describe(run_dir)}. HINT: run_dir='runs/exp1'; None picks "
+                             "runs/<date>-<time>.")
+        if resume is not None and (isinstance(resume, bool) or not (
+                resume == "auto" or isinstance(resume, (str, os.PathLike)))):
+            raise TypeError(f"resume: expected 'auto', a checkpoint path or None, got "
+                            f"{describe(resume)}. HINT: resume='auto' continues from the newest "
+                            "intact checkpoint in run_dir/checkpoints.")
         for i, cb in enumerate(callbacks):
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
@@ -204,7 +252,9 @@ class _Run:
             raise ValueError("resume='auto' needs run_dir: it looks for checkpoints in "
                              "run_dir/checkpoints. HINT: fit(..., run_dir='runs/exp1', "
                              "resume='auto').")
-        check_finite = any(isinstance(cb, NonFiniteGuard) for cb in callbacks)
+        self.guard = next((cb for cb in callbacks if isinstance(cb, NonFiniteGuard)), None)
+        self.unsaveable = False  # a guard saw a step whose state must not become a checkpoint
+        check_finite = self.guard is not None
         self.runner = _training_runner(step_fn, device, precision, compile, check_finite)
         self.evaluator = Evaluator(eval_fn, self.runner) if eval_fn is not None else None
         self.eval_loader = eval_loader
@@ -244,47 +294,81 @@ class _Run:
         self.saved_window = pos.window or None  # merged into the first step's window
         self.epoch_finished = False
         self.evaluated_at: int | None = None
-        self.ordered = hasattr(loader, "set_epoch")
-        if pos.batch_in_epoch and not self.ordered:
-            warnings.warn("resume: the loader has no set_epoch(epoch), so its order cannot be "
-                          "replayed; skipping the first "
-                          f"{pos.batch_in_epoch} batches of the epoch it yields. HINT: use "
-                          "functrain.data.ArrayLoader for an exact resume.", stacklevel=3)
+        seed = pos.data_seed if pos.data_seed is not None else torch.initial_seed()
+        self.order = LoaderOrder(loader, seed=seed)
+        self.resume_rng, self.loader_state = pos.rng, pos.loader
+        if self.resumed and not (self.end_step is not None and start_step >= self.end_step):
+            _warn_if_inexact(self.order, pos.batch_in_epoch, pos.rng)
         hparams = {**(log.hparams or {}), "epochs": epochs, "max_steps": max_steps,
                    "log_every": log.every, "compile": self.runner.backend,
                    "device": str(self.runner.device), "precision": str(precision),
                    "start_step": start_step}
-        for lg in self.loop.loggers:
-            lg.log_hparams(hparams)
-        for cb in self.loop.callbacks:
-            cb.on_run_start(self.loop)
+        try:
+            for lg in self.loop.loggers:
+                lg.log_hparams(hparams)
+            for cb in self.loop.callbacks:
+                cb.on_run_start(self.loop)
+        except BaseException:  # a logger may own a thread (TensorBoard's writer): close them
+            for lg in self.loop.loggers:
+                lg.close()
+            raise
         bars = [cb for cb in self.loop.callbacks if isinstance(cb, ProgressBar)]
         self.runner.status = bars[0].show_status if bars else None  # "compiling (N s)"
 
     def _resume(self, state: Any, resume: Any) -> tuple[Any, LoopState | None]:
         """The state and loop position of the checkpoint ``resume`` names, if any."""
+        manager = self.manager
         if not resume:
+            if manager is not None and manager.all():
+                aside = manager.set_aside(-1, "a new run started here with resume=None")
+                warnings.warn(f"fit: {str(manager.directory)!r} held checkpoints of an earlier "
+                              "run; this run starts afresh (resume=None), so they were moved, "
+                              f"untouched, to {str(aside)!r}. HINT: resume='auto' continues a "
+                              "run.", stacklevel=4)
             return state, None
         from . import checkpoint
 
-        path = self.manager.latest() if resume == "auto" else resume
+        # Every checkpoint corrupt: refuse (listing them) rather than start afresh over them.
+        path = manager.latest(strict=True) if resume == "auto" else resume
         if path is None:
             return state, None
         # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
         position = LoopState.from_meta(checkpoint.load_meta(path))
         like = self.runner.policy.prepare_state(state)
-        return checkpoint.restore(path, like=like), position
+        state = checkpoint.restore(path, like=like)
+        if manager is not None and hasattr(state, "step"):
+            # This run continues the checkpoint it resumed from: newer ones (a branch abandoned
+            # by a rollback, or corrupt ones skipped above) must not count as its newest, nor
+            # be overwritten or evicted by its saves.
+            aside = manager.set_aside(int(state.step), f"the run resumed from {str(path)!r}; "
+                                      "these are newer, from another branch or corrupt")
+            if aside is not None:
+                warnings.warn(f"fit: resumed from {str(path)!r}; the newer checkpoints there "
+                              f"were moved, untouched, to {str(aside)!r}, so that "
+                              "resume='auto' finds this run's own newest.", stacklevel=4)
+        return state, position
 
     # -- the loop's parts ------------------------------------------------------------------
     def batches(self, epoch: int, skip: int) -> Iterator[Any]:
         """The epoch's batches, prefetched to an accelerator, the first ``skip`` skipped."""
-        if self.ordered:
-            self.loader.set_epoch(epoch)  # type: ignore[attr-defined]
-        runner = self.runner
+        order, runner = self.order, self.runner
+        order.start_epoch(epoch)
+        if self.resume_rng is not None and not skip:
+            # at an epoch boundary: as the uninterrupted run was before iter(loader)
+            _restore_rng(self.resume_rng)
+            self.resume_rng = None
+        if self.loader_state is not None:  # a stateful loader continues by itself
+            order.load_state_dict(self.loader_state)
+            self.loader_state = None
+        # A stateful loader's state must not run ahead of the step: no prefetch.
         batches = iter(prefetch(self.loader, runner.place_batch)
-                       if runner.device.type in ("cuda", "xla") else self.loader)
-        if skip:  # resuming mid-epoch: the batches already trained on
+                       if runner.device.type in ("cuda", "xla") and order.kind != "stateful"
+                       else self.loader)
+        if skip and order.skips_batches:  # resuming mid-epoch: the batches already trained on
             next(itertools.islice(batches, skip - 1, None), None)
+        if self.resume_rng is not None:  # mid-epoch: as the uninterrupted run was at the save
+            _restore_rng(self.resume_rng)
+            self.resume_rng = None
         return batches
 
     def step_batches(self, epoch: int, skip: int) -> Iterator[tuple[int, Any]]:
@@ -308,6 +392,10 @@ class _Run:
         window = window.reset()
         loop = self.loop
         loop.nonfinite_step = int(values.pop(NONFINITE, 0) or 0)
+        loop.nonfinite_params_step = int(values.pop(NONFINITE_PARAMS, 0) or 0)
+        if loop.nonfinite_step and self.guard is not None and (
+                self.guard.action != "skip" or loop.nonfinite_params_step):
+            self.unsaveable = True  # the state is (or may be) poisoned: no more checkpoints
         values = {f"train/{k}": v for k, v in values.items()}
         if values:
             loop.log(values)
@@ -335,6 +423,14 @@ class _Run:
             return True
         return False
 
+    def saveable(self, window: MetricWindow | None) -> bool:
+        """With a `NonFiniteGuard`: whether the state may be checkpointed, i.e. no step so far
+        was non-finite (with ``"skip"``: the params are finite). One small host read."""
+        if self.guard is None or self.unsaveable:
+            return not self.unsaveable
+        first, params = nonfinite_steps(window)
+        return not (params if self.guard.action == "skip" else first)
+
     def save(self, window: MetricWindow | None, blocking: bool) -> None:
         """Save the state and the loop's position as the checkpoint of the current step."""
         loop = self.loop
@@ -347,7 +443,8 @@ class _Run:
             samples=loop.samples, run_start=self.run_start, window_steps=self.window_steps,
             window_samples=self.window_samples,
             window=tuple(tensors),
-            callbacks=loop.callback_states())
+            callbacks=loop.callback_states(), data_seed=self.order.seed,
+            rng=_rng_state.capture(), loader=self.order.state_dict())
         self.manager.save(loop.step, loop.state, position.to_meta(), blocking=blocking)
 
     def check_epoch_ran(self, epoch: int) -> None:
@@ -364,7 +461,7 @@ class _Run:
         if (self.evaluator is not None and not loop.stop_reason
                 and self.evaluated_at != loop.step and not idle_resume):
             self.evaluate()
-        if self.checkpoint and not idle_resume:  # the end of the run, or a stop
+        if self.checkpoint and not idle_resume and self.saveable(window):  # the end, or a stop
             self.save(window, blocking=True)
 
     def __enter__(self) -> _Run:
@@ -372,10 +469,13 @@ class _Run:
 
     def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
         loop = self.loop
-        if kind is KeyboardInterrupt:
+        second = getattr(error, "functrain_second_interrupt", False)
+        if kind is KeyboardInterrupt and not second:
             loop.stop_reason = "interrupted (KeyboardInterrupt)"
         elif error is not None:
+            loop.stop_reason = "interrupted (a second Ctrl-C)" if second else loop.stop_reason
             loop.error = error
+        self.order.close()
         if is_donated(loop.state):  # interrupted between donation and hand-back
             loop.state = self.runner.last_state()
         loop.compiles = self.runner.compiles
@@ -389,7 +489,30 @@ class _Run:
                 cb.on_run_end(loop)
             for lg in loop.loggers:
                 lg.close()
-        return kind is KeyboardInterrupt
+        return kind is KeyboardInterrupt and not second
+
+
+def _warn_if_inexact(order: LoaderOrder, skip: int, rng: Any) -> None:
+    """At every resume, say so when it may not repeat the uninterrupted run exactly."""
+    problems = []
+    why = order.why_not_mid_epoch if skip else order.why_not
+    if why is not None:
+        problems.append(why)
+    if rng is None:
+        problems.append("the checkpoint holds no global random state (written by an older "
+                        "functrain), so unkeyed randomness (nn.Dropout without a key, "
+                        "torch.rand) draws other numbers")
+    if problems:
+        where = f"mid-epoch (after {skip} batches)" if skip else "at an epoch boundary"
+        warnings.warn(f"resume {where}: not guaranteed to be exact: " + "; ".join(problems)
+                      + ".", stacklevel=3)
+
+
+def _restore_rng(state: Any) -> None:
+    missing = _rng_state.restore(state)
+    if missing:
+        warnings.warn("resume: not guaranteed to be exact: could not restore "
+                      + ", ".join(missing) + ".", stacklevel=3)
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

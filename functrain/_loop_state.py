@@ -27,6 +27,9 @@ class LoopState:
         window_samples: examples in those steps.
         window: the open metric window's tensors (`functrain.MetricWindow.tensors`).
         callbacks: every callback's ``state_dict()``, by ``state_key``.
+        data_seed: the seed of the loader's per-epoch order (`functrain._loader_state`).
+        rng: the global random generators' state at the save (`functrain._rng_state`).
+        loader: a stateful loader's ``state_dict()`` at the save, else ``None``.
 
     Example:
         >>> pos = LoopState(epoch=2, batch_in_epoch=5, samples=420, run_start=0)
@@ -42,6 +45,9 @@ class LoopState:
     window_samples: int = 0
     window: tuple[torch.Tensor, ...] = ()
     callbacks: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    data_seed: int | None = None
+    rng: Mapping[str, Any] | None = None
+    loader: Any = None
 
     def to_meta(self) -> dict[str, Any]:
         """A checkpoint's ``meta`` dict (`functrain.checkpoint.save`) holding this value."""

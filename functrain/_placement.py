@@ -43,6 +43,14 @@ def resolve_device(device: str | torch.device | None, *,
         if dev.index is None:
             # With its index, so that it equals the device of the tensors placed on it.
             dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type != "cpu":  # mps, xpu, ...: say so here, not with torch's text at first use
+        if dev.type == "mps":
+            available = torch.backends.mps.is_available
+        else:
+            available = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if available is None or not available():
+            raise ValueError(f"device={device!r}: the {dev.type} backend is not available here "
+                             f"(torch {torch.__version__}). HINT: use device='auto' or 'cpu'.")
     return dev
 
 

@@ -43,6 +43,11 @@ class RecompileGuard:
         self.signatures: list[tuple[Any, ...]] = []
         self.first_batch_len: int | None = None
         self.recompiles: list[tuple[int, str]] = []
+        self.partial_signature: tuple[Any, ...] | None = None
+
+    def start_run(self) -> None:
+        """A new run over (maybe) other data: its one smaller last batch is allowed again."""
+        self.partial_signature = None
 
     def first_batch(self, batch: Any, batch_len: int | None) -> None:
         """Record the first batch: its size, and its shapes as the first compile's."""
@@ -72,7 +77,10 @@ class RecompileGuard:
         self.recompiles.append((call, reason))
         partial = (batch_len is not None and self.first_batch_len is not None
                    and batch_len < self.first_batch_len)
-        if partial:
+        if partial and self.partial_signature in (None, sig):
+            # The documented extra compile for a smaller last batch: one such shape only
+            # (the same one every epoch); any other new shape is reported.
+            self.partial_signature = sig
             return
         msg = f"functrain: the step recompiled (compile #{compiles}) at call {call}: {reason}."
         if self.on_recompile == "raise":

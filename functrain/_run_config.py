@@ -46,9 +46,18 @@ class Logging:
         if self.hparams is not None and not isinstance(self.hparams, dict):
             raise TypeError(f"Logging.hparams: expected a dict or None, got "
                             f"{type(self.hparams).__name__}.")
-        if self.loggers is not None and not isinstance(self.loggers, Sequence):
+        if self.loggers is not None and (not isinstance(self.loggers, Sequence)
+                                         or isinstance(self.loggers, str)):
             raise TypeError(f"Logging.loggers: expected None or a list of loggers, got "
                             f"{type(self.loggers).__name__}.")
+        for i, lg in enumerate(self.loggers or ()):
+            if not all(callable(getattr(lg, m, None))
+                       for m in ("log_metrics", "log_hparams", "close")):
+                raise TypeError(
+                    f"Logging.loggers[{i}]: expected a functrain.loggers.Logger (with "
+                    f"log_metrics, log_hparams and close), got {lg!r}. HINT: e.g. "
+                    "functrain.loggers.JSONLLogger('runs/x/m.jsonl'); loggers=None gives the "
+                    "default ones.")
 
     @classmethod
     def quiet(cls, every: int = 50) -> Logging:

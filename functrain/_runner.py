@@ -46,6 +46,18 @@ __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 # lazy mode), then the metric window's read and reset graphs.
 _XLA_WARMUP = 2
 NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
+NONFINITE_PARAMS = "__nonfinite_params_step__"  # the same, for the new params alone
+
+
+def nonfinite_steps(window: MetricWindow | None) -> tuple[int, int]:
+    """With ``check_finite``: the first step of ``window`` with a non-finite metric or param, and
+    the first with non-finite params (0: none). One small host read; the window is kept."""
+    metrics = None if window is None else window.metrics
+    if not metrics or NONFINITE not in metrics:
+        return 0, 0
+    first, params = torch.stack([metrics[NONFINITE].step,
+                                 metrics[NONFINITE_PARAMS].step]).tolist()
+    return int(first), int(params)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -252,11 +264,12 @@ class CompiledStep:
         if self.check_finite:
             from .precision import all_finite
 
-            finite = all_finite(_tree.leaves(raw_metrics)) & all_finite(
-                getattr(new_state, "params", new_state))
+            params_finite = all_finite(getattr(new_state, "params", new_state))
+            finite = all_finite(_tree.leaves(raw_metrics)) & params_finite
             step = getattr(new_state, "step", None)
-            window[NONFINITE] = FirstStep.where(~finite, step if step is not None
-                                                else torch.ones((), dtype=torch.int64))
+            step = step if step is not None else torch.ones((), dtype=torch.int64)
+            window[NONFINITE] = FirstStep.where(~finite, step)
+            window[NONFINITE_PARAMS] = FirstStep.where(~params_finite, step)
         return window
 
     def _prepare(self, state: Any, batch: Any) -> Any:
@@ -378,13 +391,23 @@ class CompiledStep:
         if xla is not None:
             xla_before = xla.compile_count()
         t0 = time.perf_counter()
-        if self._calls[steps] == 1 and self.backend != "eager":  # compiles: say so
-            with Compiling(self.status):
+        try:
+            if self._calls[steps] == 1 and self.backend != "eager":  # compiles: say so
+                with Compiling(self.status):
+                    new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
+                                                                        window.metrics)
+            else:
                 new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
                                                                     window.metrics)
-        else:
-            new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
-                                                                window.metrics)
+        except Exception as e:
+            if not _compat.is_recompile_limit_error(e):
+                raise
+            seen = "; ".join(f"call {c}: {r}" for c, r in guard.recompiles[-8:])
+            raise RecompileError(
+                f"functrain: the step would recompile again (it has compiled {self.compiles} "
+                f"times; torch stops at its recompile_limit={_compat.recompile_limit()}). The "
+                f"recompiles: {seen}. HINT: keep batch shapes fixed (drop_last=True, padding) "
+                "and per-step values in the state as tensors.") from None
         if self.compiles > before:
             self.compile_time += time.perf_counter() - t0
         if xla is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import optree
 import torch
@@ -35,6 +35,10 @@ class TrainState:
         extras: a dict for anything else the step carries (an EMA of params, a loss scale...).
         tx: the optimizer (a `functrain.optim.GradientTransformation`); static.
         module: the ``nn.Module`` whose code `apply` runs; static.
+        stop_reason: on the state `functrain.fit` returns, why it returned early (e.g.
+            ``"received SIGINT"``, ``"EarlyStopping: ..."``, a non-finite guard's message), or
+            ``None`` when the run went to its end. Not part of the pytree (other states,
+            e.g. from ``replace``, have ``None``).
 
     Example:
         >>> import torch, functrain as ft
@@ -57,6 +61,8 @@ class TrainState:
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     tx: Any = dataclasses.field(default=None, metadata={"static": True})
     module: nn.Module | None = dataclasses.field(default=None, metadata={"static": True})
+    # Not a field: set by `functrain.fit` on the state it returns.
+    stop_reason: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         _fields(type(self))  # fill the cache while not tracing
@@ -85,6 +91,11 @@ class TrainState:
             device: where to put the tensors; default: where the module's tensors are.
             **extras: initial entries of ``extras`` (or fields of a subclass).
 
+        Parameters with ``requires_grad=False`` (frozen layers) go into ``buffers``, not
+        ``params``: they are non-trainable state, out of the optimizer's reach (no update, no
+        weight decay), and `functrain.call` still finds them there. To train them, set
+        ``requires_grad_(True)`` before ``create``.
+
         Raises:
             TypeError: if ``optimizer`` does not have ``init`` and ``update``.
 
@@ -102,7 +113,11 @@ class TrainState:
         from . import random as _random
 
         params, buffers = split_module(module)
+        frozen = {k for k, p in module.named_parameters() if not p.requires_grad}
+        if frozen:  # non-trainable state: kept out of the optimizer's reach
+            buffers = {**buffers, **{k: params.pop(k) for k in list(params) if k in frozen}}
         if device is not None:
+            _check_backend(device)
             params, buffers = _tree.map(lambda x: x.to(device), (params, buffers))
         dev = next(iter(params.values())).device if params else torch.device(device or "cpu")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -248,3 +263,22 @@ def _register(cls: type) -> None:
 
 
 _register(TrainState)
+
+
+def _check_backend(device: Any) -> None:
+    """A clear error for ``device`` on a backend this process cannot use (e.g. CUDA here)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r}.") from None
+    if kind == "mps":
+        available = torch.backends.mps.is_available()
+    elif kind in ("cpu", "meta", "xla"):
+        available = True
+    else:
+        available = bool(getattr(getattr(torch, kind, None), "is_available", lambda: False)())
+    if not available:
+        raise ValueError(f"device={device!r}: the {kind} backend is not available here (torch "
+                         f"{torch.__version__}). HINT: create the state on 'cpu' (or leave "
+                         "device=None); fit moves it to its device.")

@@ -388,7 +388,7 @@ def test_model_checkpoint_default_saver_uses_functrain_checkpoint(tmp_path, monk
     assert state == "STATE" and path.endswith("best-step_000000003-val_loss=0.5")
     assert meta["step"] == 3 and meta["epoch"] == 1
     # the metadata already holds the bookkeeping that includes this checkpoint
-    assert meta["callbacks"][ckpt.state_key]["best_k"] == [[0.5, 3, path]]
+    assert meta["callbacks"][ckpt.state_key]["best_k"] == [[0.5, 3, os.path.basename(path)]]
     monkeypatch.setitem(sys.modules, "functrain.checkpoint", None)  # import fails
     loop.step = 4
     with pytest.raises(RuntimeError, match="HINT: pass saver="):

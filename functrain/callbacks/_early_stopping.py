@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,20 @@ from ._common import (
 from ._protocol import Callback, Loop
 
 __all__ = ["EarlyStopping"]
+
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to float32 (to nearest, as torch rounds a Python float to float32), in
+    plain Python: no tensor, so nothing a host-sync counter would see.
+
+    A float32 difference computed in float64 and rounded once is the float32 result: float64
+    has more than twice float32's precision, so the double rounding is exact.
+    """
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:  # rounds past float32's largest value
+        return math.copysign(math.inf, x)
 
 
 
@@ -38,6 +53,9 @@ class EarlyStopping(Callback):
        best and the wait count resets to 0.
     5. Otherwise the wait count grows by one; at ``patience`` training stops.
 
+    Every comparison is made in float32, as Lightning makes it on a float32 metric: the value,
+    the thresholds and ``current - d`` are rounded to float32 first (so with ``min_delta=0.1``,
+    0.9 after 1.0 is *not* an improvement: ``0.9 + 0.1`` rounds to 1.0 in float32).
     A NaN that reaches step 4 (``check_finite=False``) is never an improvement. Stopping goes
     through ``loop.request_stop(reason)``; the reason is also kept in `reason`. As in
     Lightning (``strict=True``), a missing monitor is an error listing the available names.
@@ -109,23 +127,29 @@ class EarlyStopping(Callback):
         return a < b if self.mode == "min" else a > b
 
     def _stop_reason(self, current: float, step: int) -> str | None:
-        """Lightning's ``_evaluate_stopping_criteria``; updates best / wait_count."""
+        """Lightning's ``_evaluate_stopping_criteria``; updates best / wait_count.
+
+        As there, every comparison is in float32 (Lightning's monitored value is a float32
+        tensor; the thresholds and ``min_delta`` are Python floats, which torch rounds to
+        float32 when it compares or subtracts), so e.g. ``0.9 + 0.1`` is not below ``1.0``.
+        """
         m = self.monitor
+        c32 = _f32(current)  # best_score keeps the value as given; comparisons see float32
         best = f"best {self.best_score:.4g}" + (
             f" at step {self.best_step}" if self.best_step is not None else "")
         if self.check_finite and not math.isfinite(current):
             return f"{m} = {current} is not finite ({best})."
-        if self.stopping_threshold is not None and self._better(current,
-                                                                self.stopping_threshold):
+        if self.stopping_threshold is not None and self._better(
+                c32, _f32(self.stopping_threshold)):
             return (f"stopping threshold reached: {m} = {current:.4g} "
                     f"{_OP_TEXT[self.mode]} {self.stopping_threshold:.4g}.")
-        if self.divergence_threshold is not None and self._better(-current,
-                                                                  -self.divergence_threshold):
+        if self.divergence_threshold is not None and self._better(
+                -c32, -_f32(self.divergence_threshold)):
             worse = _OP_TEXT["max" if self.mode == "min" else "min"]
             return (f"divergence threshold reached: {m} = {current:.4g} {worse} "
                     f"{self.divergence_threshold:.4g}.")
         signed_delta = self.min_delta if self.mode == "max" else -self.min_delta
-        if self._better(current - signed_delta, self.best_score):
+        if self._better(_f32(c32 - _f32(signed_delta)), _f32(self.best_score)):
             self.best_score, self.best_step, self.wait_count = current, step, 0
             return None
         self.wait_count += 1

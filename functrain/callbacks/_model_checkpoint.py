@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,6 +37,27 @@ def _is_inside(path: str, directory: str) -> bool:
 def _in_exception(loop: Any) -> bool:
     """True when the run ends with an exception (fit sets ``loop.error``)."""
     return getattr(loop, "error", None) is not None
+
+
+_CHECKPOINT_NAME = re.compile(r"(?:best-step_\d{9}-[^/\\]+|ckpt-step_\d{9}|last-step_\d{9})")
+
+
+def _checkpoint_name(path: Any, key: str) -> str:
+    """The name of a checkpoint `ModelCheckpoint` wrote, from a saved name or path.
+
+    Saved paths are never used as they are: only a name that this callback could have written
+    is kept (the run's directory goes in front of it), so a checkpoint copied from another
+    run or edited by hand cannot make the run write or delete anywhere else.
+    """
+    name = os.path.basename(os.path.normpath(path)) if isinstance(path, str) else None
+    if name is None or name in (".", "..") or not _CHECKPOINT_NAME.fullmatch(name):
+        raise ValueError(
+            f"ModelCheckpoint.load_state_dict: {key}: expected the name of a checkpoint this "
+            "callback writes (best-step_<step>-<metric>=<value>, ckpt-step_<step> or "
+            f"last-step_<step>), got {path!r}. HINT: the checkpoint's metadata was edited or "
+            "comes from something else; resume from another checkpoint, or pass resume=None.")
+    return name
+
 
 
 class ModelCheckpoint(Callback):
@@ -123,6 +145,7 @@ class ModelCheckpoint(Callback):
         self.saver = saver
         self.dirpath = None if dirpath is None else os.fspath(dirpath)
         self.best_k: list[tuple[float | None, int, str]] = []
+        self._restored = False  # best_k / last_path hold names until the directory is known
         self.last_path: str | None = None
         self.last_step: int | None = None
         self._checks = 0
@@ -180,6 +203,8 @@ class ModelCheckpoint(Callback):
                     "ModelCheckpoint: expected a directory, got neither dirpath nor a run_dir. "
                     "HINT: pass fit(..., run_dir='runs/x') or ModelCheckpoint(dirpath=...).")
             self.dirpath = os.path.join(loop.run_dir, "checkpoints")
+        if self.dirpath is not None:
+            self._root_restored()
 
     def on_log(self, loop: Loop, metrics: dict[str, float]) -> None:
         """Check a ``"train/..."`` monitor."""
@@ -279,35 +304,54 @@ class ModelCheckpoint(Callback):
             >>> ModelCheckpoint("val/loss").state_dict()["best_k"]
             []
         """
-        return {"monitor": self.monitor, "mode": self.mode, "dirpath": self.dirpath,
-                "best_k": [[_encode(s), step, p] for s, step, p in self.best_k],
-                "last_path": self.last_path, "last_step": self.last_step,
-                "checks": self._checks}
+        name = os.path.basename
+        return {"monitor": self.monitor, "mode": self.mode,
+                "best_k": [[_encode(s), step, name(p)] for s, step, p in self.best_k],
+                "last_path": None if self.last_path is None else name(self.last_path),
+                "last_step": self.last_step, "checks": self._checks}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict`'s bookkeeping (kept paths, last, check count).
+        """Restore `state_dict`'s bookkeeping (kept checkpoints, last, check count).
+
+        A checkpoint is restored by its name only: the run's own directory (``dirpath``, or
+        ``<run_dir>/checkpoints`` once `on_run_start` knows the run) is put in front of it, so
+        a resumed run, also one copied elsewhere, writes and deletes only under its own
+        directory. Paths saved by older versions are reduced to their names the same way.
 
         Raises:
-            ValueError: if the state was saved for another monitor or mode.
+            ValueError: if the state was saved for another monitor or mode, or names a
+                checkpoint that is not one of this callback's (e.g. ``"../x"``).
 
         Example:
-            >>> ckpt = ModelCheckpoint("val/loss", save_top_k=2)
-            >>> ckpt.load_state_dict({"monitor": "val/loss", "mode": "min", "dirpath": "ck",
-            ...     "best_k": [[0.5, 10, "ck/a"], ["NaN", 20, "ck/b"]], "last_path": None,
-            ...     "last_step": None, "checks": 2})
-            >>> ckpt.best_k[0], ckpt.best_path
-            ((0.5, 10, 'ck/a'), 'ck/a')
+            >>> ckpt = ModelCheckpoint("val/loss", save_top_k=2, dirpath="ck")
+            >>> ckpt.load_state_dict({"monitor": "val/loss", "mode": "min",
+            ...     "best_k": [[0.5, 10, "best-step_000000010-val_loss=0.5"],
+            ...                ["NaN", 20, "best-step_000000020-val_loss=nan"]],
+            ...     "last_path": None, "last_step": None, "checks": 2})
+            >>> ckpt.best_k[0]
+            (0.5, 10, 'ck/best-step_000000010-val_loss=0.5')
         """
         if (state.get("monitor"), state.get("mode")) != (self.monitor, self.mode):
             raise ValueError(
                 f"ModelCheckpoint.load_state_dict: expected monitor={self.monitor!r}, "
                 f"mode={self.mode!r}, got monitor={state.get('monitor')!r}, "
                 f"mode={state.get('mode')!r}.")
-        self.dirpath = self.dirpath or state.get("dirpath")
-        self.best_k = self._ranked([(_decode(s), int(step), str(p))
-                                    for s, step, p in state["best_k"]])
-        self.last_path = state.get("last_path")
+        best_k = [(_decode(s), int(step), _checkpoint_name(p, f"best_k[{i}]"))
+                  for i, (s, step, p) in enumerate(state["best_k"])]
+        last = state.get("last_path")
+        self.best_k = self._ranked(best_k)
+        self.last_path = None if last is None else _checkpoint_name(last, "last_path")
         self.last_step = state.get("last_step")
         self._checks = int(state.get("checks", 0))
+        self._restored = True
+        if self.dirpath is not None:
+            self._root_restored()
 
-
+    def _root_restored(self) -> None:
+        """Put the run's directory in front of the names `load_state_dict` restored."""
+        if not self._restored:
+            return
+        self.best_k = [(s, step, os.path.join(self.dirpath, p)) for s, step, p in self.best_k]
+        if self.last_path is not None:
+            self.last_path = os.path.join(self.dirpath, self.last_path)
+        self._restored = False

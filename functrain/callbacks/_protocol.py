@@ -30,6 +30,7 @@ class Loop:
         compile_time: seconds of the calls that compiled them (set with ``compiles``).
         nonfinite_step: with a `functrain.callbacks.NonFiniteGuard`, the first step of the
             window just logged whose metrics or params held inf/NaN (0: none).
+        nonfinite_params_step: the same, for the params alone (0: none).
 
     Example:
         >>> loop = Loop(state=None, step=10, epoch=0)
@@ -52,6 +53,7 @@ class Loop:
     compiles: int = 0
     compile_time: float = 0.0
     nonfinite_step: int = 0
+    nonfinite_params_step: int = 0
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary, recording why."""

@@ -163,6 +163,7 @@ class NonFiniteGuard(Callback):
 
     def __init__(self, action: str = "raise") -> None:
         self.action = check_choice("action", action, ("raise", "stop", "skip"))
+        self._skips_reported = 0
 
     def on_log(self, loop: Loop, metrics: dict[str, float]) -> None:
         if not loop.nonfinite_step:
@@ -182,6 +183,32 @@ class NonFiniteGuard(Callback):
                                      "NonFiniteGuard('skip').")
         if self.action == "stop":
             loop.request_stop(msg)
+            return
+        # "skip": say what happened. apply_if_finite counts the updates it skipped.
+        skipped = _skipped_updates(getattr(loop.state, "opt_state", None))
+        new, self._skips_reported = skipped - self._skips_reported, skipped
+        if loop.nonfinite_params_step:
+            warnings.warn(f"functrain: the params became non-finite at step "
+                          f"{loop.nonfinite_params_step} ({what}); no more checkpoints are "
+                          "written in this run. HINT: wrap the optimizer in "
+                          "functrain.optim.apply_if_finite, lower the learning rate or clip "
+                          "gradients.", stacklevel=2)
+        elif new:
+            warnings.warn(f"functrain: skipped the update of a step with {msg} ({new} "
+                          "update(s) with non-finite gradients skipped in this log window; "
+                          "params and optimizer state were kept).", stacklevel=2)
         else:
-            warnings.warn(f"functrain: skipped the update of a step with {msg} (and any later "
-                          "ones in this log window).", stacklevel=2)
+            warnings.warn(f"functrain: {msg}; the update was applied: its gradients were "
+                          "finite (apply_if_finite skips only updates with non-finite "
+                          "gradients).", stacklevel=2)
+
+
+def _skipped_updates(opt_state: Any) -> int:
+    """``apply_if_finite``'s count of skipped updates in ``opt_state`` (0 if none wraps it)."""
+    node = opt_state
+    while node is not None:
+        if hasattr(node, "total_notfinite"):
+            return int(node.total_notfinite)
+        node = (node.inner_opt_state if hasattr(node, "inner_opt_state")
+                else getattr(node, "inner_state", None))
+    return 0

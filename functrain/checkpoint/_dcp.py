@@ -113,7 +113,14 @@ def _dcp_load(path: Path, like: dict[str, torch.Tensor],
                 with open(path / name, "rb") as f:
                     for req in reqs:
                         view = dcp_slice_file(self, f, storage[req.storage_index])
-                        t = torch.load(view, map_location="cpu", weights_only=True)
+                        try:
+                            t = torch.load(view, map_location="cpu", weights_only=True)
+                        except Exception as e:  # a crafted or foreign file: not torch.save's
+                            raise CheckpointError(
+                                f"checkpoint {str(path)!r}: expected {name!r} to hold "
+                                f"{req.dest_index.fqn!r} as torch.save data, got unreadable "
+                                f"bytes ({type(e).__name__}: {str(e)[:200]}). HINT: the "
+                                "checkpoint is corrupt or was modified; do not load it.") from None
                         want = like[req.dest_index.fqn]
                         if not (isinstance(t, torch.Tensor) and t.shape == want.shape
                                 and t.dtype == want.dtype):
@@ -137,11 +144,22 @@ def _dcp_load(path: Path, like: dict[str, torch.Tensor],
     else:
         targets = {k: torch.empty_like(t, device="cpu" if t.device.type == "meta" else None)
                    for k, t in like.items()}
-    with _quiet_single_process_warning(), _unwrap_dcp_errors():
-        dcp.load(targets, storage_reader=SafeReader(path), planner=TensorOnlyPlanner(),
-                 no_dist=True)
+    try:
+        with _quiet_single_process_warning(), _unwrap_dcp_errors():
+            dcp.load(targets, storage_reader=SafeReader(path), planner=TensorOnlyPlanner(),
+                     no_dist=True)
+    except (CheckpointError, OSError, MemoryError):
+        raise
+    except Exception as e:  # DCP's reader on a crafted file: IndexError, UnpicklingError...
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: expected readable DCP tensor data, got an error "
+            f"({type(e).__name__}: {str(e)[:200]}). HINT: the checkpoint is corrupt or was "
+            "modified; do not load it.") from None
     if not whole:
         return targets
+    for k, t in like.items():
+        if k not in loaded and t.numel() == 0:  # DCP plans no read for an empty tensor
+            loaded[k] = torch.empty(t.shape, dtype=t.dtype)
     return {k: loaded[k] if t.device.type in ("cpu", "meta") else loaded[k].to(t.device)
             for k, t in like.items()}
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
+import sys
 import threading
+import time
+import traceback
 import warnings
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,8 +19,9 @@ from typing import Any
 import torch
 
 from .. import tree as _tree
-from .._errors import check_int
-from ._format import _MANIFEST, CheckpointError
+from .._errors import check_int, describe
+from .._version import __version__
+from ._format import _MANIFEST, CheckpointError, _fsync_dir
 from ._restore import verify
 from ._save import _check_meta, _flatten_meta, _flatten_state, _remove, save
 
@@ -31,6 +37,8 @@ class CheckpointManager:
     written, so a crash never leaves fewer than before. ``save(..., blocking=False)`` copies the
     tensors to host memory at once (so the next step may overwrite the state) and writes in a
     background thread; an error there is raised by the next `save`, `wait`, `all` or `latest`.
+    A save still running when the program exits is completed first (or, if it fails, the
+    error is printed and the exit status is 1).
     "Newest" means the highest step; checkpoints of higher steps than the one being saved (from
     a run that went further) are neither counted nor deleted. On creation the manager cleans
     up after crashed saves of processes that are gone (see `functrain.checkpoint`, Atomicity).
@@ -57,6 +65,7 @@ class CheckpointManager:
         self.keep = keep
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._error_path: Path | None = None
         self._remove_stale_tmp()
 
     def path(self, step: int) -> Path:
@@ -68,7 +77,7 @@ class CheckpointManager:
             ...     CheckpointManager(d).path(123).name
             'step_000000123'
         """
-        return self.directory / f"step_{int(step):09d}"
+        return self.directory / f"step_{_check_step(step):09d}"
 
     def save(self, step: int | torch.Tensor, state: Any, meta: Mapping[str, Any] | None = None,
              *, blocking: bool = True) -> Path:
@@ -97,10 +106,8 @@ class CheckpointManager:
             ...     ft.checkpoint.restore(p, like={"w": torch.zeros(3)})
             {'w': tensor([1., 1., 1.])}
         """
+        step = _check_step(step)
         self.wait()
-        step = int(step)
-        if step < 0:
-            raise ValueError(f"step: expected an int >= 0, got {step}.")
         path = self.path(step)
         if blocking:
             self._write(path, state, meta)
@@ -111,7 +118,8 @@ class CheckpointManager:
         meta = _tree.map(_to_host, _check_meta(meta))
         self._thread = threading.Thread(target=self._background, args=(path, state, meta),
                                         name=f"functrain-checkpoint-{step}")
-        self._thread.start()  # not a daemon: the interpreter waits for it at exit
+        _finish_at_exit(self)
+        self._thread.start()  # not a daemon; _finish_at_exit completes it before pools close
         return path
 
     def _background(self, path: Path, state: Any, meta: Any) -> None:
@@ -119,6 +127,7 @@ class CheckpointManager:
             self._write(path, state, meta)
         except BaseException as e:  # handed to the main thread by wait()
             self._error = e
+            self._error_path = path
 
     def _write(self, path: Path, state: Any, meta: Any) -> None:
         save(path, state, meta=meta, overwrite=True)
@@ -160,11 +169,19 @@ class CheckpointManager:
         self.wait()
         return [p for p in self._step_dirs() if (p / _MANIFEST).is_file()]
 
-    def latest(self) -> Path | None:
+    def latest(self, *, strict: bool = False) -> Path | None:
         """The newest intact checkpoint, or ``None``; waits for a save.
 
         Checks checksums (`functrain.checkpoint.verify`) from the newest checkpoint down,
         skipping each incomplete or corrupt one with a warning that names it and the reason.
+
+        Args:
+            strict: when there are checkpoints but none is intact, raise instead of returning
+                ``None`` (what a resume wants: not to start afresh over a corrupt run).
+
+        Raises:
+            CheckpointError: with ``strict``, if every checkpoint found is incomplete or
+                corrupt; lists each with the reason it was rejected. Nothing is deleted.
 
         Example:
             >>> import tempfile
@@ -173,13 +190,70 @@ class CheckpointManager:
             True
         """
         self.wait()
+        rejected: list[str] = []
         for p in reversed(self._step_dirs()):
             try:
                 verify(p)
                 return p
-            except CheckpointError as e:
+            except (CheckpointError, OSError) as e:
+                rejected.append(f"  {p.name}: {e}")
                 warnings.warn(f"skipping {e}", stacklevel=2)  # e names the path
+        if strict and rejected:
+            raise CheckpointError(
+                f"checkpoints in {str(self.directory)!r}: expected at least one intact "
+                f"checkpoint, got {len(rejected)}, none of them intact:\n"
+                + "\n".join(rejected) + "\nHINT: nothing was deleted. Restore an intact copy "
+                "into that directory, or start afresh elsewhere or with fit(..., resume=None)"
+                " (which moves these aside, see CheckpointManager.set_aside).")
         return None
+
+    def set_aside(self, after_step: int, reason: str) -> Path | None:
+        """Move the checkpoints of steps above ``after_step`` out of the run's way, keeping them.
+
+        After a rollback (a resume from an older checkpoint), or a fresh start in a directory
+        that holds checkpoints (``after_step=-1``), the checkpoints that are not part of what
+        this run continues would otherwise be taken for its newest (``latest``), or evicted
+        or overwritten by its saves. They go, untouched, into one folder
+        ``directory/aside-<UTC time>-after-<after_step>/`` with a ``README`` saying why.
+
+        Args:
+            after_step: keep the checkpoints of this step and below in place.
+            reason: why, written into the folder's ``README``.
+
+        Returns:
+            The folder, or ``None`` if there was nothing to move.
+
+        Example:
+            >>> import tempfile, torch
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     mgr = CheckpointManager(d, keep=None)
+            ...     for step in (10, 20, 30):
+            ...         _ = mgr.save(step, {"w": torch.ones(1)})
+            ...     aside = mgr.set_aside(10, "rolled back to step 10")
+            ...     [p.name for p in mgr.all()], sorted(q.name for q in aside.iterdir())
+            (['step_000000010'], ['README', 'step_000000020', 'step_000000030'])
+        """
+        self.wait()
+        after_step = check_int("after_step", after_step, minimum=-1)
+        move = [p for p in self._step_dirs() if _step_of(p) > after_step]
+        if not move:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.directory / f"aside-{stamp}-after-{after_step}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.directory / f"aside-{stamp}-after-{after_step}-{n}"
+        aside.mkdir()
+        (aside / "README").write_text(
+            f"Checkpoints set aside by functrain {__version__} at {stamp}: {reason}\n"
+            "They are intact as written; move one back into the parent directory to use it.\n",
+            encoding="utf-8")
+        for p in move:
+            os.rename(p, aside / p.name)
+        _fsync_dir(aside)
+        _fsync_dir(self.directory)
+        return aside
 
     def _step_dirs(self) -> list[Path]:
         if not self.directory.is_dir():
@@ -207,6 +281,62 @@ class CheckpointManager:
                 os.rename(p, target)
             else:
                 _remove(p)
+
+
+def _check_step(step: Any) -> int:
+    """A step number: a non-negative int, or a 0-d integer tensor such as ``state.step``."""
+    if isinstance(step, torch.Tensor) and step.dim() == 0 and not (
+            step.is_floating_point() or step.is_complex() or step.dtype == torch.bool):
+        step = int(step)
+    elif isinstance(step, torch.Tensor):
+        raise TypeError(f"step: expected an int or a 0-d integer tensor, got "
+                        f"{describe(step)}. HINT: pass state.step or int(state.step).")
+    return check_int("step", step, minimum=0, hint="checkpoints are named by their step, "
+                     "e.g. mgr.save(int(state.step), state).")
+
+
+# Managers with a background save that may still run when the interpreter exits.
+_AT_EXIT: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
+_EXIT_HOOK = [False]
+
+
+def _finish_at_exit(manager: CheckpointManager) -> None:
+    """Make sure ``manager``'s background save completes, or fails loudly, at exit.
+
+    At a normal interpreter exit, ``concurrent.futures`` refuses new work (threading's exit
+    hooks run before non-daemon threads are joined), which a save still in progress needs
+    (DCP's and the checksums' thread pools), so it would fail unseen. functrain's own hook,
+    registered after ``concurrent.futures``' and so run before it, waits for each pending save
+    while the pools still work; if one failed, it prints the error and exits with status 1.
+    """
+    _AT_EXIT.add(manager)
+    if _EXIT_HOOK[0]:
+        return
+    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9
+    try:
+        (register or atexit.register)(_finish_pending_saves)
+        _EXIT_HOOK[0] = True
+    except RuntimeError:  # already shutting down: the thread is joined as non-daemon
+        pass
+
+
+def _finish_pending_saves() -> None:
+    failed = False
+    for manager in list(_AT_EXIT):
+        if manager._thread is not None:
+            manager._thread.join()
+            manager._thread = None
+        if manager._error is not None:
+            err, manager._error = manager._error, None
+            where = manager._error_path or manager.directory
+            print(f"functrain: the checkpoint {str(where)!r} was NOT written: a background save"
+                  " failed while the program was exiting:", file=sys.stderr)
+            traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+            failed = True
+    if failed:  # never let an exit status of 0 report a save that did not happen
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 _STEP_DIR = re.compile(r"step_\d+")

@@ -255,7 +255,14 @@ def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     def fill(obj: Any) -> Any:
         if isinstance(obj, dict):
             if set(obj) == {_TENSOR_REF}:
-                return tensors[obj[_TENSOR_REF]]
+                ref = obj[_TENSOR_REF]
+                if not (isinstance(ref, str) and ref in tensors):
+                    raise CheckpointError(
+                        f"checkpoint {str(path)!r}: expected meta.json's tensor references to "
+                        f"name tensors listed in manifest.json, got {ref!r}, which it does not "
+                        "list. HINT: the checkpoint was modified after it was written; do not "
+                        "load it.")
+                return tensors[ref]
             return {k: fill(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [fill(v) for v in obj]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Mapping
@@ -51,6 +52,8 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
     Raises:
         FileExistsError: if ``path`` exists and ``overwrite`` is False.
         TypeError: if a leaf of ``state`` or a value in ``meta`` cannot be stored; names it.
+        OSError: with ``errno.ENOSPC`` ("no space left on device", naming ``path``) when the
+            disk fills up; nothing of the new checkpoint is left, earlier ones are intact.
 
     Example:
         >>> import tempfile, torch, functrain as ft
@@ -92,10 +95,51 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
         else:
             os.rename(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _disk_full(e, path, tensors, meta_tensors)
+        if full is not None:
+            raise full from e
         raise
     return path
+
+
+def _disk_full(error: BaseException, path: Path, *tensor_dicts: dict[str, torch.Tensor]
+               ) -> OSError | None:
+    """The error to raise when ``error`` came from a full disk, else ``None``.
+
+    Python's own writes raise ``OSError(ENOSPC)``; torch's zip writer (under DCP) raises a
+    ``RuntimeError`` such as "[enforce fail at inline_container.cc:672] unexpected pos", which
+    says nothing about space: that one counts as a full disk when, after the partial write was
+    removed, the file system has less room than the checkpoint's tensors need.
+    """
+    need = sum(t.numel() * t.element_size() for d in tensor_dicts for t in d.values())
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        pass
+    elif not isinstance(error, RuntimeError):
+        return None
+    else:
+        try:
+            free = _free_bytes(path.parent)
+        except OSError:
+            return None
+        if free >= need + (1 << 20):  # room to spare: some other failure
+            return None
+    try:
+        room = f"{_free_bytes(path.parent)} bytes free there"
+    except OSError:
+        room = "free space unknown"
+    return OSError(errno.ENOSPC, f"checkpoint.save: no space left on device writing "
+                   f"{str(path)!r} (its tensors take {need} bytes; {room}); the partial write "
+                   "was removed and earlier checkpoints are intact. HINT: free disk space, keep "
+                   "fewer checkpoints (keep=), or write them to another disk", str(path))
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system of ``path`` (or of its nearest existing parent)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _check_meta(meta: Any) -> dict[str, Any]:
