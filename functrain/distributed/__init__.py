@@ -12,6 +12,8 @@ The pieces a data-parallel step needs, JAX-style:
 * `fold_in_rank` gives each rank its own random key (dropout masks differ across ranks and
   repeat across runs).
 * `shard` gives each rank its share of a loader with ``DistributedSampler``'s semantics.
+* `data_parallel` wraps an optimizer so ``apply_gradients`` averages the gradients first
+  (what ``fit`` does on several ranks, leaving the step unchanged).
 * `reduce_metrics` merges the ranks' metric windows exactly, with one collective per read.
 * `launch` starts N local workers from Python (notebooks, tests) as torchrun would.
 
@@ -56,6 +58,7 @@ from ._env import world_size as world_size
 from ._launch import LaunchError as LaunchError
 from ._launch import launch as launch
 from ._metrics import reduce_metrics as reduce_metrics
+from ._optim import data_parallel as data_parallel
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -65,6 +68,7 @@ __all__ = [
     "ShardedLoader",
     "all_gather",
     "broadcast",
+    "data_parallel",
     "device",
     "environment",
     "fold_in_rank",
