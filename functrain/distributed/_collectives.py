@@ -60,7 +60,9 @@ def _reduce(tree: Any, op: str, group: Any, name: str) -> Any:
         flat = torch.cat([x.reshape(-1) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1)
         floating = dtype.is_floating_point
         reduce_op = "avg" if (op == "mean" and floating) else "sum"
-        total = fc.wait_tensor(fc.all_reduce(flat, reduce_op, pg))
+        # By name: passing the group object makes Dynamo guard on a compiler config entry
+        # that torch.compile / DDP elsewhere in the process can change (a recompile).
+        total = fc.wait_tensor(fc.all_reduce(flat, reduce_op, pg.group_name))
         if op == "mean" and not floating:
             # gloo has no integer average: sum, then the floor of the mean (exact when the
             # ranks agree, as step counters do).
