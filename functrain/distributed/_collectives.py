@@ -181,7 +181,11 @@ def _unpack(buf: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
     out, start = [], 0
     for x in like:
         n = x.numel() * x.element_size()
-        out.append(buf[start:start + n].view(x.dtype).reshape(x.shape).to(x.device))
+        # A copy, not a view: its offset is then aligned for any dtype, and tensors sharing
+        # one buffer (with different dtypes) could not be updated in place by a compiled step
+        # (aot_autograd refuses such aliased inputs).
+        part = buf[start:start + n].clone().view(x.dtype).reshape(x.shape)
+        out.append(part.to(x.device))
         start += n
     return out
 

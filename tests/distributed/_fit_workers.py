@@ -20,9 +20,9 @@ def _data(n, seed):
     return x, (x @ torch.randn(10, 4, generator=g)).argmax(1)
 
 
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4))
+def _model(dropout=True):
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(),
+                         nn.Dropout(0.2) if dropout else nn.Identity(), nn.Linear(32, 4))
 
 
 def _step(model):
@@ -53,14 +53,14 @@ def _read_jsonl(path):
 
 
 def fit_run(run_dir, world, *, compile="inductor", max_steps=None, epochs=2, resume=None,
-            checkpoint_every=None, dropout=True, seed_model=True):
+            checkpoint_every=None, dropout=True):
     """One fit run; the per-rank batch is GLOBAL_BATCH / world."""
     torch.set_num_threads(1)
     x, y = _data(160 + 13, seed=5)  # 160 training examples, 13 held out (an uneven split)
-    model = _model()
-    if not seed_model and fd.environment() is not None:
-        torch.manual_seed(100 + fd.environment().rank)  # ranks start from different weights
-        model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4))
+    env = fd.environment()
+    # Each rank initialises its own weights (fit starts every rank from rank 0's state).
+    torch.manual_seed(0 if env is None else env.rank)
+    model = _model(dropout)
     step, eval_fn = _step(model)
     state = ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=3)
     train = ft.data.ArrayLoader((x[:160], y[:160]), GLOBAL_BATCH // world, shuffle=True, seed=1)
