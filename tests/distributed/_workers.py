@@ -182,7 +182,9 @@ def environment_and_broadcast():
     import torch.distributed as dist
 
     t = fd.broadcast({"w": torch.full((3,), float(fd.rank() + 1))})["w"]
-    gathered = fd.all_gather({"r": torch.tensor(fd.rank()), "f": torch.tensor([0.5, -1.0])})
+    # Mixed dtypes in one byte buffer, at offsets that are not multiples of 8.
+    gathered = fd.all_gather({"a": torch.tensor([0.5, -1.0, 2.0]), "b": torch.tensor(fd.rank()),
+                              "c": torch.tensor([1.5], dtype=torch.bfloat16)})
     s = fd.psum({"n": torch.tensor(fd.rank() + 1), "x": torch.ones(2, dtype=torch.float64)})
     m = fd.pmean({"n": torch.tensor(3), "x": torch.tensor([float(fd.rank())])})
     return {"env": env, "backend": dist.get_backend(), "rank": fd.rank(),

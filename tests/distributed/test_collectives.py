@@ -24,7 +24,10 @@ def test_environment_group_and_collectives():
         assert out["world"] == out["env"].world_size == 2
         assert out["backend"] == "gloo" and out["is_main"] == (r == 0)
         assert torch.equal(out["broadcast"], torch.ones(3))  # rank 0's value everywhere
-        assert [int(g["r"]) for g in out["gathered"]] == [0, 1]
+        assert [int(g["b"]) for g in out["gathered"]] == [0, 1]
+        for g in out["gathered"]:
+            assert torch.equal(g["a"], torch.tensor([0.5, -1.0, 2.0]))
+            assert g["c"].dtype == torch.bfloat16 and g["c"].item() == 1.5
         assert out["psum"]["n"].item() == 3 and out["psum"]["n"].dtype == torch.int64
         assert torch.equal(out["psum"]["x"], torch.full((2,), 2.0, dtype=torch.float64))
         assert out["pmean"]["n"].item() == 3 and out["pmean"]["x"].item() == 0.5
