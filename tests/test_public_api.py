@@ -11,8 +11,8 @@ import pytest
 
 import functrain as ft
 
-MODULES = ["tree", "optim", "random", "metrics", "loggers", "data", "callbacks", "checkpoint",
-           "precision"]
+MODULES = ["tree", "optim", "random", "metrics", "loggers", "data", "distributed", "callbacks",
+           "checkpoint", "precision"]
 
 
 def _public(module):
