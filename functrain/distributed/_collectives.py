@@ -1,7 +1,8 @@
 """JAX-style collectives over pytrees: `pmean` and `psum`, traced into the compiled step.
 
 Both are built on ``torch.distributed``'s functional collectives
-(``torch.distributed._functional_collectives``), which Dynamo traces as graph nodes: inside
+(``torch.distributed._functional_collectives``, through `functrain._compat`), which Dynamo
+traces as graph nodes: inside
 ``torch.compile(fullgraph=True)`` a `pmean` of the gradients is part of the one compiled graph
 (no graph break), so inductor can schedule the communication with the computation around it.
 Outside compiled code they run eagerly and return ordinary tensors.
@@ -44,7 +45,8 @@ def _reduce(tree: Any, op: str, group: Any, name: str) -> Any:
     if pg is None:
         return tree
     import torch.distributed as dist
-    import torch.distributed._functional_collectives as fc
+
+    from .._compat import all_reduce_in_graph
 
     world = dist.get_world_size(pg)
     leaves = _tree.leaves(tree)
@@ -62,7 +64,7 @@ def _reduce(tree: Any, op: str, group: Any, name: str) -> Any:
         reduce_op = "avg" if (op == "mean" and floating) else "sum"
         # By name: passing the group object makes Dynamo guard on a compiler config entry
         # that torch.compile / DDP elsewhere in the process can change (a recompile).
-        total = fc.wait_tensor(fc.all_reduce(flat, reduce_op, pg.group_name))
+        total = all_reduce_in_graph(flat, reduce_op, pg.group_name)
         if op == "mean" and not floating:
             # gloo has no integer average: sum, then the floor of the mean (exact when the
             # ranks agree, as step counters do).
