@@ -85,7 +85,8 @@ class Evaluator:
                                  precision=like.policy, train=False, devices=like.devices)
         self.window: MetricWindow | None = None  # kept across evaluations (fixed addresses)
 
-    def __call__(self, state: Any, loader: Iterable[Any]) -> dict[str, float]:
+    def __call__(self, state: Any, loader: Iterable[Any],
+                 reduce: Callable[[Any], Any] | None = None) -> dict[str, float]:
         window = self.window.reset() if self.window is not None else None
         n = 0
         for batch in loader:
@@ -94,7 +95,7 @@ class Evaluator:
         if n == 0:
             raise ValueError("eval_loader is empty: it yielded no batches.")
         self.window = window
-        return window.compute()
+        return window.compute(reduce)
 
 
 def evaluate(

@@ -31,6 +31,8 @@ from .callbacks._protocol import Callback, Loop
 from .callbacks._run import NonFiniteGuard
 from .precision import Policy
 
+STOP_FLAG = "__stop__"  # on several ranks: a stop signal, gathered with the metric window
+
 __all__ = ["fit"]
 
 
@@ -128,6 +130,7 @@ def fit(
     window: MetricWindow | None = None
     done = run.end_step is not None and loop.step >= run.end_step  # e.g. a finished run
     with StopSignal() as stop, run:
+        run.stop = stop
         epoch, skip = pos.epoch, pos.batch_in_epoch
         while not done and (epochs is None or epoch < epochs):
             loop.epoch, run.batch_in_epoch, run.epoch_finished = epoch, skip, False
@@ -135,7 +138,7 @@ def fit(
                 loop.state, window = runner.run(loop.state, batch, window)   # step
                 loop.step += 1                                               # count
                 run.batch_in_epoch += 1
-                n = batch_size(batch) or 0
+                n = (batch_size(batch) or 0) * run.world  # the global batch
                 loop.samples += n
                 run.window_steps += 1
                 run.window_samples += n
@@ -197,12 +200,29 @@ class _Run:
                              "run_dir/checkpoints. HINT: fit(..., run_dir='runs/exp1', "
                              "resume='auto').")
         check_finite = any(isinstance(cb, NonFiniteGuard) for cb in callbacks)
+        # Several ranks (torchrun): join the group, shard the data, average in the step.
+        from .distributed._loop import DataParallelRun
+
+        self.dp = dp = DataParallelRun.detect()
+        self.world = 1 if dp is None else dp.world_size
+        self.agreed_stop: str | None = None
+        self.stop: StopSignal | None = None
+        if dp is not None:
+            loader = dp.shard_train(loader)
+            eval_loader = None if eval_loader is None else dp.shard_eval(eval_loader)
+            if not isinstance(step_fn, CompiledStep):
+                step_fn = dp.wrap_step(step_fn)
+            if not dp.is_main:  # one voice: rank 0 logs, shows progress and summarises
+                log = Logging.quiet(log.every)
+            compile = dp.compile_backend(compile, device)
         self.runner = _training_runner(step_fn, device, precision, compile, check_finite)
         self.evaluator = Evaluator(eval_fn, self.runner) if eval_fn is not None else None
         self.eval_loader = eval_loader
         # -- the run's parts ----------------------------------------------------------------
         if run_dir is None and (log.loggers is None or checkpoint or resume):
             run_dir = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+            if dp is not None:  # the ranks' clocks may straddle a second
+                run_dir = dp.broadcast_object(run_dir)
         self.run_dir = None if run_dir is None else str(run_dir)
         self.checkpoint = checkpoint
         self.manager = None
@@ -210,10 +230,14 @@ class _Run:
             from .checkpoint import CheckpointManager
 
             self.manager = CheckpointManager(os.path.join(self.run_dir, "checkpoints"),
-                                             keep=checkpoint.keep if checkpoint else None)
+                                             keep=checkpoint.keep if checkpoint else None,
+                                             process_group=None if dp is None else dp.group)
         self.loader, self.every = loader, log.every
+        self.user_tx = getattr(state, "tx", None)
         state, self.position = self._resume(state, resume)
         self.resumed = self.position is not None
+        if dp is not None:  # rank 0's state everywhere, gradients averaged by the optimizer
+            state = dp.prepare_state(state, resumed=self.resumed)
         pos = self.position or LoopState()
         start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
         self.start_step = start_step
@@ -234,6 +258,9 @@ class _Run:
         self.batch_in_epoch = pos.batch_in_epoch
         self.window_steps, self.window_samples = pos.window_steps, pos.window_samples
         self.saved_window = pos.window or None  # merged into the first step's window
+        if dp is not None and not dp.is_main and self.saved_window:
+            # The saved window is the ranks' merged one: rank 0 carries it on.
+            self.saved_window = tuple(torch.zeros_like(t) for t in self.saved_window)
         self.epoch_finished = False
         self.evaluated_at: int | None = None
         self.ordered = hasattr(loader, "set_epoch")
@@ -258,6 +285,8 @@ class _Run:
         from . import checkpoint
 
         path = self.manager.latest() if resume == "auto" else resume
+        if self.dp is not None:  # every rank resumes from the checkpoint rank 0 found
+            path = self.dp.broadcast_object(None if path is None else str(path))
         if path is None:
             return state, None
         # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
@@ -283,7 +312,9 @@ class _Run:
             return None
         if self.saved_window is not None:  # the window a resumed run stopped in
             window, self.saved_window = window.merge_saved(self.saved_window), None
-        values = window.compute()
+        values = window.compute(None if self.dp is None else self._reduce_with_stop)
+        if self.dp is not None and values.pop(STOP_FLAG, 0.0) > 0:
+            self.agreed_stop = self.stop.reason or "received a signal on another rank"
         window = window.reset()
         loop = self.loop
         loop.nonfinite_step = int(values.pop(NONFINITE, 0) or 0)
@@ -301,7 +332,8 @@ class _Run:
             return
         loop = self.loop
         self.evaluated_at = loop.step
-        values = {f"val/{k}": v for k, v in self.evaluator(loop.state, self.eval_loader).items()}
+        values = {f"val/{k}": v for k, v in self.evaluator(
+            loop.state, self.eval_loader, None if self.dp is None else self.dp.reduce).items()}
         loop.log(values)
         for cb in loop.callbacks:
             cb.on_eval(loop, values)
@@ -309,10 +341,19 @@ class _Run:
     def should_stop(self, stop: StopSignal) -> bool:
         """Whether a signal or a callback asked to stop (recording why)."""
         loop = self.loop
-        if stop.reason or loop.stop_reason:
-            loop.stop_reason = loop.stop_reason or stop.reason
+        # On several ranks, a signal counts once every rank knows of it (at a log window).
+        signalled = stop.reason if self.dp is None else self.agreed_stop
+        if signalled or loop.stop_reason:
+            loop.stop_reason = loop.stop_reason or signalled
             return True
         return False
+
+    def _reduce_with_stop(self, metrics: Any) -> Any:
+        """The ranks' windows merged, and whether any rank had a stop signal: one collective."""
+        from .metrics import Sum
+
+        flag = Sum.from_value(float(self.stop is not None and self.stop.reason is not None))
+        return self.dp.reduce({**metrics, STOP_FLAG: flag})
 
     def save(self, window: MetricWindow | None, blocking: bool) -> None:
         """Save the state and the loop's position as the checkpoint of the current step."""
@@ -320,7 +361,11 @@ class _Run:
         done = self.epoch_finished
         if window is not None and self.saved_window is not None:
             window, self.saved_window = window.merge_saved(self.saved_window), None
-        tensors = window.tensors() if window is not None else self.saved_window or ()
+        reduce = None if self.dp is None else self.dp.reduce  # the ranks' merged window
+        tensors = (window.tensors(reduce) if window is not None
+                   else self.saved_window or ())
+        if self.dp is not None and window is None and tensors:
+            tensors = self.dp.broadcast(list(tensors))  # rank 0 holds the merged window
         position = LoopState(
             epoch=loop.epoch + done, batch_in_epoch=0 if done else self.batch_in_epoch,
             samples=loop.samples, run_start=self.run_start, window_steps=self.window_steps,
@@ -357,6 +402,8 @@ class _Run:
             loop.error = error
         if is_donated(loop.state):  # interrupted between donation and hand-back
             loop.state = self.runner.last_state()
+        if self.dp is not None and hasattr(loop.state, "replace"):
+            loop.state = loop.state.replace(tx=self.user_tx)  # the user's optimizer back
         loop.compiles = self.runner.compiles
         try:
             if self.manager is not None:

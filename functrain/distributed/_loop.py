@@ -125,6 +125,16 @@ class DataParallelRun:
     def wrap_step(self, step_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         return data_parallel_step(step_fn)
 
+    def compile_backend(self, compile: Any, device: Any) -> Any:
+        """``compile="auto"`` on CUDA: inductor without CUDA graphs (CUDA graphs around NCCL
+        collectives were not tried here: no multi-GPU machine)."""
+        cuda = torch.cuda.is_available() and str(device).startswith(("auto", "cuda"))
+        return "inductor" if cuda and compile in ("auto", True) else compile
+
+    def broadcast(self, tensors: Any) -> Any:
+        """Rank 0's tensors on every rank (one collective)."""
+        return broadcast(tensors)
+
     # -- data --------------------------------------------------------------------------------
     def shard_train(self, loader: Any) -> Any:
         return shard(loader, even=True)
