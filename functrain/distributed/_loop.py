@@ -88,6 +88,7 @@ class DataParallelRun:
     def __init__(self, env: _env.Environment) -> None:
         self.env, self.rank, self.world_size = env, env.rank, env.world_size
         self.is_main = env.rank == 0
+        self.group = _group()
 
     @classmethod
     def detect(cls) -> DataParallelRun | None:
