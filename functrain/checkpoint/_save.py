@@ -15,13 +15,13 @@ from .._errors import describe
 from .._version import __version__
 from ._dcp import _dcp_save
 from ._format import (
-    CheckpointError,
     _FORMAT,
     _JSON_SCALARS,
     _MANIFEST,
     _META,
     _TENSOR_REF,
     FORMAT_VERSION,
+    CheckpointError,
     _fsync_dir,
     _sha256_all,
     _write_json,

@@ -105,7 +105,8 @@ def fit_run(run_dir, world, *, compile="inductor", max_steps=None, epochs=2, res
                       callbacks=CALLBACKS)
 
     state, syncs = _count_syncs(run) if count_syncs else (run(), None)
-    return {"syncs": syncs, "tx_is_original": state.tx is tx,"rank": fd.rank(), "world": fd.world_size(), "step": int(state.step),
+    return {"syncs": syncs, "tx_is_original": state.tx is tx, "rank": fd.rank(),
+            "world": fd.world_size(), "step": int(state.step),
             "params": {k: v.clone() for k, v in state.params.items()},
             "opt_state": [t.clone() for t in ft.tree.leaves(state.opt_state)],
             "rng": state.rng.clone(),
@@ -147,8 +148,7 @@ def sync_counts():
     train = ft.data.ArrayLoader((x, y), GLOBAL_BATCH // world, shuffle=True, seed=1)
     counts = []
     for steps in (5, 10, 30):
-        state, n = _count_syncs(lambda s=steps: ft.fit(
-            step, state, train, max_steps=s, log=ft.Logging.quiet(every=5),
-            compile="inductor"))
+        state, n = _count_syncs(lambda s=steps, st=state: ft.fit(
+            step, st, train, max_steps=s, log=ft.Logging.quiet(every=5), compile="inductor"))
         counts.append(n)
     return counts
