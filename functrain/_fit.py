@@ -61,6 +61,12 @@ def fit(
     go to the loggers (JSONL and CSV under ``run_dir``, TensorBoard when installed), the
     progress bar and the callbacks. Ctrl-C / SIGTERM stop cleanly at the next step boundary.
 
+    Started by ``torchrun`` on several ranks, the same call trains data parallel: each rank
+    takes its shard of ``loader`` and ``eval_loader``, the gradients are averaged inside the
+    compiled step, metric windows and evaluations are reduced over the ranks when read, rank 0
+    alone logs, and checkpoints are written by all ranks together (see `functrain.distributed`
+    and the README, "Multi-GPU and multi-node").
+
     Args:
         step_fn: ``step_fn(state, batch) -> (state, metrics)``, pure; metrics a dict of 0-d
             tensors (means over the window) or `functrain.metrics` values. Or a
