@@ -1,4 +1,4 @@
-"""fit on N ranks: worker functions for tests/distributed/test_fit.py (run with launch)."""
+"""fit on N ranks: worker functions for tests/distributed/test_fit_on_ranks.py (run with launch)."""
 
 from __future__ import annotations
 
