@@ -15,6 +15,7 @@ Example:
 from . import callbacks as callbacks
 from . import checkpoint as checkpoint
 from . import data as data
+from . import distributed as distributed
 from . import loggers as loggers
 from . import metrics as metrics
 from . import optim as optim
@@ -62,6 +63,7 @@ __all__ = [
     "checkpoint",
     "compile_step",
     "data",
+    "distributed",
     "evaluate",
     "fit",
     "loggers",

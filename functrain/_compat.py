@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "all_reduce_in_graph",
     "calculate_correct_fan",
     "dcp_metadata_globals",
     "dcp_slice_file",
@@ -238,3 +239,19 @@ def dcp_metadata_globals() -> set[tuple[str, str]]:
         *((m, n) for m in ("pathlib", "pathlib._local")
           for n in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
     }
+
+
+# -- torch.distributed --------------------------------------------------------------------------
+
+
+def all_reduce_in_graph(x: torch.Tensor, op: str, group_name: str) -> torch.Tensor:
+    """All-reduce ``x`` (``op``: ``"sum"`` or ``"avg"``) over the group named ``group_name``.
+
+    ``torch.distributed._functional_collectives.all_reduce`` followed by its ``wait_tensor``:
+    the functional (out-of-place) collective that Dynamo traces as a node of the compiled
+    graph. Missing public API: a traceable functional collective (``dist.all_reduce`` works
+    in place and breaks the graph). The import statement (not `_private`) keeps it traceable.
+    """
+    from torch.distributed import _functional_collectives as fc
+
+    return fc.wait_tensor(fc.all_reduce(x, op, group_name))

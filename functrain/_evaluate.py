@@ -45,7 +45,8 @@ def runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: boo
                               return_metrics=False, precision=precision,
                               check_finite=check_finite, devices=devices, train=train)
         per_fn[key] = runner
-    runner._guard.start_run()  # a new run: its one smaller last batch is allowed again
+    for guard in runner._guards.values():  # a new run: one smaller last batch is allowed again
+        guard.start_run()
     return runner
 
 
@@ -86,7 +87,8 @@ class Evaluator:
                                  precision=like.policy, train=False, devices=like.devices)
         self.window: MetricWindow | None = None  # kept across evaluations (fixed addresses)
 
-    def __call__(self, state: Any, loader: Iterable[Any]) -> dict[str, float]:
+    def __call__(self, state: Any, loader: Iterable[Any],
+                 reduce: Callable[[Any], Any] | None = None) -> dict[str, float]:
         window = self.window.reset() if self.window is not None else None
         n = 0
         for batch in loader:
@@ -95,7 +97,7 @@ class Evaluator:
         if n == 0:
             raise ValueError("eval_loader is empty: it yielded no batches.")
         self.window = window
-        return window.compute()
+        return window.compute(reduce)
 
 
 def evaluate(

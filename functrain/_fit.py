@@ -35,6 +35,8 @@ from .callbacks._protocol import Callback, Loop
 from .callbacks._run import NonFiniteGuard, ProgressBar
 from .precision import Policy
 
+STOP_FLAG = "__stop__"  # on several ranks: a stop signal, gathered with the metric window
+
 __all__ = ["fit"]
 
 
@@ -62,6 +64,12 @@ def fit(
     Metric windows are read once every ``log.every`` steps (one host transfer per window) and
     go to the loggers (JSONL and CSV under ``run_dir``, TensorBoard when installed), the
     progress bar and the callbacks. Ctrl-C / SIGTERM stop cleanly at the next step boundary.
+
+    Started by ``torchrun`` on several ranks, the same call trains data parallel: each rank
+    takes its shard of ``loader`` and ``eval_loader``, the gradients are averaged inside the
+    compiled step, metric windows and evaluations are reduced over the ranks when read, rank 0
+    alone logs, and checkpoints are written by all ranks together (see `functrain.distributed`
+    and the README, "Multi-GPU and multi-node").
 
     Args:
         step_fn: ``step_fn(state, batch) -> (state, metrics)``, pure; metrics a dict of 0-d
@@ -146,6 +154,7 @@ def fit(
     window: MetricWindow | None = None
     done = run.end_step is not None and loop.step >= run.end_step  # e.g. a finished run
     with StopSignal() as stop, run:
+        run.stop = stop
         epoch, skip = pos.epoch, pos.batch_in_epoch
         while not done and (epochs is None or epoch < epochs):
             loop.epoch, run.batch_in_epoch, run.epoch_finished = epoch, skip, False
@@ -156,6 +165,7 @@ def fit(
                 else:  # K stacked batches, K steps in one call (steps_per_call)
                     loop.state, window = runner.run_steps(loop.state, batch, window)
                     n = k * (stacked_batch_size(batch) or 0)
+                n *= run.world  # the global batch
                 before, loop.step = loop.step, loop.step + k                 # count
                 run.batch_in_epoch += k
                 loop.samples += n
@@ -255,12 +265,29 @@ class _Run:
         self.guard = next((cb for cb in callbacks if isinstance(cb, NonFiniteGuard)), None)
         self.unsaveable = False  # a guard saw a step whose state must not become a checkpoint
         check_finite = self.guard is not None
+        # Several ranks (torchrun): join the group, shard the data, average in the step.
+        from .distributed._loop import DataParallelRun
+
+        self.dp = dp = DataParallelRun.detect()
+        self.world = 1 if dp is None else dp.world_size
+        self.agreed_stop: str | None = None
+        self.stop: StopSignal | None = None
+        if dp is not None:
+            loader = dp.shard_train(loader)
+            eval_loader = None if eval_loader is None else dp.shard_eval(eval_loader)
+            if not isinstance(step_fn, CompiledStep):
+                step_fn = dp.wrap_step(step_fn)
+            if not dp.is_main:  # one voice: rank 0 logs, shows progress and summarises
+                log = Logging.quiet(log.every)
+            compile = dp.compile_backend(compile, device)
         self.runner = _training_runner(step_fn, device, precision, compile, check_finite)
         self.evaluator = Evaluator(eval_fn, self.runner) if eval_fn is not None else None
         self.eval_loader = eval_loader
         # -- the run's parts ----------------------------------------------------------------
         if run_dir is None and (log.loggers is None or checkpoint or resume):
             run_dir = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+            if dp is not None:  # the ranks' clocks may straddle a second
+                run_dir = dp.broadcast_object(run_dir)
         self.run_dir = None if run_dir is None else str(run_dir)
         self.checkpoint = checkpoint
         self.manager = None
@@ -268,10 +295,14 @@ class _Run:
             from .checkpoint import CheckpointManager
 
             self.manager = CheckpointManager(os.path.join(self.run_dir, "checkpoints"),
-                                             keep=checkpoint.keep if checkpoint else None)
+                                             keep=checkpoint.keep if checkpoint else None,
+                                             process_group=None if dp is None else dp.group)
         self.loader, self.every = loader, log.every
+        self.user_tx = getattr(state, "tx", None)
         state, self.position = self._resume(state, resume)
         self.resumed = self.position is not None
+        if dp is not None:  # rank 0's state everywhere, gradients averaged by the optimizer
+            state = dp.prepare_state(state, resumed=self.resumed)
         pos = self.position or LoopState()
         start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
         self.start_step = start_step
@@ -292,6 +323,9 @@ class _Run:
         self.batch_in_epoch = pos.batch_in_epoch
         self.window_steps, self.window_samples = pos.window_steps, pos.window_samples
         self.saved_window = pos.window or None  # merged into the first step's window
+        if dp is not None and not dp.is_main and self.saved_window:
+            # The saved window is the ranks' merged one: rank 0 carries it on.
+            self.saved_window = tuple(torch.zeros_like(t) for t in self.saved_window)
         self.epoch_finished = False
         self.evaluated_at: int | None = None
         seed = pos.data_seed if pos.data_seed is not None else torch.initial_seed()
@@ -319,7 +353,7 @@ class _Run:
         """The state and loop position of the checkpoint ``resume`` names, if any."""
         manager = self.manager
         if not resume:
-            if manager is not None and manager.all():
+            if manager is not None and manager.all() and (self.dp is None or self.dp.is_main):
                 aside = manager.set_aside(-1, "a new run started here with resume=None")
                 warnings.warn(f"fit: {str(manager.directory)!r} held checkpoints of an earlier "
                               "run; this run starts afresh (resume=None), so they were moved, "
@@ -330,6 +364,8 @@ class _Run:
 
         # Every checkpoint corrupt: refuse (listing them) rather than start afresh over them.
         path = manager.latest(strict=True) if resume == "auto" else resume
+        if self.dp is not None:  # every rank resumes from the checkpoint rank 0 found
+            path = self.dp.broadcast_object(None if path is None else str(path))
         if path is None:
             return state, None
         # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
@@ -388,7 +424,9 @@ class _Run:
             return None
         if self.saved_window is not None:  # the window a resumed run stopped in
             window, self.saved_window = window.merge_saved(self.saved_window), None
-        values = window.compute()
+        values = window.compute(None if self.dp is None else self._reduce_with_stop)
+        if self.dp is not None and values.pop(STOP_FLAG, 0.0) > 0:
+            self.agreed_stop = self.stop.reason or "received a signal on another rank"
         window = window.reset()
         loop = self.loop
         loop.nonfinite_step = int(values.pop(NONFINITE, 0) or 0)
@@ -410,7 +448,8 @@ class _Run:
             return
         loop = self.loop
         self.evaluated_at = loop.step
-        values = {f"val/{k}": v for k, v in self.evaluator(loop.state, self.eval_loader).items()}
+        values = {f"val/{k}": v for k, v in self.evaluator(
+            loop.state, self.eval_loader, None if self.dp is None else self.dp.reduce).items()}
         loop.log(values)
         for cb in loop.callbacks:
             cb.on_eval(loop, values)
@@ -418,8 +457,10 @@ class _Run:
     def should_stop(self, stop: StopSignal) -> bool:
         """Whether a signal or a callback asked to stop (recording why)."""
         loop = self.loop
-        if stop.reason or loop.stop_reason:
-            loop.stop_reason = loop.stop_reason or stop.reason
+        # On several ranks, a signal counts once every rank knows of it (at a log window).
+        signalled = stop.reason if self.dp is None else self.agreed_stop
+        if signalled or loop.stop_reason:
+            loop.stop_reason = loop.stop_reason or signalled
             return True
         return False
 
@@ -431,13 +472,24 @@ class _Run:
         first, params = nonfinite_steps(window)
         return not (params if self.guard.action == "skip" else first)
 
+    def _reduce_with_stop(self, metrics: Any) -> Any:
+        """The ranks' windows merged, and whether any rank had a stop signal: one collective."""
+        from .metrics import Sum
+
+        flag = Sum.from_value(float(self.stop is not None and self.stop.reason is not None))
+        return self.dp.reduce({**metrics, STOP_FLAG: flag})
+
     def save(self, window: MetricWindow | None, blocking: bool) -> None:
         """Save the state and the loop's position as the checkpoint of the current step."""
         loop = self.loop
         done = self.epoch_finished
         if window is not None and self.saved_window is not None:
             window, self.saved_window = window.merge_saved(self.saved_window), None
-        tensors = window.tensors() if window is not None else self.saved_window or ()
+        reduce = None if self.dp is None else self.dp.reduce  # the ranks' merged window
+        tensors = (window.tensors(reduce) if window is not None
+                   else self.saved_window or ())
+        if self.dp is not None and window is None and tensors:
+            tensors = self.dp.broadcast(list(tensors))  # rank 0 holds the merged window
         position = LoopState(
             epoch=loop.epoch + done, batch_in_epoch=0 if done else self.batch_in_epoch,
             samples=loop.samples, run_start=self.run_start, window_steps=self.window_steps,
@@ -478,6 +530,8 @@ class _Run:
         self.order.close()
         if is_donated(loop.state):  # interrupted between donation and hand-back
             loop.state = self.runner.last_state()
+        if self.dp is not None and hasattr(loop.state, "replace"):
+            loop.state = loop.state.replace(tx=self.user_tx)  # the user's optimizer back
         loop.compiles = self.runner.compiles
         loop.compile_time = self.runner.compile_time
         self.runner.status = None

@@ -36,9 +36,13 @@ class MetricWindow(NamedTuple):
 
     metrics: dict[str, Any]
 
-    def compute(self) -> dict[str, float]:
-        """Every metric's value as a Python float, read with one device-to-host transfer."""
-        return _metrics.compute_all(self.metrics)
+    def compute(self, reduce: Any = None) -> dict[str, float]:
+        """Every metric's value as a Python float, read with one device-to-host transfer.
+
+        ``reduce`` (e.g. `functrain.distributed.reduce_metrics`) is applied to the metrics
+        first: on several ranks, their windows merged with one collective.
+        """
+        return _metrics.compute_all(self.metrics if reduce is None else reduce(self.metrics))
 
     def reset(self) -> MetricWindow:
         """Empty the window in place (no host sync; the tensors keep their addresses, which
@@ -54,9 +58,11 @@ class MetricWindow(NamedTuple):
             _xla.sync()
         return self
 
-    def tensors(self) -> list[torch.Tensor]:
-        """Copies of the window's tensors, e.g. to save in a checkpoint."""
-        return [x.clone() for x in _tree.leaves(self.metrics)]
+    def tensors(self, reduce: Any = None) -> list[torch.Tensor]:
+        """Copies of the window's tensors, e.g. to save in a checkpoint (``reduce`` as in
+        `compute`)."""
+        metrics = self.metrics if reduce is None else reduce(self.metrics)
+        return [x.clone() for x in _tree.leaves(metrics)]
 
     def merge_saved(self, saved: Sequence[torch.Tensor]) -> MetricWindow:
         """Merge a window saved with `tensors` in front of this one, in place; return it.

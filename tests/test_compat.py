@@ -158,3 +158,18 @@ def test_every_compat_function_is_tested_here():
     source = pathlib.Path(inspect.getfile(test_with_own_code_gives_a_renamed_copy)).read_text()
     untested = [n for n in _compat.__all__ if f"_compat.{n}(" not in source]
     assert not untested, untested
+
+
+def test_all_reduce_in_graph_on_a_group_of_one():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        name = dist.group.WORLD.group_name
+        x = torch.tensor([1.0, 2.0])
+        assert torch.equal(_compat.all_reduce_in_graph(x, "sum", name), x)
+        f = torch.compile(lambda t: _compat.all_reduce_in_graph(t * 2, "avg", name),
+                          backend="eager", fullgraph=True)
+        assert torch.equal(f(x), 2 * x)
+    finally:
+        dist.destroy_process_group()

@@ -11,8 +11,8 @@ import pytest
 
 import functrain as ft
 
-MODULES = ["tree", "optim", "random", "metrics", "loggers", "data", "callbacks", "checkpoint",
-           "precision", "population", "privacy"]
+MODULES = ["tree", "optim", "random", "metrics", "loggers", "data", "distributed", "callbacks",
+           "checkpoint", "precision", "population", "privacy"]
 
 
 def _public(module):

@@ -22,6 +22,20 @@ from ._protocol import Callback, Loop
 
 __all__ = ["ModelCheckpoint"]
 
+def _is_main() -> bool:
+    """False on the ranks other than 0 of a multi-rank run (they delete nothing)."""
+    from ..distributed import is_main
+
+    return is_main()
+
+
+def _data_parallel_group() -> Any:
+    """The process group of a multi-rank run (whose ranks save together), else None."""
+    from ..distributed._collectives import _group
+
+    return _group()
+
+
 def _delete(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -280,8 +294,8 @@ class ModelCheckpoint(Callback):
 
     def _remove(self, path: str) -> None:
         kept = {e[2] for e in self.best_k} | {self.last_path}
-        if path not in kept and _is_inside(path, self.dirpath):
-            _delete(path)
+        if path not in kept and _is_inside(path, self.dirpath) and _is_main():
+            _delete(path)  # on several ranks, rank 0 alone deletes
 
     def _default_save(self, path: str, loop: Loop) -> None:
         try:
@@ -294,7 +308,10 @@ class ModelCheckpoint(Callback):
                 "metrics": {k: _encode(float(v)) for k, v in loop.metrics.items()},
                 "callbacks": (loop.callback_states() if getattr(loop, "callbacks", ())
                               else {self.state_key: self.state_dict()})}
-        checkpoint.save(path, loop.state, meta=meta, overwrite=True)
+        # On several ranks (fit under torchrun) every rank runs this with the same values, and
+        # the ranks write the checkpoint together.
+        checkpoint.save(path, loop.state, meta=meta, overwrite=True,
+                        process_group=_data_parallel_group())
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ._unpickler import _read_dcp_metadata
 _PARALLEL_BYTES = 1 << 26  # states this large are written by several threads
 
 
-def _dcp_save(state_dict: dict[str, torch.Tensor], directory: Path) -> None:
+def _dcp_save(state_dict: dict[str, torch.Tensor], directory: Path, group: Any = None) -> None:
     import torch.distributed.checkpoint as dcp
 
     # Large states: one data file per writer thread, so that serialization, writing and
@@ -29,8 +29,11 @@ def _dcp_save(state_dict: dict[str, torch.Tensor], directory: Path) -> None:
     nbytes = sum(t.nbytes for t in state_dict.values())
     threads = 1 if nbytes < _PARALLEL_BYTES else min(4, os.cpu_count() or 1)
     writer = dcp.FileSystemWriter(directory, sync_files=True, thread_count=threads)
-    # no_dist: one process writes everything. The distributed runner will pass its process
-    # group here instead; the files, manifest and restore stay the same.
+    if group is not None:  # every rank of the group writes its share; same files and restore
+        with _unwrap_dcp_errors():
+            dcp.save(state_dict, storage_writer=writer, process_group=group)
+        return
+    # no_dist: one process writes everything.
     with _quiet_single_process_warning(), _unwrap_dcp_errors():
         dcp.save(state_dict, storage_writer=writer, no_dist=True)
 

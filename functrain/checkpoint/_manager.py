@@ -46,6 +46,9 @@ class CheckpointManager:
     Args:
         directory: the checkpoint directory of the run, e.g. ``run_dir / "checkpoints"``.
         keep: how many checkpoints to keep (``None``: all).
+        process_group: save cooperatively with the ranks of this group (see
+            `functrain.checkpoint.save`); every rank then calls `save` at the same steps,
+            saves block, and rank 0 alone evicts old checkpoints and cleans up.
 
     Example:
         >>> import tempfile, torch, functrain as ft
@@ -58,15 +61,27 @@ class CheckpointManager:
         (['step_000000020', 'step_000000030'], 'step_000000030')
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, keep: int | None = 3) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, keep: int | None = 3,
+                 process_group: Any = None) -> None:
         check_int("keep", keep, minimum=1, allow_none=True,
                   hint="keep=3 keeps the three newest checkpoints.")
+        from ._save import _cooperative_group
+
         self.directory = Path(directory)
         self.keep = keep
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._error_path: Path | None = None
-        self._remove_stale_tmp()
+        # With a group of several ranks: every rank calls save at the same steps, saves are
+        # blocking (they are collectives), rank 0 alone evicts and cleans up.
+        self.process_group = _cooperative_group(process_group)
+        self._main = True
+        if self.process_group is not None:
+            import torch.distributed as dist
+
+            self._main = dist.get_rank(self.process_group) == 0
+        if self._main:
+            self._remove_stale_tmp()
 
     def path(self, step: int) -> Path:
         """The directory of the checkpoint of ``step`` (which may not exist).
@@ -109,7 +124,7 @@ class CheckpointManager:
         step = _check_step(step)
         self.wait()
         path = self.path(step)
-        if blocking:
+        if blocking or self.process_group is not None:
             self._write(path, state, meta)
             return path
         _flatten_state(state)  # validate now, in the caller's thread
@@ -130,8 +145,8 @@ class CheckpointManager:
             self._error_path = path
 
     def _write(self, path: Path, state: Any, meta: Any) -> None:
-        save(path, state, meta=meta, overwrite=True)
-        if self.keep is not None:
+        save(path, state, meta=meta, overwrite=True, process_group=self.process_group)
+        if self.keep is not None and self._main:
             step = int(path.name.removeprefix("step_"))
             done = [p for p in self._step_dirs() if (p / _MANIFEST).exists()]
             kept = [p for p in done if _step_of(p) <= step][-self.keep:]

@@ -22,6 +22,7 @@ from ._format import (
     _META,
     _TENSOR_REF,
     FORMAT_VERSION,
+    CheckpointError,
     _fsync_dir,
     _sha256_all,
     _write_json,
@@ -32,7 +33,7 @@ from ._format import (
 
 
 def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | None = None,
-         overwrite: bool = False) -> Path:
+         overwrite: bool = False, process_group: Any = None) -> Path:
     """Write ``state`` (any pytree of tensors) and ``meta`` to the directory ``path``, atomically.
 
     Args:
@@ -45,6 +46,13 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
             tensors. Tensors are stored with the data and come back on the CPU; tuples come
             back as lists.
         overwrite: replace an existing checkpoint at ``path``.
+        process_group: save cooperatively with every rank of this ``torch.distributed``
+            group (all of them call `save` with the same arguments, at the same point): DCP
+            spreads the tensor data over the ranks (each replicated tensor written once, in
+            ``__<rank>_<i>.distcp``), rank 0 then writes ``meta.json`` and the manifest (with
+            the checksums of every rank's files) and renames the directory into place; `save`
+            returns on every rank once the checkpoint is complete. The directory must be on a
+            file system all ranks share. None (default): this process writes alone.
 
     Returns:
         ``path`` as a ``Path``.
@@ -75,11 +83,71 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
         "torch_version": torch.__version__, "leaves": leaves,
         "meta_tensors": [{"path": k, **_spec(t)} for k, t in meta_tensors.items()],
     }
+    group = _cooperative_group(process_group)
+    if group is not None:
+        return _save_together(path, group, {**tensors, **meta_tensors}, meta_json, manifest)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _dcp_save({**tensors, **meta_tensors}, tmp)
+        _finish(path, tmp, meta_json, manifest)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = _disk_full(e, path, tensors, meta_tensors)
+        if full is not None:
+            raise full from e
+        raise
+    return path
+
+
+def _cooperative_group(group: Any) -> Any:
+    """``group`` if it spans more than one rank, else None (this process writes alone)."""
+    if group is None:
+        return None
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("process_group: torch.distributed is not initialized. HINT: pass "
+                         "process_group=None to save from this process alone.")
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _save_together(path: Path, group: Any, tensors: dict[str, torch.Tensor], meta_json: Any,
+                   manifest: dict[str, Any]) -> Path:
+    """Every rank writes its share with DCP; rank 0 writes the rest and renames."""
+    import torch.distributed as dist
+
+    main = dist.get_rank(group) == 0
+    box = [os.getpid()]  # one temporary directory for all ranks: rank 0's
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+    tmp = path.parent / f".tmp-{path.name}-{box[0]}"
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier(group=group)  # the directory is ready for every rank's files
+    try:
+        _dcp_save(tensors, tmp, group)
+        if main:
+            _finish(path, tmp, meta_json, manifest)
+    except BaseException as e:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        full = _disk_full(e, path, tensors)
+        if full is not None:
+            raise full from e
+        raise
+    finally:
+        dist.barrier(group=group)  # complete (or failed) on every rank before any goes on
+    if not (path / _MANIFEST).exists():
+        raise CheckpointError(f"checkpoint.save: rank 0 did not complete {str(path)!r}; see "
+                              "its error.")
+    return path
+
+
+def _finish(path: Path, tmp: Path, meta_json: Any, manifest: dict[str, Any]) -> None:
+    """meta.json, the manifest (last: it marks a complete write), then the rename."""
+    try:
         _write_json(tmp / _META, meta_json)
         files = sorted(tmp.iterdir())
         manifest["files"] = {f.name: {"bytes": f.stat().st_size, "sha256": digest}
@@ -95,13 +163,9 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
         else:
             os.rename(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException as e:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        full = _disk_full(e, path, tensors, meta_tensors)
-        if full is not None:
-            raise full from e
         raise
-    return path
 
 
 def _disk_full(error: BaseException, path: Path, *tensor_dicts: dict[str, torch.Tensor]

@@ -1,0 +1,221 @@
+"""Data parallel throughput: 1 vs 2 processes, functrain's in-graph all-reduce vs DDP, one run.
+
+    ./dev python benchmarks/distributed.py                  # CPU, gloo, 2 processes, ~3-5 min
+    ./dev python benchmarks/distributed.py --quick          # smoke run
+    ./dev python benchmarks/distributed.py --json dist.json
+    python benchmarks/distributed.py --device cuda          # one process per GPU, NCCL
+
+Workload: MLP 784-512-512-10, per-rank batch 128 (the global batch of 2 ranks is 256), AdamW
+(lr 1e-3, weight decay 1e-2), 16 pre-made batches per rank, cycled. Variants:
+
+  (a) functrain, 1 process: ``ft.compile_step`` of the README step (no collective)
+  (b) plain PyTorch, 1 process: ``torch.compile(model)`` + ``torch.optim.AdamW(fused=True)``
+  (c) functrain, 2 processes: the same step with ``grads = pmean(grads)``, the all-reduce
+      traced into the one compiled graph
+  (d) DistributedDataParallel, 2 processes, around the compiled model of (b):
+      ``DDP(torch.compile(model))`` + fused AdamW (gradients bucketed and all-reduced by DDP's
+      hooks during backward)
+
+Two worker processes are started once (`functrain.distributed.launch`) and run every variant
+in each round, in an order rotated each round: the 2-process variants on both ranks, the
+1-process ones on rank 0 while rank 1 waits in a barrier. Each round runs `--warmup` untimed
+and `--steps` timed steps per variant; medians over rounds. Reported: samples/s (global batch
+over the median step time), the scaling efficiency of each 2-process variant against its
+1-process counterpart (samples/s of 2 processes / (2 x samples/s of 1)), and the ratio of
+functrain's 2-process step time to DDP's (the goal: <= 1).
+
+On a 2-core CPU, 2 processes of `--threads` 1 thread each use both cores; any other process on
+the machine slows them, so read the medians and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+import functrain as ft
+from functrain import distributed as fd
+
+LR, WD = 1e-3, 1e-2
+N_BATCHES = 16
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                         nn.Linear(512, 10))
+
+
+def _batches(batch: int, device: torch.device, rank: int) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(100 + rank)
+    return [(torch.randn(batch, 784, generator=g).to(device),
+             torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(N_BATCHES)]
+
+
+def _functrain(model: nn.Module, device: torch.device, parallel: bool):
+    def step(state, batch):
+        x, y = batch
+
+        def loss_fn(params):
+            logits, _ = ft.call(model, params, state.buffers, x)
+            return nn.functional.cross_entropy(logits, y)
+
+        grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
+        if parallel:
+            grads = fd.pmean(grads)
+        return state.apply_gradients(grads), {"loss": loss}
+
+    run = ft.compile_step(step, compile="inductor", device=device)
+    box = [ft.TrainState.create(model, ft.optim.adamw(LR, weight_decay=WD), device=device)]
+
+    def one(batch):
+        box[0], _ = run(box[0], batch)
+
+    return one, run
+
+
+def _plain(model: nn.Module, device: torch.device, ddp: bool):
+    import copy
+
+    net = copy.deepcopy(model).to(device)
+    compiled = torch.compile(net)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        compiled = DistributedDataParallel(
+            compiled, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WD, fused=True)
+
+    def one(batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(compiled(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return one
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(one, batches, device, warmup: int, steps: int) -> float:
+    for i in range(warmup):
+        one(batches[i % N_BATCHES])
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        one(batches[i % N_BATCHES])
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def worker(args: dict) -> dict:
+    """Runs on each rank; returns per-variant step times (rank 0's are the ones reported)."""
+    import torch.distributed as dist
+
+    fd.initialize(timeout=600)
+    torch.set_num_threads(args["threads"])
+    device = fd.device()
+    rank = fd.rank()
+    model = _model().to(device)
+    batches = _batches(args["batch"], device, rank)
+    variants = {}
+    first = {}
+    runners = {}
+
+    def functrain_variant(name, parallel):
+        one, runners[name] = _functrain(model, device, parallel)
+        return one
+
+    for name, build, both in [
+        ("a", lambda: functrain_variant("a", False), False),
+        ("b", lambda: _plain(model, device, False), False),
+        ("c", lambda: functrain_variant("c", True), True),
+        ("d", lambda: _plain(model, device, True), True),
+    ]:
+        if both or rank == 0:
+            variants[name] = build()
+            t = time.perf_counter()
+            variants[name](batches[0])  # compile
+            _sync(device)
+            first[name] = time.perf_counter() - t
+        dist.barrier()
+    names = ["a", "b", "c", "d"]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args["rounds"]):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            both = name in ("c", "d")
+            if both or rank == 0:
+                times[name].append(_time(variants[name], batches, device, args["warmup"],
+                                         args["steps"]))
+            dist.barrier()
+    return {"times": times, "first": first, "device": str(device),
+            "compiles": {k: r.compiles for k, r in runners.items()},
+            "backend": dist.get_backend()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--batch", type=int, default=128, help="per-rank batch")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="2 rounds of 20 steps")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.rounds, a.steps, a.warmup = 2, 20, 5
+    env = {} if a.device == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
+    cfg = {"threads": a.threads, "batch": a.batch, "rounds": a.rounds, "steps": a.steps,
+           "warmup": a.warmup}
+    t0 = time.perf_counter()
+    results = fd.launch(worker, a.nprocs, args=(cfg,), timeout=3600, env=env)
+    wall = time.perf_counter() - t0
+    r0 = results[0]
+    med = {n: statistics.median(v) for n, v in r0["times"].items()}
+    n = a.nprocs
+    labels = {"a": "functrain, 1 process", "b": "torch.compile + fused AdamW, 1 process",
+              "c": f"functrain pmean in graph, {n} processes",
+              "d": f"DDP(torch.compile(model)) + fused AdamW, {n} processes"}
+    print(f"MLP 784-512-512-10, per-rank batch {a.batch}, {r0['backend']} on {r0['device']}, "
+          f"{a.threads} thread(s) per process, {N_BATCHES} batches cycled, {a.rounds} rounds x "
+          f"{a.steps} steps (medians); torch {torch.__version__}; wall {wall:.0f} s")
+    print(f"{'variant':<58} {'µs/step':>9} {'samples/s':>10} {'1st step s':>10}")
+    out = {"config": vars(a), "median_s": med, "samples_per_s": {}, "first_step_s": r0["first"],
+           "rounds_s": r0["times"]}
+    for k in ("a", "b", "c", "d"):
+        sps = a.batch * (n if k in ("c", "d") else 1) / med[k]
+        out["samples_per_s"][k] = sps
+        print(f"({k}) {labels[k]:<54} {med[k] * 1e6:9.0f} {sps:10.0f} {r0['first'][k]:10.1f}")
+    sps = out["samples_per_s"]
+    out["scaling_functrain"] = sps["c"] / (n * sps["a"])
+    out["scaling_ddp"] = sps["d"] / (n * sps["b"])
+    out["functrain_over_ddp"] = med["c"] / med["d"]
+    print(f"functrain compiles per process (warm-up included): {r0['compiles']}")
+    out["compiles"] = r0["compiles"]
+    print(f"scaling efficiency, {n} processes: functrain {out['scaling_functrain']:.2f}, "
+          f"DDP {out['scaling_ddp']:.2f}")
+    verdict = "met" if out["functrain_over_ddp"] <= 1 else "NOT met"
+    print(f"functrain / DDP step time, {n} processes: {out['functrain_over_ddp']:.2f} "
+          f"(goal <= 1: {verdict})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
