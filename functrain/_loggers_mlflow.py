@@ -60,7 +60,8 @@ class MLflowLogger:
         >>> import os, tempfile
         >>> os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # doctest: +SKIP
         >>> lg = MLflowLogger("demo", tracking_uri="file:" + tempfile.mkdtemp())  # doctest: +SKIP
-        >>> lg.log_hparams({"lr": 1e-3}); lg.log_metrics({"train/loss": 0.5}, step=10)  # doctest: +SKIP
+        >>> lg.log_hparams({"lr": 1e-3})  # doctest: +SKIP
+        >>> lg.log_metrics({"train/loss": 0.5}, step=10)  # doctest: +SKIP
         >>> lg.close()  # doctest: +SKIP
     """
 

@@ -53,7 +53,8 @@ class WandbLogger:
     Example:
         >>> import tempfile
         >>> lg = WandbLogger("demo", dir=tempfile.mkdtemp(), mode="offline")  # doctest: +SKIP
-        >>> lg.log_hparams({"lr": 1e-3}); lg.log_metrics({"train/loss": 0.5}, step=10)  # doctest: +SKIP
+        >>> lg.log_hparams({"lr": 1e-3})  # doctest: +SKIP
+        >>> lg.log_metrics({"train/loss": 0.5}, step=10)  # doctest: +SKIP
         >>> lg.close()  # doctest: +SKIP
     """
 
