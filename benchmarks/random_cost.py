@@ -2,8 +2,8 @@
 
 Times one dropout (float32, p=0.1) on a (128, 512) and a (64, 32, 26, 26) tensor, eager and
 compiled with Inductor, each variant timed in interleaved rounds (so machine load hits all
-alike); prints medians and the keyed/native ratios. The figures in the "Cost" section of
-``functrain/random.py`` come from this script.
+alike); prints medians and the keyed/native ratios. The figures in benchmarks/README.md
+(random_cost.py) come from this script.
 
     python benchmarks/random_cost.py [--rounds 15] [--threads 2] [--device cpu]
 """

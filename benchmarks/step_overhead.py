@@ -207,8 +207,8 @@ def functrain_fit(model, batches, backend, device, precision="32"):
         nonlocal state
         cb, t0 = FitMarks(n, log_every), clock()
         state = ft.fit(step, state, cycle(batches, n), max_steps=n, compile=backend,
-                       device=device, loggers=False, progress=False, summary=False,
-                       log_every=log_every, callbacks=[cb], precision=precision)
+                       device=device, log=ft.Logging.quiet(log_every), callbacks=[cb],
+                       precision=precision)
         return t0, cb.marks, cb.loss
     run.step = step  # to look up the backend fit picked (fit_backend)
     return run

@@ -23,22 +23,31 @@ from . import random as random
 from . import tree as tree
 from ._bridge import call as call
 from ._bridge import split as split
-from ._callbacks import Callback as Callback
-from ._callbacks import Loop as Loop
+from ._bridge import split_module as split_module
 from ._donation import DonatedStateError as DonatedStateError
-from ._fit import evaluate as evaluate
+from ._evaluate import evaluate as evaluate
 from ._fit import fit as fit
+from ._loop_state import LoopState as LoopState
+from ._run_config import Checkpointing as Checkpointing
+from ._run_config import Logging as Logging
 from ._runner import CompiledStep as CompiledStep
 from ._runner import RecompileError as RecompileError
 from ._runner import compile_step as compile_step
 from ._state import TrainState as TrainState
 from ._version import __version__ as __version__
+from ._window import MetricWindow as MetricWindow
+from .callbacks import Callback as Callback
+from .callbacks import Loop as Loop
 
 __all__ = [
     "Callback",
+    "Checkpointing",
     "CompiledStep",
     "DonatedStateError",
+    "Logging",
     "Loop",
+    "LoopState",
+    "MetricWindow",
     "RecompileError",
     "TrainState",
     "__version__",
@@ -55,5 +64,6 @@ __all__ = [
     "precision",
     "random",
     "split",
+    "split_module",
     "tree",
 ]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["call", "split"]
+from ._compat import is_functional_call_key_error
+from ._errors import describe
+
+__all__ = ["call", "split", "split_module"]
 
 
-def split(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_module(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Take a module's parameters and buffers out as two dicts of detached copies.
 
     The dicts are keyed by qualified names (``"layers.0.weight"``). The tensors are copies:
@@ -30,15 +34,34 @@ def split(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
 
     Example:
         >>> import torch, functrain as ft
-        >>> params, buffers = ft.split(torch.nn.BatchNorm1d(3))
+        >>> params, buffers = ft.split_module(torch.nn.BatchNorm1d(3))
         >>> sorted(params), sorted(buffers)
         (['bias', 'weight'], ['num_batches_tracked', 'running_mean', 'running_var'])
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}.")
+        raise TypeError(f"module: expected a torch.nn.Module, got {describe(module)}.")
     params = {k: v.detach().clone() for k, v in module.named_parameters()}
     buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
     return params, buffers
+
+
+def split(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Deprecated name of `split_module` (it clashed with `functrain.random.split`).
+
+    Warns with `DeprecationWarning`, then returns ``split_module(module)``.
+
+    Example:
+        >>> import warnings, torch, functrain as ft
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     params, buffers = ft.split(torch.nn.Linear(2, 1))
+        >>> sorted(params), caught[0].category.__name__
+        (['bias', 'weight'], 'DeprecationWarning')
+    """
+    warnings.warn("functrain.split is deprecated: use functrain.split_module (the same "
+                  "function under a name that does not clash with functrain.random.split).",
+                  DeprecationWarning, stacklevel=2)
+    return split_module(module)
 
 
 def call(
@@ -80,15 +103,15 @@ def call(
     Example:
         >>> import torch, functrain as ft
         >>> bn = torch.nn.BatchNorm1d(2)
-        >>> params, buffers = ft.split(bn)
+        >>> params, buffers = ft.split_module(bn)
         >>> y, new_buffers = ft.call(bn, params, buffers, torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
         >>> buffers["running_mean"], new_buffers["running_mean"]
         (tensor([0., 0.]), tensor([0.1000, 0.2000]))
     """
     if not isinstance(params, dict):
-        raise TypeError(f"params: expected a dict of tensors, got {type(params).__name__}.")
+        raise TypeError(f"params: expected a dict of tensors, got {describe(params)}.")
     if not isinstance(buffers, dict):
-        raise TypeError(f"buffers: expected a dict of tensors, got {type(buffers).__name__}.")
+        raise TypeError(f"buffers: expected a dict of tensors, got {describe(buffers)}.")
     # Copies of the buffers: functional_call writes in-place buffer updates into the tensors it
     # is given, so handing it copies keeps the caller's dict untouched.
     new_buffers = {k: v.clone() for k, v in buffers.items()}
@@ -107,11 +130,10 @@ def call(
                 module, (params, new_buffers), args, kwargs, strict=True
             )
         except RuntimeError as e:
-            msg = str(e)
-            if "Missing key" in msg or "Unexpected key" in msg:
+            if is_functional_call_key_error(e):
                 raise KeyError(
-                    f"params/buffers do not match {type(module).__name__}'s tensors: {msg} "
-                    "HINT: build them with functrain.split(module)."
+                    f"params/buffers do not match {type(module).__name__}'s tensors: {e} "
+                    "HINT: build them with functrain.split_module(module)."
                 ) from None
             raise
     return out, new_buffers

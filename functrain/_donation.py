@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import optree
 import torch
 
-from ._state import TrainState, _fields
-from .tree import data_fields, register_fields
+from .tree import NAMESPACE, data_fields, register_fields
 
-__all__ = ["DonatedStateError"]
+__all__ = ["DonatedStateError", "check_not_donated", "is_donated", "poison", "remember_nodes",
+           "state_fields", "write_back"]
 
 
 class DonatedStateError(RuntimeError):
@@ -29,13 +30,42 @@ class DonatedStateError(RuntimeError):
 
 
 _MESSAGE = (
-    "this TrainState was donated to the runner, which has reused its memory for the next "
+    "this state was donated to the runner, which has reused its memory for the next "
     "state. HINT: use the state the runner returned (`state, metrics = step(state, batch)`, "
     "`state = fit(...)`), or pass donate=False to keep old states alive.")
 
 
+def state_fields(obj: Any) -> tuple[str, ...] | None:
+    """The data field names of ``obj`` if it is a pytree node with named fields, else None.
+
+    Any class registered as a pytree node in the ``"functrain"`` optree namespace whose
+    flatten names its children by attribute (as `functrain.TrainState`, its subclasses and
+    forks of it do), and any dataclass, qualifies. The names are recorded on the class
+    (`functrain.tree.register_fields`), so code traced by Dynamo can read them.
+    """
+    names = data_fields(obj)
+    if names is not None:
+        return names
+    if obj is None or isinstance(obj, (torch.Tensor, dict, list, tuple, type)):
+        return None
+    try:
+        _, _, entries, _ = optree.tree_flatten_one_level(obj, namespace=NAMESPACE)
+    except ValueError:  # a leaf to optree
+        entries = None
+    if entries is not None and all(isinstance(e, str) and hasattr(obj, e) for e in entries):
+        found = tuple(entries)
+    elif dataclasses.is_dataclass(obj):
+        found = tuple(f.name for f in dataclasses.fields(obj) if not f.metadata.get("static"))
+    else:
+        return None
+    register_fields(type(obj), found)
+    return found
+
+
 class _DonatedMixin:
     """Mixed into the class of a donated state: reading any of its fields raises."""
+
+    _ft_donated_fields: frozenset[str] = frozenset()
 
     def __getattribute__(self, name: str) -> Any:
         if name in type(self)._ft_donated_fields:
@@ -49,26 +79,40 @@ class _DonatedMixin:
 _DONATED_TYPES: dict[type, type] = {}
 
 
-def _donated_type(cls: type) -> type:
+def _donated_type(cls: type, names: tuple[str, ...]) -> type:
     if cls not in _DONATED_TYPES:
         _DONATED_TYPES[cls] = type(f"Donated{cls.__name__}", (_DonatedMixin, cls),
-                                   {"_ft_donated_fields": frozenset(_fields(cls)[0])})
+                                   {"_ft_donated_fields": frozenset(names)})
     return _DONATED_TYPES[cls]
 
 
 def is_donated(state: Any) -> bool:
+    """Whether ``state`` was donated (its fields raise `DonatedStateError`)."""
     return isinstance(state, _DonatedMixin)
 
 
 def check_not_donated(state: Any, name: str = "state") -> None:
+    """Raise `DonatedStateError` if ``state`` was donated."""
     if isinstance(state, _DonatedMixin):
         raise DonatedStateError(f"{name}: {_MESSAGE}")
 
 
 def poison(old: Any) -> None:
-    """Make every use of ``old``'s fields raise `DonatedStateError` (TrainState only)."""
-    if isinstance(old, TrainState) and not isinstance(old, _DonatedMixin):
-        object.__setattr__(old, "__class__", _donated_type(type(old)))
+    """Make every use of ``old``'s data fields raise `DonatedStateError`.
+
+    Works on any state node with named fields (see `state_fields`) whose class can be swapped
+    for a subclass (a class with a ``__dict__``, or slots); plain dicts, lists and tuples are
+    left as they are.
+    """
+    if isinstance(old, _DonatedMixin):
+        return
+    names = state_fields(old)
+    if not names:
+        return
+    try:
+        object.__setattr__(old, "__class__", _donated_type(type(old), names))
+    except TypeError:  # a layout Python cannot swap (e.g. a NamedTuple): left usable
+        pass
 
 
 def write_back(old: Any, new: Any) -> None:
@@ -100,23 +144,22 @@ def _pairs(o: Any, n: Any, out: list[tuple[torch.Tensor, torch.Tensor]]) -> None
     elif isinstance(o, (list, tuple)):
         for a, b in zip(o, n):
             _pairs(a, b, out)
-    elif isinstance(o, TrainState):
-        for name in _fields(type(o))[0]:
-            _pairs(getattr(o, name), getattr(n, name), out)
     elif data_fields(o) is not None:
         for name in data_fields(o):
             _pairs(getattr(o, name), getattr(n, name), out)
     elif o is not None:
         raise TypeError(
-            f"write_back: no fields known for {type(o).__name__}. HINT: call "
-            "functrain._donation.remember_nodes(tree) outside the compiled function first.")
+            f"the compiled step cannot update a {type(o).__name__} in place: its fields are "
+            "unknown. HINT: register the class as a pytree node in the 'functrain' optree "
+            "namespace, with its fields named by attribute (as functrain.TrainState does), or "
+            "make it a dataclass.")
 
 
 def remember_nodes(tree: Any) -> None:
-    """Record the field names of every dataclass node in ``tree`` (call outside the graph).
+    """Record the field names of every node with named fields in ``tree`` (outside the graph).
 
-    Dynamo cannot trace ``dataclasses.fields`` on objects built inside the graph, so the
-    runner records them before the first compile and `_pairs` only looks them up.
+    Dynamo cannot trace ``dataclasses.fields`` or optree on objects built inside the graph, so
+    the runner records them before the first compile and `write_back` only looks them up.
     """
     if isinstance(tree, torch.Tensor):
         return
@@ -126,9 +169,6 @@ def remember_nodes(tree: Any) -> None:
     elif isinstance(tree, (list, tuple)):
         for v in tree:
             remember_nodes(v)
-    elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        names = (_fields(type(tree))[0] if isinstance(tree, TrainState)
-                 else tuple(f.name for f in dataclasses.fields(tree)))
-        register_fields(type(tree), names)
-        for name in names:
+    else:
+        for name in state_fields(tree) or ():
             remember_nodes(getattr(tree, name))

@@ -1,162 +1,41 @@
-"""`fit` and `evaluate`: the training loop around the compiled-step runner."""
+"""`fit`: the training loop around the compiled-step runner.
+
+The loop body is `fit` itself; what surrounds it lives elsewhere: `_Run` here (set-up, the log
+window, evaluation, checkpoints, the end of a run), `functrain._signals` (Ctrl-C / SIGTERM),
+`functrain._evaluate` (evaluation), `functrain.callbacks` (progress bar, summary,
+non-finite guard), `functrain._run_config` (`Logging`, `Checkpointing`) and
+`functrain._loop_state` (the position saved in checkpoints).
+"""
 
 from __future__ import annotations
 
 import datetime
 import itertools
-import math
 import os
-import signal
-import threading
-import time
 import warnings
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from . import loggers as _loggers
-from . import optim as _optim
-from . import tree as _tree
-from ._callbacks import Callback, Loop
 from ._donation import is_donated
-from ._progress import ProgressBar, format_summary
-from ._runner import NONFINITE, CompiledStep, _leading, prefetch
+from ._errors import check_int
+from ._evaluate import Evaluator, check_loader, runner_for
+from ._loop_state import LoopState
+from ._placement import batch_size, prefetch
+from ._run_config import Checkpointing, Logging
+from ._runner import NONFINITE, CompiledStep
+from ._signals import StopSignal
+from ._window import MetricWindow
+from .callbacks._protocol import Callback, Loop
+from .callbacks._run import NonFiniteGuard
 from .precision import Policy
 
-__all__ = ["evaluate", "fit"]
-
-
-def _check_positive_int(value: Any, name: str, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int{' or None' if allow_none else ''}, "
-                         f"got {value!r}.")
-
-
-def _check_loader(loader: Any, name: str) -> None:
-    if not isinstance(loader, Iterable):
-        raise TypeError(f"{name}: expected an iterable of batches (a DataLoader, a list...), "
-                        f"got {type(loader).__name__}.")
-    try:
-        n = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return
-    if n == 0:
-        raise ValueError(f"{name} is empty: it yields no batches. HINT: check the dataset's "
-                         "size and the batch size (drop_last=True drops a lone partial batch).")
-
-
-def _eval_step(eval_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], tuple[Any, Any]]:
-    def step(state: Any, batch: Any) -> tuple[Any, Any]:
-        return state, eval_fn(state, batch)
-
-    return step
-
-
-# Runners built by fit/evaluate, per step function and options, so that calling fit again
-# with the same step (more epochs, a notebook re-run, evaluate after fit) reuses the compiled
-# graph instead of compiling again. Entries go away with their function.
-_RUNNERS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledStep]] = (
-    weakref.WeakKeyDictionary())
-
-
-def _runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: bool,
-                on_recompile: str, precision: Any = "32", check_finite: bool = False,
-                wrap: Callable[..., Any] | None = None,
-                devices: int | str | None = None) -> CompiledStep:
-    key = (str(compile), str(device), donate, on_recompile, str(precision), check_finite,
-           wrap is not None, str(devices))
-    try:
-        per_fn = _RUNNERS.setdefault(fn, {})
-    except TypeError:  # not weak-referenceable: no reuse
-        per_fn = {}
-    runner = per_fn.get(key)
-    if runner is None:
-        runner = CompiledStep(wrap(fn) if wrap else fn, compile=compile, device=device,
-                              donate=donate, on_recompile=on_recompile, return_metrics=False,
-                              precision=precision, check_finite=check_finite,
-                              devices=devices, _train=wrap is None)
-        per_fn[key] = runner
-    runner.reset_metrics()
-    return runner
-
-
-class _Evaluator:
-    """Runs ``eval_fn`` compiled over a loader, accumulating its metrics on the device."""
-
-    def __init__(self, eval_fn: Callable[[Any, Any], Any], compile: Any, device: Any,
-                 on_recompile: str, precision: Any = "32",
-                 devices: int | str | None = None) -> None:
-        if not callable(eval_fn):
-            raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
-                            f"got {type(eval_fn).__name__}.")
-        self.runner = _runner_for(eval_fn, compile=compile, device=device, donate=False,
-                                  on_recompile=on_recompile, precision=precision,
-                                  wrap=_eval_step, devices=devices)
-
-    def __call__(self, state: Any, loader: Iterable[Any]) -> dict[str, float]:
-        self.runner.reset_metrics()
-        n = 0
-        for batch in loader:
-            state, _ = self.runner(state, batch)
-            n += 1
-        if n == 0:
-            raise ValueError("eval_loader is empty: it yielded no batches.")
-        return self.runner.read_metrics()
-
-
-def evaluate(
-    eval_fn: Callable[[Any, Any], Any],
-    state: Any,
-    loader: Iterable[Any],
-    *,
-    device: str | torch.device = "auto",
-    compile: str | bool = "auto",
-    precision: Any = "32",
-    devices: int | str | None = None,
-) -> dict[str, float]:
-    """Run ``eval_fn(state, batch) -> metrics`` over ``loader``; return the metrics' values.
-
-    Metrics accumulate on the device (a bare 0-d tensor is a mean over batches; use
-    ``functrain.metrics.Mean.from_value(v, weight=batch_size)`` or ``Accuracy`` for exact
-    per-example averages) and are read once at the end. ``state`` is not consumed.
-
-    Args:
-        eval_fn: the evaluation step.
-        state: the state to evaluate.
-        loader: an iterable of batches.
-        device: where to run (see `functrain.compile_step`).
-        compile: the backend (see `functrain.compile_step`).
-        precision: the precision policy (see `fit`).
-        devices: XLA only: split batches across all devices (see `functrain.compile_step`).
-
-    Returns:
-        ``{name: float}``.
-
-    Example:
-        >>> import torch, functrain as ft
-        >>> model = torch.nn.Linear(2, 1)
-        >>> torch.nn.init.zeros_(model.bias)
-        Parameter containing:
-        tensor([0.], requires_grad=True)
-        >>> state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-        >>> def eval_fn(state, batch):
-        ...     x, y = batch
-        ...     out, _ = state.apply(x)
-        ...     return {"mse": ((out - y) ** 2).mean()}
-        >>> data = [(torch.zeros(4, 2), torch.zeros(4, 1))] * 3
-        >>> ft.evaluate(eval_fn, state, data, compile="eager")
-        {'mse': 0.0}
-    """
-    _check_loader(loader, "loader")
-    return _Evaluator(eval_fn, compile, device, "warn", precision, devices)(state, loader)
+__all__ = ["fit"]
 
 
 def fit(
-    step_fn: Callable[[Any, Any], tuple[Any, Any]],
+    step_fn: Callable[[Any, Any], tuple[Any, Any]] | CompiledStep,
     state: Any,
     loader: Iterable[Any],
     *,
@@ -165,99 +44,58 @@ def fit(
     eval_fn: Callable[[Any, Any], Any] | None = None,
     eval_loader: Iterable[Any] | None = None,
     eval_every: int | None = None,
-    eval_every_epochs: int = 1,
     device: str | torch.device = "auto",
-    devices: int | str | None = None,
     precision: Any = "32",
     compile: str | bool = "auto",
     callbacks: Sequence[Callback] = (),
-    loggers: Sequence[Any] | None | bool = None,
-    log_every: int = 50,
-    progress: bool | None = None,
     run_dir: str | os.PathLike[str] | None = None,
-    on_recompile: str = "warn",
-    summary: bool = True,
-    checkpoint_every: int | None = None,
-    keep: int | None = 3,
     resume: str | os.PathLike[str] | None = None,
-    hparams: dict[str, Any] | None = None,
-    accumulate: int = 1,
-    on_nonfinite: str | None = None,
+    log: Logging | bool = True,
+    checkpoint: Checkpointing | None = None,
 ) -> Any:
     """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
 
-    The loop is the runner (`functrain.compile_step`) plus what a run needs around it: metric
-    windows read once every ``log_every`` steps (one host transfer per window), logs (JSONL
-    and CSV under ``run_dir``, TensorBoard when installed), a progress bar, evaluation,
-    callbacks, a clean stop on Ctrl-C / SIGTERM at the next step boundary, and an end-of-run
-    summary.
+    Metric windows are read once every ``log.every`` steps (one host transfer per window) and
+    go to the loggers (JSONL and CSV under ``run_dir``, TensorBoard when installed), the
+    progress bar and the callbacks. Ctrl-C / SIGTERM stop cleanly at the next step boundary.
 
     Args:
         step_fn: ``step_fn(state, batch) -> (state, metrics)``, pure; metrics a dict of 0-d
-            tensors (means over the window) or `functrain.metrics` values.
-        state: the initial state (usually a `functrain.TrainState`). It is donated: use the
-            returned state afterwards.
-        loader: an iterable of batches (tensors, or tuples/dicts of tensors); iterated once
-            per epoch.
+            tensors (means over the window) or `functrain.metrics` values. Or a
+            `functrain.compile_step` runner, for its rarer options (``on_recompile``,
+            ``devices``, ``check_finite``); ``device``, ``precision``, ``compile`` stay unset.
+        state: the initial state (usually a `functrain.TrainState`); donated: use the returned
+            state afterwards.
+        loader: an iterable of batches (tensors, or tuples/dicts of tensors), once per epoch.
         epochs: how many passes over ``loader``.
-        max_steps: stop after this many steps in total (counting from ``state.step``), even
-            mid-epoch. At least one of ``epochs`` and ``max_steps`` is required.
-        eval_fn: ``eval_fn(state, batch) -> metrics``, run over ``eval_loader``.
-        eval_loader: the evaluation batches; required with ``eval_fn``.
-        eval_every: evaluate every this many steps; ``None``: every ``eval_every_epochs``
-            epochs. Training always ends with an evaluation when ``eval_fn`` is given.
-        eval_every_epochs: with ``eval_every=None``, evaluate at the end of every this many
-            epochs (Lightning's ``check_val_every_n_epoch``).
-        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"xla"``
-            or ``"tpu"`` (torch_xla; see the README, "Run on TPU"), ...
-        devices: on XLA, ``"all"`` trains data parallel across all of torch_xla's devices:
-            each batch is split along its first dimension with SPMD, the state replicated
-            (see `functrain.compile_step`). ``None``: one device.
-        precision: ``"32"``, ``"bf16-mixed"`` (float32 params, bfloat16 compute under
-            autocast), ``"16-mixed"`` (float16 compute with dynamic loss scaling: write the
-            step with `functrain.precision.value_and_grad` and
-            `functrain.precision.apply_gradients`), ``"bf16-true"`` (params and compute in
-            bfloat16), or a `functrain.precision.Policy`.
-        compile: ``"auto"``, ``"inductor"``, ``"cudagraphs"``, ``"openxla"``, ``"eager"``
-            (see `functrain.compile_step`).
-        callbacks: `functrain.Callback` objects.
-        loggers: ``None``: JSONL + CSV (+ TensorBoard when installed) under ``run_dir``;
-            ``False`` or ``[]``: none; or a list of `functrain.loggers.Logger` objects.
-        log_every: read, log and display the training metrics every this many steps (and at
-            the end of each epoch).
-        progress: show a progress bar; ``None``: only when stderr is a terminal.
-        run_dir: where logs go; default ``runs/<date>-<time>`` (only created if logging).
-        on_recompile: ``"warn"``, ``"raise"`` or ``"ignore"`` a recompilation after warm-up.
-        summary: print the end-of-run summary.
-        checkpoint_every: save a checkpoint every this many steps (asynchronously: the loop
-            waits only for a host copy), at the end of the run, and on SIGTERM/SIGINT, under
-            ``run_dir/checkpoints/step_<step>/`` (see `functrain.checkpoint`). A checkpoint
-            holds the state, the position in the data, the metric window and the callbacks'
-            state, so a resumed run continues exactly where it stopped.
-        keep: how many periodic checkpoints to keep (``None``: all).
+        max_steps: stop after this many steps in total (counting from ``state.step`` at the
+            start of the run), even mid-epoch. At least one of the two is required.
+        eval_fn: ``eval_fn(state, batch) -> metrics``, run over ``eval_loader`` (required with
+            it); training always ends with an evaluation.
+        eval_loader: the evaluation batches.
+        eval_every: evaluate every this many steps; ``None``: at the end of every epoch.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"xla"``,
+            ``"tpu"`` (torch_xla; see the README, "Run on TPU"), ...
+        precision: ``"32"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"`` or a
+            `functrain.precision.Policy` (see `functrain.precision`).
+        compile: ``"auto"``, ``"inductor"``, ``"cudagraphs"``, ``"openxla"``, ``"eager"`` (see
+            `functrain.compile_step`).
+        callbacks: `functrain.Callback` objects, called in order (before the defaults that
+            ``log`` adds: progress bar, summary).
+        run_dir: where logs and checkpoints go; default ``runs/<date>-<time>`` (only created
+            if something is written).
         resume: ``"auto"``: continue from the newest intact checkpoint in
-            ``run_dir/checkpoints`` if there is one (else start fresh); a path: continue
-            from that checkpoint. ``epochs`` and ``max_steps`` then count from the start of
-            the original run. Exact resumption needs a loader whose order is a function of
-            the epoch (`functrain.data.ArrayLoader`, or any loader with ``set_epoch``).
-        hparams: the run's hyperparameters, recorded by every logger at the start (with
-            fit's own settings).
-        accumulate: apply the optimizer once every this many steps, to the mean of their
-            gradients (`functrain.optim.MultiSteps` around ``state.tx``, so the step itself
-            is unchanged; with mean losses this equals one step on the concatenated batches).
-            ``state.step``, ``max_steps`` and ``log_every`` count batches. Windows run on
-            across epoch boundaries, so every update averages exactly ``accumulate`` batches;
-            gradients of a last, incomplete window at the end of training are not applied.
-            (Lightning instead steps on the partial window at an epoch's end.) The returned
-            state has the original optimizer back.
-        on_nonfinite: ``None`` (no check), ``"skip"``, ``"stop"`` or ``"raise"``. With a
-            check, every step tests its metrics and the new params for inf/NaN on the device
-            and records the first bad step in the metric window, read with it (no extra host
-            sync). ``"skip"`` also wraps the optimizer in `functrain.optim.apply_if_finite`, so
-            a step with non-finite gradients leaves params and optimizer state unchanged (a
-            warning reports it); ``"stop"`` ends training at the next log window;
-            ``"raise"`` raises ``FloatingPointError`` naming the step and the first
-            non-finite metric or param leaf. Checkpoints already written are kept.
+            ``run_dir/checkpoints`` if any; a path: from that checkpoint. ``epochs`` and
+            ``max_steps`` then count from the start of the original run. Exact resumption needs
+            a loader whose order is a function of the epoch (one with ``set_epoch``).
+        log: a `functrain.Logging` (log interval, loggers, hparams, progress bar, summary);
+            ``True``: the defaults; ``False``: no loggers, progress bar or summary.
+        checkpoint: a `functrain.Checkpointing` (every N steps, how many to keep); ``None``:
+            no checkpoints.
+
+    Gradient accumulation and skipping non-finite updates are optimizer wrappers
+    (`functrain.optim.MultiSteps`, `functrain.optim.apply_if_finite`) around ``state.tx``;
+    `functrain.callbacks.NonFiniteGuard` raises, stops or warns on inf/NaN.
 
     Returns:
         The final state (or, after Ctrl-C / SIGTERM / a callback's stop, the last complete
@@ -278,323 +116,294 @@ def fit(
         ...     return state.apply_gradients(grads), {"loss": loss}
         >>> data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
         >>> state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-        >>> state = ft.fit(step, state, data, epochs=2, compile="eager", loggers=False,
-        ...                progress=False, summary=False)
+        >>> state = ft.fit(step, state, data, epochs=2, compile="eager", log=False)
         >>> int(state.step)
         8
     """
-    # -- validate everything before the first step ----------------------------------------
-    if not callable(step_fn):
-        raise TypeError(f"step_fn: expected a callable step_fn(state, batch) -> (state, "
-                        f"metrics), got {type(step_fn).__name__}.")
-    if epochs is None and max_steps is None:
-        raise ValueError("fit needs epochs or max_steps (or both); got neither. "
-                         "HINT: fit(step, state, loader, epochs=10).")
-    _check_positive_int(epochs, "epochs")
-    _check_positive_int(max_steps, "max_steps")
-    _check_positive_int(log_every, "log_every", allow_none=False)
-    _check_positive_int(eval_every, "eval_every")
-    _check_positive_int(eval_every_epochs, "eval_every_epochs", allow_none=False)
-    _check_positive_int(accumulate, "accumulate", allow_none=False)
-    if on_nonfinite not in (None, "skip", "stop", "raise"):
-        raise ValueError("on_nonfinite: expected None, 'skip', 'stop' or 'raise', "
-                         f"got {on_nonfinite!r}.")
-    if hparams is not None and not isinstance(hparams, dict):
-        raise TypeError(f"hparams: expected a dict, got {type(hparams).__name__}.")
-    policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
-    _check_loader(loader, "loader")
-    if (eval_fn is None) != (eval_loader is None):
-        raise ValueError("eval_fn and eval_loader go together: got "
-                         f"eval_fn={'set' if eval_fn else None}, "
-                         f"eval_loader={'set' if eval_loader is not None else None}.")
-    if eval_loader is not None:
-        _check_loader(eval_loader, "eval_loader")
-    for i, cb in enumerate(callbacks):
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
-                            f"got {type(cb).__name__}.")
-    _check_positive_int(checkpoint_every, "checkpoint_every")
-    _check_positive_int(keep, "keep")
-    if resume == "auto" and run_dir is None:
-        raise ValueError("resume='auto' needs run_dir: it looks for checkpoints in "
-                         "run_dir/checkpoints. HINT: fit(..., run_dir='runs/exp1', "
-                         "resume='auto').")
-
-    runner = _runner_for(step_fn, compile=compile, device=device, donate=True,
-                         on_recompile=on_recompile, precision=policy,
-                         check_finite=on_nonfinite is not None, devices=devices)
-    evaluator = (_Evaluator(eval_fn, compile, device, on_recompile, policy, devices)
-                 if eval_fn is not None else None)
-    default_logs = loggers is None or loggers is True
-    if run_dir is None and (default_logs or checkpoint_every or resume):
-        run_dir = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    loggers = (_loggers.default_loggers(run_dir) if default_logs
-               else [] if loggers is False else list(loggers))
-    manager = None
-    if checkpoint_every or resume:
-        from .checkpoint import CheckpointManager
-
-        manager = CheckpointManager(os.path.join(str(run_dir), "checkpoints"), keep=keep)
-    tx = getattr(state, "tx", None)
-    if on_nonfinite == "skip":
-        state = _wrap_tx(state, lambda inner: _optim.apply_if_finite(inner, 2**31 - 1))
-    if accumulate > 1:
-        state = _wrap_tx(state, lambda inner: _optim.MultiSteps(inner, accumulate))
-    state, meta = _resume(state, resume, manager, policy)
-    start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
-    try:
-        steps_per_epoch: int | None = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        steps_per_epoch = None
-    total = max_steps
-    if epochs is not None and steps_per_epoch is not None:
-        total = min(total or math.inf, epochs * steps_per_epoch) if total else (
-            epochs * steps_per_epoch)
-    bar = ProgressBar(total=None if total is None else int(total), enabled=progress)
-    loop = Loop(state=state, step=start_step, epoch=meta.get("epoch", 0),
-                run_dir=None if run_dir is None else str(run_dir), callbacks=tuple(callbacks),
-                samples=meta.get("samples", 0))
-    best: dict[str, float] = dict(meta.get("best", {}))
-    if meta:
-        runner.load_metric_window(meta["window"])
-        states = meta.get("callbacks", {})
-        for cb in callbacks:
-            if cb.state_key in states:
-                cb.load_state_dict(states[cb.state_key])
-    t_start = time.perf_counter()
-
-    def log(values: dict[str, float], step: int) -> None:
-        loop.metrics.update(values)
-        for lg in loggers:
-            lg.log_metrics(values, step)
-
-    loop._log = log
-
-    evaluated_at = [None]
-
-    def run_eval() -> None:
-        assert evaluator is not None and eval_loader is not None
-        evaluated_at[0] = loop.step
-        values = {f"val/{k}": v for k, v in evaluator(loop.state, eval_loader).items()}
-        for k, v in values.items():
-            if math.isfinite(v):
-                better = max if _higher_is_better(k) else min
-                best[k] = better(best.get(k, v), v)
-        log(values, loop.step)
-        bar.write(" ".join(f"{k}={v:.4g}" for k, v in values.items()) + f" (step {loop.step})")
-        for cb in callbacks:
-            cb.on_eval(loop, values)
-
-    def flush_train(window_steps: int, window_samples: int) -> None:
-        values = runner.read_metrics()
-        bad_step = int(values.pop(NONFINITE, 0) or 0)
-        values = {f"train/{k}": v for k, v in values.items()}
-        if bad_step:
-            nonfinite(bad_step, values)
-        if values:
-            log(values, loop.step)
-        bar.update(window_steps, {k.removeprefix("train/"): v for k, v in values.items()},
-                   samples=window_samples, epoch=loop.epoch)
-        for cb in callbacks:
-            cb.on_log(loop, values)
-
-    def nonfinite(bad_step: int, values: dict[str, float]) -> None:
-        what = next((f"metric {k} = {v}" for k, v in values.items() if not math.isfinite(v)),
-                    None)
-        if what is None:
-            what = next((f"{p} holds inf/NaN" for p, x in _tree.leaves_with_path(
-                getattr(loop.state, "params", {}), "state.params")
-                if not bool(torch.isfinite(x).all())), "a non-finite value")
-        msg = f"non-finite values at step {bad_step}: {what}"
-        if on_nonfinite == "raise":
-            raise FloatingPointError(msg + ". HINT: lower the learning rate, clip gradients, "
-                                     "or pass on_nonfinite='skip' to skip such steps.")
-        if on_nonfinite == "stop":
-            loop.request_stop(msg)
-        else:
-            warnings.warn(f"functrain: skipped the update of a step with {msg} (and any later "
-                          "ones in this log window).", stacklevel=3)
-
-    stop = _StopSignal()
-    for lg in loggers:
-        lg.log_hparams({**(hparams or {}), "epochs": epochs, "max_steps": max_steps,
-                        "log_every": log_every, "compile": runner.backend,
-                        "device": str(runner.device), "precision": str(precision),
-                        "start_step": start_step})
-    for cb in callbacks:
-        cb.on_run_start(loop)
-    # max_steps counts from the start of the original run, also when resuming.
-    run_start = meta.get("run_start", start_step)
-    end_step = None if max_steps is None else run_start + max_steps
-    if meta and "run_start" not in meta:  # written before run_start was recorded
-        end_step = meta.get("end_step")
-    window_steps, window_samples = meta.get("window_steps", 0), meta.get("window_samples", 0)
-    done = end_step is not None and loop.step >= end_step  # e.g. resuming a finished run
-    skip = meta.get("batch_in_epoch", 0)
-    ordered = hasattr(loader, "set_epoch")
-    if skip and not ordered:
-        warnings.warn("resume: the loader has no set_epoch(epoch), so its order cannot be "
-                      f"replayed; skipping the first {skip} batches of the epoch it yields. "
-                      "HINT: use functrain.data.ArrayLoader for an exact resume.", stacklevel=2)
-
-    def save_checkpoint(blocking: bool, epoch_done: bool = False) -> None:
-        assert manager is not None
-        manager.save(loop.step, loop.state, {
-            "epoch": loop.epoch + epoch_done, "batch_in_epoch": 0 if epoch_done else n_batches,
-            "samples": loop.samples, "run_start": run_start, "end_step": end_step,
-            "best": best, "callbacks": loop.callback_states(),
-            "window": runner.metric_window(), "window_steps": window_steps,
-            "window_samples": window_samples}, blocking=blocking)
-
-    n_batches, epoch_finished = skip, False  # the position, should no epoch start
-    with stop:
-        try:
-            epoch = loop.epoch
-            while not done and (epochs is None or epoch < epochs):
-                loop.epoch = epoch
-                if ordered:
-                    loader.set_epoch(epoch)
-                n_batches, skip = skip, 0
-                completed = epoch_finished = False
-                batches = iter(prefetch(loader, runner.place_batch)
-                               if runner.device.type in ("cuda", "xla") else loader)
-                if n_batches:  # resuming mid-epoch: the batches already trained on
-                    next(itertools.islice(batches, n_batches - 1, None), None)
-                for batch in batches:
-                    n_batches += 1
-                    loop.state, _ = runner(loop.state, batch)
-                    loop.step += 1
-                    n = _leading(batch) or 0
-                    loop.samples += n
-                    window_steps += 1
-                    window_samples += n
-                    if loop.step % log_every == 0:
-                        flush_train(window_steps, window_samples)
-                        window_steps = window_samples = 0
-                    if evaluator is not None and eval_every and loop.step % eval_every == 0:
-                        run_eval()
-                    if end_step is not None and loop.step >= end_step:
-                        done = True
-                    if stop.reason or loop.stop_reason:
-                        loop.stop_reason = loop.stop_reason or stop.reason
-                        done = True
-                    if (checkpoint_every and loop.step % checkpoint_every == 0
-                            and not done):
-                        save_checkpoint(blocking=False)
-                    if done:
-                        break
-                else:
-                    completed = True  # every batch of the epoch ran
-                if n_batches == 0:
-                    raise ValueError(f"loader yielded no batches in epoch {epoch}. HINT: an "
-                                     "iterator is exhausted after one pass; pass a re-iterable "
-                                     "(a DataLoader or a list).")
-                if window_steps:
-                    flush_train(window_steps, window_samples)
-                    window_steps = window_samples = 0
-                epoch += 1
-                if (evaluator is not None and eval_every is None and not done
-                        and epoch % eval_every_epochs == 0):
-                    run_eval()
-                epoch_finished = completed  # its end-of-epoch work is done too
-                if stop.reason or loop.stop_reason:  # a stop asked at the epoch's end
-                    loop.stop_reason = loop.stop_reason or stop.reason
-                    done = True
-            # A resumed run that had nothing left to do neither evaluates again nor rewrites
-            # the checkpoint it started from.
-            idle_resume = bool(meta) and loop.step == start_step
-            if (evaluator is not None and not loop.stop_reason
-                    and evaluated_at[0] != loop.step and not idle_resume):
-                run_eval()
-            if checkpoint_every and not idle_resume:  # the end of the run, or a stop
-                save_checkpoint(blocking=True, epoch_done=epoch_finished)
-        except KeyboardInterrupt:
-            loop.stop_reason = "interrupted (KeyboardInterrupt)"
-        except BaseException as e:
-            loop.error = e
-            raise
-        finally:
-            if is_donated(loop.state):  # interrupted between donation and hand-back
-                loop.state = runner._checked_state
-            if manager is not None:
-                manager.wait()
-            for cb in callbacks:
-                cb.on_run_end(loop)
-            for lg in loggers:
-                lg.close()
-            bar.close()
-    wall = time.perf_counter() - t_start
-    if summary:
-        last = {k: v for k, v in loop.metrics.items()}
-        report = {"steps": loop.step - start_step, "epochs": loop.epoch + 1,
-                  "samples": loop.samples,
-                  "wall_time": wall,
-                  "samples_per_s": loop.samples / wall if wall > 0 else 0.0,
-                  "last": last, "best": best}
-        if loop.stop_reason:
-            report["stopped"] = loop.stop_reason
-        if runner.compiles:
-            report["compiles"] = runner.compiles
-        print(format_summary(report))
-    opt_state = getattr(loop.state, "opt_state", None)
-    for _ in range((accumulate > 1) + (on_nonfinite == "skip")):
-        opt_state = opt_state.inner_state if hasattr(opt_state, "inner_state") else (
-            opt_state.inner_opt_state)
-    if opt_state is not getattr(loop.state, "opt_state", None):
-        # hand back the optimizer the caller gave (a partial accumulation window goes)
-        loop.state = loop.state.replace(tx=tx, opt_state=opt_state)
+    run = _Run(step_fn, state, loader, epochs=epochs, max_steps=max_steps, eval_fn=eval_fn,
+               eval_loader=eval_loader, eval_every=eval_every, device=device,
+               precision=precision, compile=compile, callbacks=callbacks, run_dir=run_dir,
+               resume=resume, log=log, checkpoint=checkpoint)
+    loop, runner, pos, every = run.loop, run.runner, run.position, run.every
+    window: MetricWindow | None = None
+    done = run.end_step is not None and loop.step >= run.end_step  # e.g. a finished run
+    with StopSignal() as stop, run:
+        epoch, skip = pos.epoch, pos.batch_in_epoch
+        while not done and (epochs is None or epoch < epochs):
+            loop.epoch, run.batch_in_epoch, run.epoch_finished = epoch, skip, False
+            for batch in run.batches(epoch, skip):
+                loop.state, window = runner.run(loop.state, batch, window)   # step
+                loop.step += 1                                               # count
+                run.batch_in_epoch += 1
+                n = batch_size(batch) or 0
+                loop.samples += n
+                run.window_steps += 1
+                run.window_samples += n
+                if loop.step % every == 0:                                   # log window
+                    window = run.flush(window)
+                if eval_every and loop.step % eval_every == 0:              # evaluate
+                    run.evaluate()
+                done = loop.step == run.end_step or run.should_stop(stop)   # stop
+                if run.checkpoint and not done and run.checkpoint.due(loop.step):
+                    run.save(window, blocking=False)                         # checkpoint
+                if done:
+                    break
+            else:
+                run.epoch_finished = True  # every batch of the epoch ran
+            run.check_epoch_ran(epoch)
+            window = run.flush(window) if run.window_steps else window
+            epoch, skip = epoch + 1, 0
+            if not done and eval_every is None:
+                run.evaluate()
+            done = run.should_stop(stop) or done  # a stop asked at the epoch's end
+        run.finish(window)
     return loop.state
 
 
-def _wrap_tx(state: Any, wrap: Callable[[Any], Any]) -> Any:
-    """``state`` with its optimizer wrapped (MultiSteps, apply_if_finite), same inner state."""
-    if getattr(state, "tx", None) is None:
-        raise ValueError("accumulate / on_nonfinite='skip' need a TrainState with an "
-                         "optimizer (state.tx). HINT: TrainState.create(module, optimizer).")
-    wrapped = wrap(state.tx)
-    fresh = wrapped.init(state.params)
-    inner = "inner_opt_state" if hasattr(fresh, "inner_opt_state") else "inner_state"
-    return state.replace(tx=wrapped, opt_state=fresh._replace(**{inner: state.opt_state}))
+class _Run:
+    """Everything of a `fit` run except its loop: set-up, the log window, evaluation,
+    checkpoints and the end of the run (a context manager around the loop)."""
 
+    def __init__(self, step_fn: Any, state: Any, loader: Iterable[Any], *, epochs: int | None,
+                 max_steps: int | None, eval_fn: Any, eval_loader: Any, eval_every: int | None,
+                 device: Any, precision: Any, compile: Any, callbacks: Sequence[Callback],
+                 run_dir: Any, resume: Any, log: Logging | bool,
+                 checkpoint: Checkpointing | None) -> None:
+        # -- validate everything before the first step ------------------------------------
+        if epochs is None and max_steps is None:
+            raise ValueError("fit needs epochs or max_steps (or both); got neither. "
+                             "HINT: fit(step, state, loader, epochs=10).")
+        check_int("epochs", epochs, minimum=1, allow_none=True)
+        check_int("max_steps", max_steps, minimum=1, allow_none=True)
+        check_int("eval_every", eval_every, minimum=1, allow_none=True)
+        check_loader(loader, "loader")
+        if (eval_fn is None) != (eval_loader is None):
+            raise ValueError("eval_fn and eval_loader go together: got "
+                             f"eval_fn={'set' if eval_fn else None}, "
+                             f"eval_loader={'set' if eval_loader is not None else None}.")
+        if eval_loader is not None:
+            check_loader(eval_loader, "eval_loader")
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
+                                f"got {type(cb).__name__}.")
+        log = _logging(log)
+        if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
+            raise TypeError(f"checkpoint: expected a functrain.Checkpointing or None, got "
+                            f"{type(checkpoint).__name__}. HINT: "
+                            "checkpoint=ft.Checkpointing(every=1000).")
+        if resume == "auto" and run_dir is None:
+            raise ValueError("resume='auto' needs run_dir: it looks for checkpoints in "
+                             "run_dir/checkpoints. HINT: fit(..., run_dir='runs/exp1', "
+                             "resume='auto').")
+        check_finite = any(isinstance(cb, NonFiniteGuard) for cb in callbacks)
+        self.runner = _training_runner(step_fn, device, precision, compile, check_finite)
+        self.evaluator = Evaluator(eval_fn, self.runner) if eval_fn is not None else None
+        self.eval_loader = eval_loader
+        # -- the run's parts ----------------------------------------------------------------
+        if run_dir is None and (log.loggers is None or checkpoint or resume):
+            run_dir = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        self.run_dir = None if run_dir is None else str(run_dir)
+        self.checkpoint = checkpoint
+        self.manager = None
+        if checkpoint or resume:
+            from .checkpoint import CheckpointManager
 
-def _resume(state: Any, resume: Any, manager: Any, policy: Policy) -> tuple[Any, dict]:
-    """Restore ``state`` and the loop's meta from the checkpoint ``resume`` names."""
-    if not resume:
-        return state, {}
-    from . import checkpoint
+            self.manager = CheckpointManager(os.path.join(self.run_dir, "checkpoints"),
+                                             keep=checkpoint.keep if checkpoint else None)
+        self.loader, self.every = loader, log.every
+        state, self.position = self._resume(state, resume)
+        self.resumed = self.position is not None
+        pos = self.position or LoopState()
+        start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
+        self.start_step = start_step
+        self.run_start = pos.run_start if self.resumed else start_step
+        self.end_step = None if max_steps is None else self.run_start + max_steps
+        total = self.end_step
+        n_batches = _len(loader)
+        if epochs is not None and n_batches is not None:
+            by_epochs = self.run_start + epochs * n_batches
+            total = by_epochs if total is None else min(total, by_epochs)
+        self.loop = Loop(state=state, step=start_step, epoch=pos.epoch, run_dir=self.run_dir,
+                         callbacks=(*callbacks, *log.callbacks()), samples=pos.samples,
+                         loggers=tuple(log.make_loggers(self.run_dir)), total_steps=total)
+        for cb in self.loop.callbacks:
+            if cb.state_key in pos.callbacks:
+                cb.load_state_dict(pos.callbacks[cb.state_key])
+        self.position = pos
+        self.batch_in_epoch = pos.batch_in_epoch
+        self.window_steps, self.window_samples = pos.window_steps, pos.window_samples
+        self.saved_window = pos.window or None  # merged into the first step's window
+        self.epoch_finished = False
+        self.evaluated_at: int | None = None
+        self.ordered = hasattr(loader, "set_epoch")
+        if pos.batch_in_epoch and not self.ordered:
+            warnings.warn("resume: the loader has no set_epoch(epoch), so its order cannot be "
+                          "replayed; skipping the first "
+                          f"{pos.batch_in_epoch} batches of the epoch it yields. HINT: use "
+                          "functrain.data.ArrayLoader for an exact resume.", stacklevel=3)
+        hparams = {**(log.hparams or {}), "epochs": epochs, "max_steps": max_steps,
+                   "log_every": log.every, "compile": self.runner.backend,
+                   "device": str(self.runner.device), "precision": str(precision),
+                   "start_step": start_step}
+        for lg in self.loop.loggers:
+            lg.log_hparams(hparams)
+        for cb in self.loop.callbacks:
+            cb.on_run_start(self.loop)
 
-    path = manager.latest() if resume == "auto" else resume
-    if path is None:
-        return state, {}
-    # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
-    like = policy.prepare_state(state)
-    return checkpoint.restore(path, like=like), checkpoint.load_meta(path)
+    def _resume(self, state: Any, resume: Any) -> tuple[Any, LoopState | None]:
+        """The state and loop position of the checkpoint ``resume`` names, if any."""
+        if not resume:
+            return state, None
+        from . import checkpoint
 
+        path = self.manager.latest() if resume == "auto" else resume
+        if path is None:
+            return state, None
+        # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
+        position = LoopState.from_meta(checkpoint.load_meta(path))
+        like = self.runner.policy.prepare_state(state)
+        return checkpoint.restore(path, like=like), position
 
-def _higher_is_better(name: str) -> bool:
-    low = name.lower()
-    return any(w in low for w in ("acc", "f1", "precision", "recall", "auc", "score"))
+    # -- the loop's parts ------------------------------------------------------------------
+    def batches(self, epoch: int, skip: int) -> Iterator[Any]:
+        """The epoch's batches, prefetched to an accelerator, the first ``skip`` skipped."""
+        if self.ordered:
+            self.loader.set_epoch(epoch)  # type: ignore[attr-defined]
+        runner = self.runner
+        batches = iter(prefetch(self.loader, runner.place_batch)
+                       if runner.device.type in ("cuda", "xla") else self.loader)
+        if skip:  # resuming mid-epoch: the batches already trained on
+            next(itertools.islice(batches, skip - 1, None), None)
+        return batches
 
+    def flush(self, window: MetricWindow | None) -> MetricWindow | None:
+        """Read the metric window, log it, tell the callbacks; start the next window."""
+        if window is None:
+            return None
+        if self.saved_window is not None:  # the window a resumed run stopped in
+            window, self.saved_window = window.merge_saved(self.saved_window), None
+        values = window.compute()
+        window = window.reset()
+        loop = self.loop
+        loop.nonfinite_step = int(values.pop(NONFINITE, 0) or 0)
+        values = {f"train/{k}": v for k, v in values.items()}
+        if values:
+            loop.log(values)
+        for cb in loop.callbacks:
+            cb.on_log(loop, values)
+        self.window_steps = self.window_samples = 0
+        return window
 
-class _StopSignal:
-    """SIGINT/SIGTERM -> stop at the next step boundary; a second SIGINT interrupts at once."""
+    def evaluate(self) -> None:
+        """Evaluate (with an ``eval_fn``), log ``val/...`` values, tell the callbacks."""
+        if self.evaluator is None:
+            return
+        loop = self.loop
+        self.evaluated_at = loop.step
+        values = {f"val/{k}": v for k, v in self.evaluator(loop.state, self.eval_loader).items()}
+        loop.log(values)
+        for cb in loop.callbacks:
+            cb.on_eval(loop, values)
 
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._old: dict[int, Any] = {}
+    def should_stop(self, stop: StopSignal) -> bool:
+        """Whether a signal or a callback asked to stop (recording why)."""
+        loop = self.loop
+        if stop.reason or loop.stop_reason:
+            loop.stop_reason = loop.stop_reason or stop.reason
+            return True
+        return False
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.reason is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.reason = f"received {name}"
+    def save(self, window: MetricWindow | None, blocking: bool) -> None:
+        """Save the state and the loop's position as the checkpoint of the current step."""
+        loop = self.loop
+        done = self.epoch_finished
+        if window is not None and self.saved_window is not None:
+            window, self.saved_window = window.merge_saved(self.saved_window), None
+        tensors = window.tensors() if window is not None else self.saved_window or ()
+        position = LoopState(
+            epoch=loop.epoch + done, batch_in_epoch=0 if done else self.batch_in_epoch,
+            samples=loop.samples, run_start=self.run_start, window_steps=self.window_steps,
+            window_samples=self.window_samples,
+            window=tuple(tensors),
+            callbacks=loop.callback_states())
+        self.manager.save(loop.step, loop.state, position.to_meta(), blocking=blocking)
 
-    def __enter__(self) -> _StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+    def check_epoch_ran(self, epoch: int) -> None:
+        if self.batch_in_epoch == 0:
+            raise ValueError(f"loader yielded no batches in epoch {epoch}. HINT: an iterator is "
+                             "exhausted after one pass; pass a re-iterable (a DataLoader or a "
+                             "list).")
+
+    def finish(self, window: MetricWindow | None) -> None:
+        """The end of a run: a last evaluation and checkpoint (a resumed run that had nothing
+        left to do neither evaluates again nor rewrites the checkpoint it started from)."""
+        loop = self.loop
+        idle_resume = self.resumed and loop.step == self.start_step
+        if (self.evaluator is not None and not loop.stop_reason
+                and self.evaluated_at != loop.step and not idle_resume):
+            self.evaluate()
+        if self.checkpoint and not idle_resume:  # the end of the run, or a stop
+            self.save(window, blocking=True)
+
+    def __enter__(self) -> _Run:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
+        loop = self.loop
+        if kind is KeyboardInterrupt:
+            loop.stop_reason = "interrupted (KeyboardInterrupt)"
+        elif error is not None:
+            loop.error = error
+        if is_donated(loop.state):  # interrupted between donation and hand-back
+            loop.state = self.runner.last_state()
+        loop.compiles = self.runner.compiles
+        try:
+            if self.manager is not None:
+                self.manager.wait()
+        finally:
+            for cb in loop.callbacks:
+                cb.on_run_end(loop)
+            for lg in loop.loggers:
+                lg.close()
+        return kind is KeyboardInterrupt
+
+
+def _logging(log: Any) -> Logging:
+    if log is True:
+        return Logging()
+    if log is False:
+        return Logging.quiet()
+    if not isinstance(log, Logging):
+        raise TypeError(f"log: expected True, False or a functrain.Logging, got "
+                        f"{type(log).__name__}. HINT: log=ft.Logging(every=10).")
+    return log
+
+
+def _training_runner(step_fn: Any, device: Any, precision: Any, compile: Any,
+                     check_finite: bool) -> CompiledStep:
+    if isinstance(step_fn, CompiledStep):
+        given = [name for name, value, default in (("device", device, "auto"),
+                 ("precision", precision, "32"), ("compile", compile, "auto"))
+                 if value != default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: set them on the runner passed as step_fn, "
+                             "not on fit. HINT: ft.compile_step(step, device=..., precision="
+                             "..., compile=...).")
+        if check_finite and not step_fn.check_finite:
+            raise ValueError("callbacks: a NonFiniteGuard needs a runner that checks each step "
+                             "for inf/NaN. HINT: ft.compile_step(step, check_finite=True).")
+        return step_fn
+    if not callable(step_fn):
+        raise TypeError(f"step_fn: expected a callable step_fn(state, batch) -> (state, "
+                        f"metrics), got {type(step_fn).__name__}.")
+    policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
+    return runner_for(step_fn, compile=compile, device=device, donate=True, precision=policy,
+                      check_finite=check_finite)
+
+
+def _len(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None

@@ -22,116 +22,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optree
 import torch
 
+from . import _compat
 from . import metrics as _metrics
 from . import tree as _tree
+from ._backend import FUNCTIONAL, compile_graph, compile_method, resolve_backend
 from ._donation import check_not_donated, poison, remember_nodes, write_back
+from ._errors import check_choice
+from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
+from ._recompile import RecompileError, RecompileGuard
+from ._window import MetricWindow
 
 __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 
-BACKENDS = ("eager", "inductor", "cudagraphs", "openxla")
-
-
-class RecompileError(RuntimeError):
-    """The compiled step recompiled after warm-up while ``on_recompile="raise"``.
-
-    Example:
-        >>> import functrain as ft
-        >>> issubclass(ft.RecompileError, RuntimeError)
-        True
-    """
-
-
-def resolve_device(device: str | torch.device | None, *,
-                   devices: int | str | None = None) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"xla"``, ``"xla:N"``, ``"tpu"`` -> a
-    torch_xla device (torch_xla is imported here, and only here); anything else ->
-    ``torch.device(device)``.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if isinstance(device, torch.device) and device.type == "xla":
-        device = str(device)
-    if isinstance(device, str) and device.startswith(("xla", "tpu")):
-        from . import _xla
-
-        return _xla.device(device, devices)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N', 'xla', 'tpu' or a "
-                         f"torch.device, got {device!r}.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: CUDA is not available here (torch "
-                             f"{torch.__version__}). HINT: use device='auto' or 'cpu'.")
-        if dev.index is None:
-            # With its index, so that it equals the device of the tensors placed on it.
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-def _check_devices(devices: Any) -> None:
-    """Validate the ``devices`` argument: ``None``, ``"all"`` or a positive int."""
-    if devices is None or devices == "all":
-        return
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise TypeError(f"devices: expected None, 'all' or a positive int (the number of XLA "
-                        f"devices), got {devices!r}. HINT: a list of device ids is not "
-                        "supported; data parallelism spans every device (devices='all').")
-
-
-def _resolve_backend(compile: str | bool, device: torch.device) -> str:
-    if compile is True or compile == "auto":
-        return {"cuda": "cudagraphs", "xla": "openxla"}.get(device.type, "inductor")
-    if compile is False:
-        return "eager"
-    if compile not in BACKENDS:
-        raise ValueError(f"compile: expected one of 'auto', {', '.join(map(repr, BACKENDS))}, "
-                         f"True or False, got {compile!r}.")
-    if (compile == "openxla") != (device.type == "xla") and compile != "eager":
-        raise ValueError(f"compile={compile!r} does not run on device={device}. HINT: on an XLA "
-                         "device use compile='auto' (= 'openxla') or 'eager' (torch_xla's lazy "
-                         "tensors); elsewhere 'auto', 'inductor', 'cudagraphs' or 'eager'.")
-    if compile == "cudagraphs" and device.type != "cuda":
-        raise ValueError(f"compile='cudagraphs' needs a CUDA device, got device={device}. "
-                         "HINT: use compile='inductor' on CPU.")
-    return compile
-
-
-def _place(x: Any, device: torch.device, non_blocking: bool) -> Any:
-    if isinstance(x, torch.Tensor) and x.device != device:
-        return x.to(device, non_blocking=non_blocking)
-    return x
-
-
-def _require_tensors(tree: Any, name: str, hint: str) -> None:
-    for path, x in _tree.leaves_with_path(tree, name):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{path}: expected a tensor, got {type(x).__name__}. HINT: {hint}")
-
-
-def _batch_signature(batch: Any) -> tuple[Any, ...]:
-    return tuple((p, tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else (p, None, x)
-                 for p, x in _tree.leaves_with_path(batch, "batch"))
-
-
-_RUNNERS = 0
-# Backends whose step returns its new state and metric window instead of writing them into
-# the inputs: eager, and openxla, where XLA's executable makes fresh buffers anyway and input
-# mutations would cost an extra lazy graph per step.
-_FUNCTIONAL = ("eager", "openxla")
 # XLA compiles during the first steps are warm-up: the step (the first two calls differ in
 # lazy mode), then the metric window's read and reset graphs.
 _XLA_WARMUP = 2
@@ -164,8 +72,19 @@ class CompiledStep:
     """A step function compiled and run by functrain; build it with `compile_step`.
 
     Call it like the step itself: ``state, metrics = step(state, batch)``. ``metrics`` is the
-    step's own metric dict (tensors on the device, not synced). The step's metrics are also merged
-    into an on-device window that `read_metrics` returns and resets.
+    step's own metric dict (tensors on the device, not synced). The step's metrics are also
+    merged into an on-device `functrain.MetricWindow` that `read_metrics` returns and resets. A
+    loop that keeps its own window calls `run` instead.
+
+    Args:
+        step_fn, compile, device, donate, on_recompile, precision, devices: see
+            `compile_step`.
+        return_metrics: return the step's own metrics from each call (``False``: ``None``,
+            which saves rebuilding them every call when only the window is read).
+        check_finite: also test every step's metrics and new ``params`` for inf/NaN on the
+            device, recording the first bad step in the window (read with it, no extra sync).
+        train: ``False`` for an evaluation step: the state is only cast to the precision
+            policy's dtypes (no loss scale is attached).
 
     Attributes:
         backend: ``"eager"``, ``"inductor"``, ``"cudagraphs"`` or ``"openxla"``.
@@ -194,17 +113,16 @@ class CompiledStep:
         precision: Any = "32",
         check_finite: bool = False,
         devices: int | str | None = None,
-        _train: bool = True,
+        train: bool = True,
     ) -> None:
         if not callable(step_fn):
             raise TypeError(f"step_fn: expected a callable step(state, batch) -> "
                             f"(state, metrics), got {type(step_fn).__name__}.")
-        if on_recompile not in ("warn", "raise", "ignore"):
-            raise ValueError(f"on_recompile: expected 'warn', 'raise' or 'ignore', "
-                             f"got {on_recompile!r}.")
+        check_choice("on_recompile", on_recompile, ("warn", "raise", "ignore"))
         from .precision import Policy
 
-        _check_devices(devices)
+        check_devices(devices)
+        self.devices = devices
         self.device = resolve_device(device, devices=devices)
         self._xla: Any = None  # functrain._xla on an XLA device (it imports torch_xla)
         if self.device.type == "xla":
@@ -220,35 +138,45 @@ class CompiledStep:
                     "HINT: use device='xla' (or 'tpu'), or leave devices=None.")
             self.mesh = self._xla.data_mesh(devices)
         self.policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
-        self._train = _train
+        self.train = train
         # The policy casts the batch and enters autocast inside the compiled step; "32" leaves
         # step_fn as it is.
-        self.step_fn = self.policy.wrap_step(step_fn, self.device.type, check_loss_scale=_train)
-        self.backend = _resolve_backend(compile, self.device)
+        self.step_fn = self.policy.wrap_step(step_fn, self.device.type, check_loss_scale=train)
+        self.backend = resolve_backend(compile, self.device)
         self.donate = donate
         self.on_recompile = on_recompile
         self.return_metrics = return_metrics
         self.check_finite = check_finite
         self.compiles = 0
-        self.recompiles: list[tuple[int, str]] = []
         self.calls = 0
-        self._acc: Any = None
-        self._pending_window: list[torch.Tensor] = []
+        self._window: MetricWindow | None = None  # the window `__call__` merges into
+        self._empty: Any = None  # the window's structure, from the first call's dry run
+        self._seen_window: MetricWindow | None = None
         self._checked_state: Any = None
         self._carrier: Any = None
-        self._signatures: list[tuple[Any, ...]] = []
-        self._first_batch_len: int | None = None
         self._last_placed: Any = None
-        self._fn = self._build()
+        if self.backend == "eager":
+            self._fn, code_name = self._inner, ""
+        else:
+            self._fn, code_name = compile_method(
+                CompiledStep._inner, self, lambda gm, inputs: self._compile_graph(gm, inputs))
+        self._guard = RecompileGuard(on_recompile, code_name)
 
-    # -- compilation -------------------------------------------------------------------------
+    @property
+    def recompiles(self) -> list[tuple[int, str]]:
+        return self._guard.recompiles
+
+    def _compile_graph(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        self.compiles += 1
+        return compile_graph(self.backend, gm, example_inputs)
+
     def _inner(self, state: Any, batch: Any, acc: Any) -> tuple[Any, Any, Any]:
         new_state, raw_metrics = self.step_fn(state, batch)
         new_acc = _metrics.merge_all(acc, self._window_metrics(raw_metrics, new_state))
         # Returning the step's own metrics costs a little every call (dynamo rebuilds the
         # objects), so the fit loop, which only reads the window, turns it off.
         step_metrics = raw_metrics if self.return_metrics else None
-        if self.backend in _FUNCTIONAL:
+        if self.backend in FUNCTIONAL:
             return new_state, step_metrics, new_acc
         # In the graph: write the results into the inputs, so the compiled code updates
         # the donated state and the metric window in place.
@@ -257,35 +185,11 @@ class CompiledStep:
         write_back(acc, new_acc)
         return (None if self.donate else new_state), step_metrics, None
 
-    def _build(self) -> Callable[..., Any]:
-        if self.backend == "eager":
-            return self._inner
-        # Dynamo caches compiled code per code object, with a small limit per object; give
-        # each runner its own copy of _inner's code so runners never share (or evict) entries.
-        global _RUNNERS
-        _RUNNERS += 1
-        code = CompiledStep._inner.__code__.replace(co_name=f"functrain_step_{_RUNNERS}")
-        fn = types.FunctionType(code, CompiledStep._inner.__globals__, code.co_name)
-        self._code_name = code.co_name
-        return torch.compile(types.MethodType(fn, self), backend=self._compile_graph,
-                             fullgraph=True, dynamic=False)
-
-    def _compile_graph(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-        self.compiles += 1
-        if self.backend == "openxla":
-            return torch._dynamo.lookup_backend("openxla")(gm, example_inputs)
-        from torch._inductor.compile_fx import compile_fx
-
-        patches = {"triton.cudagraphs": True} if self.backend == "cudagraphs" else {}
-        return compile_fx(gm, example_inputs, config_patches=patches)
-
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
         """Run the step on fake tensors: validates its outputs and returns its metrics."""
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         # Real tensors the step closes over (class weights, masks) are allowed in.
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        mode = _compat.fake_tensor_mode()
 
         def fake(x: Any) -> Any:
             return mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
@@ -323,28 +227,37 @@ class CompiledStep:
         return window
 
     def _prepare(self, state: Any, batch: Any) -> Any:
-        """First call with this state: validate, place on the device, build the metric window."""
-        state = (self.policy.prepare_state(state) if self._train
+        """A state this runner did not return last: validate, cast and place it."""
+        state = (self.policy.prepare_state(state) if self.train
                  else self.policy.cast_state(state))
-        _require_tensors(state, "state", "keep per-step values in the state as 0-d tensors "
-                         "(torch.tensor(...)) so the step compiles once.")
-        state = _tree.map(lambda x: _place(x, self.device, False), state)
-        if self._acc is None:  # first call: run the step on fake tensors to check it
+        require_tensors(state, "state", "keep per-step values in the state as 0-d tensors "
+                        "(torch.tensor(...)) so the step compiles once.")
+        state = _tree.map(lambda x: place(x, self.device, False), state)
+        if self._empty is None:  # first call: run the step on fake tensors to check it
             fake_metrics = self._dry_run(state, batch)
-            self._acc = _tree.map(
-                lambda x: torch.zeros(x.shape, dtype=x.dtype, device=self.device),
-                _metrics.empty_like(fake_metrics))
-            if self._pending_window:
-                self.load_metric_window(self._pending_window)
-                self._pending_window = []
+            self._empty = _metrics.empty_like(fake_metrics)
         remember_nodes(state)
-        remember_nodes(self._acc)
         if self.backend == "cudagraphs":
-            # The graph writes into the state and the metric window: CUDA graphs replay over
-            # fixed addresses, and inductor refuses to capture writes into unmarked inputs.
-            for x in _tree.leaves((state, self._acc)):
-                torch._dynamo.mark_static_address(x)
+            # The graph writes into the state: CUDA graphs replay over fixed addresses, and
+            # inductor refuses to capture writes into unmarked inputs.
+            for x in _tree.leaves(state):
+                _compat.mark_static_address(x)
         return state
+
+    def _adopt(self, window: MetricWindow | None) -> MetricWindow:
+        """A window this runner did not return last: a new empty one for ``None``."""
+        if window is None:
+            window = MetricWindow(_tree.map(
+                lambda x: torch.zeros(x.shape, dtype=x.dtype, device=self.device), self._empty))
+        elif not isinstance(window, MetricWindow):
+            raise TypeError(f"window: expected a functrain.MetricWindow or None, got "
+                            f"{type(window).__name__}. HINT: pass the window the previous "
+                            "call returned, or None to start one.")
+        remember_nodes(window.metrics)
+        if self.backend == "cudagraphs":
+            for x in _tree.leaves(window.metrics):
+                _compat.mark_static_address(x)
+        return window
 
     def place_batch(self, batch: Any) -> Any:
         """Check ``batch`` and start its copy to the device (pinned, non-blocking on CUDA)."""
@@ -356,84 +269,69 @@ class CompiledStep:
                 return batch  # fast path: nothing to check or move
         elif type(batch) is torch.Tensor and batch.device == self.device:
             return batch
-        _require_tensors(batch, "batch", "the loader must yield tensors (or tuples/dicts of "
-                         "tensors); convert other values in the dataset or collate_fn.")
+        require_tensors(batch, "batch", "the loader must yield tensors (or tuples/dicts of "
+                        "tensors); convert other values in the dataset or collate_fn.")
         pin = self.device.type == "cuda"
         batch = _tree.map(
-            lambda x: _place(x.pin_memory() if pin and x.device.type == "cpu" else x,
-                             self.device, True), batch)
+            lambda x: place(x.pin_memory() if pin and x.device.type == "cpu" else x,
+                            self.device, True), batch)
         if self.mesh is not None:
             batch = _tree.map(lambda x: self._xla.shard_batch(x, self.mesh), batch)
             self._last_placed = batch
         return batch
 
-    def _report_recompile(self, batch: Any, fallback: str | None = None) -> None:
-        sig = _batch_signature(batch)
-        reason = None
-        for old in self._signatures:
-            diffs = [f"{p}: {tuple(a[1])} -> {tuple(b[1])}" if a[1] != b[1] else
-                     f"{p}: dtype {a[2]} -> {b[2]}"
-                     for a, b in zip(old, sig) for p in [a[0]] if a[1:] != b[1:]]
-            if diffs and len(old) == len(sig):
-                reason = "; ".join(diffs)
-        self._signatures.append(sig)
-        partial = self._is_partial(batch)
-        if reason is None:
-            reason = (fallback or _dynamo_reason(getattr(self, "_code_name", ""))
-                      or "guards failed (state or step changed)")
-        self.recompiles.append((self.calls, reason))
-        if partial:
-            return  # the documented extra compile for a smaller last batch
-        msg = (f"functrain: the step recompiled (compile #{self.compiles}) at call "
-               f"{self.calls}: {reason}.")
-        if self.on_recompile == "raise":
-            raise RecompileError(msg + " HINT: keep batch shapes fixed (drop_last=True) and "
-                                 "per-step values in the state as tensors.")
-        if self.on_recompile == "warn":
-            warnings.warn(msg, stacklevel=3)
-
-    def _report_xla_compile(self, batch: Any) -> None:
-        """torch_xla compiled during a step after warm-up, with no Dynamo recompile."""
-        if self.backend == "eager" and _batch_signature(batch) in self._signatures:
-            # Lazy mode, same shapes: torch_xla's occasional graph variant with extra live
-            # outputs (see functrain._xla.sync), compiled once; not a shape problem.
-            return
-        self._report_recompile(batch, "torch_xla compiled a new XLA graph for the step")
-
-    def _is_partial(self, batch: Any) -> bool:
-        n = _leading(batch)
-        return (n is not None and self._first_batch_len is not None
-                and n < self._first_batch_len)
-
     # -- running -----------------------------------------------------------------------------
     def __call__(self, state: Any, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         """Run one step: ``(state, batch) -> (new_state, metrics)``; ``state`` is donated."""
+        state, metrics, self._window = self._run(state, batch, self._window)
+        return state, metrics
+
+    def run(self, state: Any, batch: Any, window: MetricWindow | None
+            ) -> tuple[Any, MetricWindow]:
+        """Run one step, merging its metrics into ``window``: ``-> (new_state, new_window)``.
+
+        Both ``state`` and ``window`` are donated (use the returned ones); ``window=None``
+        starts a new, empty window. The loop reads it with `MetricWindow.compute`.
+        """
+        state, _, window = self._run(state, batch, window)
+        return state, window
+
+    def _run(self, state: Any, batch: Any, window: MetricWindow | None
+             ) -> tuple[Any, Any, MetricWindow]:
         check_not_donated(state)
         batch = self.place_batch(batch)
         if state is self._checked_state and self._carrier is not None:
             run_state = self._carrier  # fast path: the object the graph was last called with
-        else:  # a state we did not return last: check, cast and place it
+        else:
             run_state = self._prepare(state, batch)
-        if self._first_batch_len is None:
-            self._first_batch_len = _leading(batch)
-            self._signatures.append(_batch_signature(batch))
+        if window is None or window is not self._seen_window:
+            window = self._adopt(window)
+        guard = self._guard
+        if self.calls == 0:
+            guard.first_batch(batch, batch_size(batch))
         before = self.compiles
         self.calls += 1
         xla = self._xla
         if xla is not None:
             xla_before = xla.compile_count()
-        new_state, step_metrics, new_acc = self._fn(run_state, batch, self._acc)
+        new_state, step_metrics, new_acc = self._fn(run_state, batch, window.metrics)
         if xla is not None:
             # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
             # mode) and queues it, without waiting.
             xla.sync(collect=self.backend == "eager")
         if self.compiles > before and before > 0:
-            self._report_recompile(batch)
+            guard.report(self.calls, self.compiles, batch, batch_size(batch))
         elif xla is not None and self.calls > _XLA_WARMUP and xla.compile_count() > xla_before:
-            self._report_xla_compile(batch)
-        if self.backend in _FUNCTIONAL:
-            self._acc = new_acc
-        if self.backend not in _FUNCTIONAL and self.donate:
+            # torch_xla compiled during a step after warm-up, with no Dynamo recompile. In lazy
+            # mode with the same shapes, that is torch_xla's occasional graph variant with
+            # extra live outputs (see functrain._xla.sync), compiled once: not reported.
+            if not (self.backend == "eager" and guard.seen(batch)):
+                guard.report(self.calls, self.compiles, batch, batch_size(batch),
+                             "torch_xla compiled a new XLA graph for the step")
+        if self.backend in FUNCTIONAL:
+            window = MetricWindow(new_acc)
+        self._seen_window = window
+        if self.backend not in FUNCTIONAL and self.donate:
             # The graph wrote the new values into run_state's tensors. Dynamo checks its
             # guards faster on an object it has seen, so the runner keeps passing that same
             # object (the carrier) and hands the caller a fresh one over the same tensors.
@@ -450,10 +348,14 @@ class CompiledStep:
             # A CUDA graph's outputs live in memory its next replay overwrites; the caller may
             # keep these past the next step.
             step_metrics = _tree.map(torch.clone, step_metrics)
-        return new_state, step_metrics
+        return new_state, step_metrics, window
+
+    def last_state(self) -> Any:
+        """The state the latest call returned (e.g. to recover it after an interruption)."""
+        return self._checked_state
 
     def read_metrics(self, reset: bool = True) -> dict[str, float]:
-        """Compute the metric window on the device and read it with one host transfer.
+        """Compute the metric window of `__call__` and read it with one host transfer.
 
         Args:
             reset: start a new window afterwards.
@@ -461,81 +363,12 @@ class CompiledStep:
         Returns:
             ``{name: value}`` as Python floats; ``{}`` before the first step.
         """
-        if self._acc is None:
+        if self._window is None:
             return {}
-        out = _metrics.compute_all(self._acc)
+        out = self._window.compute()
         if reset:
-            self.reset_metrics()
+            self._window.reset()
         return out
-
-    def metric_window(self) -> list[torch.Tensor]:
-        """The metric window's tensors (copies), e.g. to save in a checkpoint."""
-        return [] if self._acc is None else [x.clone() for x in _tree.leaves(self._acc)]
-
-    def load_metric_window(self, tensors: list[torch.Tensor]) -> None:
-        """Set the metric window from `metric_window`'s output (now, or at the first call)."""
-        if self._acc is None:
-            self._pending_window = list(tensors)
-            return
-        for x, v in zip(_tree.leaves(self._acc), tensors):
-            x.copy_(v)
-        self._sync_window()
-
-    def reset_metrics(self) -> None:
-        """Empty the metric window (in place, no host sync)."""
-        if self._acc is not None:
-            for x in _tree.leaves(self._acc):
-                x.zero_()
-            self._sync_window()
-
-    def _sync_window(self) -> None:
-        # On XLA, run the window's update as a graph of its own (compiled once), rather than
-        # letting it join, and change, the next step's graph.
-        if self._xla is not None:
-            self._xla.sync()
-
-
-def prefetch(loader: Any, place: Callable[[Any], Any]) -> Any:
-    """Iterate ``loader`` one batch ahead: batch i+1's copy to the device is issued before
-    batch i is handed out, so on a GPU it overlaps with step i.
-
-    Example:
-        >>> list(prefetch([1, 2, 3], lambda b: b * 10))
-        [10, 20, 30]
-    """
-    it = iter(loader)
-    try:
-        ahead = place(next(it))
-    except StopIteration:
-        return
-    for batch in it:
-        current, ahead = ahead, place(batch)
-        yield current
-    yield ahead
-
-
-def _leading(batch: Any) -> int | None:
-    """The batch size: the first dimension of the batch's first tensor with one."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.dim() else None
-    if type(batch) is tuple and batch and type(batch[0]) is torch.Tensor and batch[0].dim():
-        return batch[0].shape[0]  # the common (x, y) batch, without flattening
-    for x in _tree.leaves(batch):
-        if isinstance(x, torch.Tensor) and x.dim():
-            return x.shape[0]
-    return None
-
-
-def _dynamo_reason(code_name: str) -> str | None:
-    try:
-        from torch._dynamo.utils import guard_failures
-
-        for code, reasons in guard_failures.items():
-            if getattr(code, "co_name", None) == code_name and reasons:
-                return str(reasons[-1])
-    except Exception:  # pragma: no cover - private API, best effort
-        return None
-    return None
 
 
 def compile_step(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import tree as _tree
-from ._bridge import call, split
+from ._bridge import call, split_module
 
 __all__ = ["TrainState"]
 
@@ -27,7 +27,7 @@ class TrainState:
     Attributes:
         step: 0-d int64 tensor, the number of steps taken (fp16 steps skipped for
             non-finite gradients included; see `functrain.precision`).
-        params: parameters by qualified name (from `functrain.split`).
+        params: parameters by qualified name (from `functrain.split_module`).
         buffers: buffers by qualified name (BatchNorm statistics, ...).
         opt_state: the optimizer's state, ``tx.init(params)``.
         rng: a `functrain.random` key; derive per-step keys with
@@ -78,7 +78,8 @@ class TrainState:
         """Build the initial state of ``module`` trained by ``optimizer``.
 
         Args:
-            module: the model; its current parameters and buffers are copied (`functrain.split`).
+            module: the model; its current parameters and buffers are copied
+                (`functrain.split_module`).
             optimizer: a `functrain.optim.GradientTransformation`, e.g. ``ft.optim.adamw(1e-3)``.
             seed: seeds ``rng`` (`functrain.random.key`).
             device: where to put the tensors; default: where the module's tensors are.
@@ -100,7 +101,7 @@ class TrainState:
                 f"got {type(optimizer).__name__}. HINT: e.g. functrain.optim.adamw(1e-3).")
         from . import random as _random
 
-        params, buffers = split(module)
+        params, buffers = split_module(module)
         if device is not None:
             params, buffers = _tree.map(lambda x: x.to(device), (params, buffers))
         dev = next(iter(params.values())).device if params else torch.device(device or "cpu")
@@ -199,9 +200,9 @@ def _check_opt_state(state: TrainState) -> None:
     except TypeError:
         key, ref = None, None
     if ref is None:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from ._compat import real_tensors
 
-        with unset_fake_temporarily():  # real meta tensors, also during the runner's fake run
+        with real_tensors():  # real meta tensors, also during the runner's fake run
             meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
                     for k, v in state.params.items()}
             ref = state.tx.init(meta)

@@ -10,25 +10,10 @@ XLA executable and replays it every step. ``compile="eager"`` runs the step in t
 tensor mode instead: every step re-records the same operations and torch_xla looks the graph up
 in its cache by hash at the sync. torch_xla's own whole-step wrapper, ``torch_xla.compile``,
 works the same way (lazy tracing of the function, a sync at its end). openxla is the default
-because it is the fastest of the three: measured with ``benchmarks/xla_step.py`` on XLA's CPU
-device (2-core machine, torch_xla 2.9.0, medians of 5 rounds of 200 steps), per step:
-
-==============================================  ==================  =========================
-variant                                         784-128-10, b. 64   784-512-512-10, b. 128
-==============================================  ==================  =========================
-plain eager PyTorch on the CPU                  1.24 ms             4.57 ms
-functrain CPU runner (inductor)                 0.77 ms             3.28 ms
-hand-written torch_xla loop (lazy)              3.90 ms             12.65 ms
-the pure step in ``torch_xla.compile``          6.79 ms             8.89 ms
-functrain on XLA, ``compile="eager"`` (lazy)    6.14 ms             8.80 ms
-functrain on XLA, ``compile="auto"`` (openxla)  1.16 ms             5.10 ms
-==============================================  ==================  =========================
-
-(An earlier run of the same benchmark gave openxla 0.82 / 5.20 ms against the CPU runner's
-0.66 / 3.37 ms.) Lazy tracing pays the Python and graph-recording cost of the whole step every
-step; openxla pays it once, and on XLA's CPU device comes within 1.2-1.6x of the CPU runner.
-Lazy mode also compiled a variant of its graph now and then at random steps (0-3 per 1000
-steps, hand-written loops too; see `sync`); openxla compiled nothing after warm-up.
+because it is the fastest of the three on XLA's CPU device, and after warm-up it compiles
+nothing more; lazy mode pays the Python and graph-recording cost of the whole step every step
+and now and then compiles a variant of its graph (see `sync`). The measured figures are in
+``benchmarks/README.md`` (``benchmarks/xla_step.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +25,8 @@ from importlib import metadata
 from typing import Any
 
 import torch
+
+from ._compat import is_autograd_device_queue_error
 
 __all__ = ["compile_count", "data_mesh", "device", "shard_batch", "sync", "wait"]
 
@@ -137,7 +124,7 @@ def _check_autograd(dev: torch.device, argument: str) -> None:
     try:  # builds a lazy graph and drops it: nothing is compiled or run
         torch.autograd.grad(x * 2.0, x)
     except RuntimeError as e:
-        if "device_ready_queues_" not in str(e):
+        if not is_autograd_device_queue_error(e):
             raise
         raise RuntimeError(
             f"{argument}: PyTorch's autograd engine started (with a backward pass on another "

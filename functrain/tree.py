@@ -28,6 +28,8 @@ from typing import Any
 import optree
 import torch
 
+from ._errors import describe
+
 __all__ = [
     "NAMESPACE",
     "TreeMismatchError",
@@ -252,12 +254,6 @@ def map_with_path(fn: Callable[..., Any], tree: Any, *rest: Any, name: str = "tr
     )
 
 
-def _describe(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return f"{type(x).__name__}"
-
-
 def assert_same_structure(expected: Any, got: Any, name: str = "tree") -> None:
     """Raise `TreeMismatchError` naming the first path where ``got`` differs from ``expected``.
 
@@ -282,7 +278,7 @@ def _first_structure_difference(expected: Any, got: Any, name: str) -> str:
         if exp_spec.is_leaf() and got_spec.is_leaf():
             return f"{name}: expected a leaf, got a leaf (structures differ only in None-ness)."
         what_exp = "a leaf" if exp_spec.is_leaf() else f"a {type(expected).__name__} node"
-        what_got = (f"a leaf ({_describe(got)})" if got_spec.is_leaf()
+        what_got = (f"a leaf ({describe(got)})" if got_spec.is_leaf()
                     else f"a {type(got).__name__} node")
         return f"{name}: expected {what_exp}, got {what_got}."
     if type(expected) is not type(got):
@@ -356,7 +352,7 @@ def assert_trees_match(
     for (path, e), g in zip(leaves_with_path(expected, name), g_leaves):
         e_t, g_t = isinstance(e, torch.Tensor), isinstance(g, torch.Tensor)
         if e_t != g_t:
-            raise TreeMismatchError(f"{path}: expected {_describe(e)}, got {_describe(g)}.")
+            raise TreeMismatchError(f"{path}: expected {describe(e)}, got {describe(g)}.")
         if not e_t:
             continue
         if shape and e.shape != g.shape:
@@ -442,7 +438,7 @@ def _check_float_leaves(tree: Any, name: str) -> None:
     """Raise if any leaf of ``tree`` is not a floating-point tensor; names the leaf path."""
     for path, x in leaves_with_path(tree, name):
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{path}: expected a floating-point tensor, got {_describe(x)}.")
+            raise TypeError(f"{path}: expected a floating-point tensor, got {describe(x)}.")
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(
                 f"{path}: expected a floating-point tensor, got dtype {x.dtype}. "

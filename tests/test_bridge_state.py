@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ def _cnn_bn() -> nn.Module:
 def test_split_returns_detached_copies():
     model = _cnn_bn()
     before = copy.deepcopy(model.state_dict())
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     assert sorted(params) == ["0.bias", "0.weight", "1.bias", "1.weight", "3.bias", "3.weight"]
     assert sorted(buffers) == ["1.num_batches_tracked", "1.running_mean", "1.running_var"]
     for v in params.values():
@@ -31,13 +32,14 @@ def test_split_returns_detached_copies():
 
 
 def test_split_rejects_non_module():
-    with pytest.raises(TypeError, match="module: expected a torch.nn.Module, got dict"):
-        ft.split({"w": torch.ones(1)})
+    with pytest.raises(TypeError,
+                       match="module: expected a torch.nn.Module, got an object of type dict"):
+        ft.split_module({"w": torch.ones(1)})
 
 
 def test_call_is_pure_and_matches_module_forward():
     model = _cnn_bn()
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     saved = {k: v.clone() for k, v in buffers.items()}
     x = torch.randn(8, 5)
     out, new_buffers = ft.call(model, params, buffers, x)
@@ -56,7 +58,7 @@ def test_call_is_pure_and_matches_module_forward():
 
 def test_call_train_false_uses_running_stats_and_keeps_buffers():
     model = _cnn_bn()
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     buffers["1.running_mean"] = torch.full((6,), 0.5)
     x = torch.randn(4, 5)
     out, new_buffers = ft.call(model, params, buffers, x, train=False)
@@ -69,7 +71,7 @@ def test_call_train_false_uses_running_stats_and_keeps_buffers():
 
 def test_call_gradients_equal_autograd():
     model = _cnn_bn()
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
 
     def loss_fn(p):
@@ -86,7 +88,7 @@ def test_call_gradients_equal_autograd():
 def test_call_under_vmap_gives_per_example_outputs():
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     x = torch.randn(6, 4)
     per_example = torch.func.vmap(lambda xi: ft.call(model, params, buffers, xi)[0])(x)
     torch.testing.assert_close(per_example, model(x))
@@ -94,7 +96,7 @@ def test_call_under_vmap_gives_per_example_outputs():
 
 def test_call_compiles_as_one_graph(compile_counter):
     model = _cnn_bn()
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
 
     def step(p, b, x, y):
         def loss_fn(p):
@@ -116,11 +118,12 @@ def test_call_compiles_as_one_graph(compile_counter):
 
 def test_call_names_missing_keys():
     model = _cnn_bn()
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     del params["0.weight"]
     with pytest.raises(KeyError, match=r"0\.weight.*HINT: build them with functrain.split"):
         ft.call(model, params, buffers, torch.randn(2, 5))
-    with pytest.raises(TypeError, match="params: expected a dict of tensors, got list"):
+    with pytest.raises(TypeError,
+                       match="params: expected a dict of tensors, got an object of type list"):
         ft.call(model, [1], buffers, torch.randn(2, 5))
 
 
@@ -197,9 +200,23 @@ def test_subclass_with_extra_field_is_a_pytree():
         ema: dict = dataclasses.field(default_factory=dict)
 
     model = nn.Linear(2, 2)
-    s = EMAState.create(model, ft.optim.sgd(0.1), ema=ft.split(model)[0], note=torch.ones(()))
+    s = EMAState.create(model, ft.optim.sgd(0.1), ema=ft.split_module(model)[0],
+                        note=torch.ones(()))
     paths = [p for p, _ in ft.tree.leaves_with_path(s, "s")]
     assert "s.ema['weight']" in paths and "s.extras['note']" in paths
     doubled = ft.tree.map(lambda x: x * 2, s)
     assert isinstance(doubled, EMAState)
     torch.testing.assert_close(doubled.ema["bias"], 2 * s.ema["bias"])
+
+
+def test_split_is_a_deprecated_alias_of_split_module():
+    model = torch.nn.BatchNorm1d(3)
+    with pytest.warns(DeprecationWarning, match=r"functrain\.split is deprecated.*split_module"):
+        params, buffers = ft.split(model)
+    want_params, want_buffers = ft.split_module(model)
+    assert params.keys() == want_params.keys() and buffers.keys() == want_buffers.keys()
+    for k in want_params:
+        assert torch.equal(params[k], want_params[k])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name does not warn
+        ft.split_module(model)

@@ -17,6 +17,7 @@ import torch
 
 import functrain as ft
 from functrain import checkpoint as ckpt
+from functrain.checkpoint import _dcp, _save, _unpickler
 
 # DCP says so on every single-process save; functrain hides it on the main thread only.
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -95,14 +96,14 @@ def test_roundtrip_through_dcps_own_reader(tmp_path, monkeypatch):
     reads through DCP's FileSystemReader, which copies into preallocated tensors."""
     state = make_state()
     ckpt.save(tmp_path / "c", state, meta={"window": torch.arange(3)})
-    assert ckpt._whole_tensors(ckpt._read_dcp_metadata(tmp_path / "c" / ".metadata"), [])
-    monkeypatch.setattr(ckpt, "_whole_tensors", lambda md, keys: False)
+    assert _dcp._whole_tensors(_unpickler._read_dcp_metadata(tmp_path / "c" / ".metadata"), [])
+    monkeypatch.setattr(_dcp, "_whole_tensors", lambda md, keys: False)
     assert_identical(state, ckpt.restore(tmp_path / "c", like=make_state(seed=1)))
     assert torch.equal(ckpt.load_meta(tmp_path / "c")["window"], torch.arange(3))
 
 
 def test_large_states_are_written_in_several_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(ckpt, "_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_dcp, "_PARALLEL_BYTES", 0)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     state = make_state()
     path = ckpt.save(tmp_path / "c", state, meta={"window": torch.arange(3)})
@@ -219,14 +220,14 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_crash_before_manifest_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     mgr = ckpt.CheckpointManager(tmp_path, keep=1)
     mgr.save(1, small(1.0))
-    real = ckpt._write_json
+    real = _save._write_json
 
     def crash(path, obj):
         if path.name == "manifest.json":
             raise OSError("disk full")
         real(path, obj)
 
-    monkeypatch.setattr(ckpt, "_write_json", crash)
+    monkeypatch.setattr(_save, "_write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         mgr.save(2, small(2.0))
     monkeypatch.undo()
@@ -261,14 +262,15 @@ def test_leftovers_of_a_killed_save_are_ignored_then_cleaned(tmp_path):
 KILLED_MID_SAVE = """
 import os, signal, sys, torch
 from functrain import checkpoint as ckpt
+from functrain.checkpoint import _save
 mgr = ckpt.CheckpointManager(sys.argv[1], keep=1)
 mgr.save(1, {"w": torch.ones(1000)})
-real = ckpt._write_json
+real = _save._write_json
 def die(path, obj):
     if path.name == "manifest.json":  # data, .metadata and meta.json are on disk
         os.kill(os.getpid(), signal.SIGKILL)  # no except/finally runs
     real(path, obj)
-ckpt._write_json = die
+_save._write_json = die
 mgr.save(2, {"w": torch.zeros(1000)})
 """
 
@@ -431,7 +433,7 @@ def test_metadata_pointing_at_pickled_bytes_is_refused(tmp_path):
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     path = ckpt.save(tmp_path / "c", small(1.0))
-    md = ckpt._read_dcp_metadata(path / ".metadata")
+    md = _unpickler._read_dcp_metadata(path / ".metadata")
     md.state_dict_metadata["state['w']"] = BytesStorageMetadata()
     tamper(path, ".metadata", pickle.dumps(md), fix_manifest=True)
     with pytest.raises(ckpt.CheckpointError, match=r"expected DCP entry \"state\['w'\]\" to be "
@@ -450,7 +452,7 @@ def test_keep_evicts_oldest_first_only_after_the_new_one_is_written(tmp_path, mo
         seen.append([p.name for p in mgr.all()])
     assert seen == [["step_000000100"], ["step_000000100", "step_000000200"],
                     ["step_000000200", "step_000000300"], ["step_000000300", "step_000000400"]]
-    monkeypatch.setattr(ckpt, "_dcp_save", lambda *a: (_ for _ in ()).throw(OSError("full")))
+    monkeypatch.setattr(_save, "_dcp_save", lambda *a: (_ for _ in ()).throw(OSError("full")))
     with pytest.raises(OSError):
         mgr.save(500, small(5.0))
     assert [p.name for p in mgr.all()] == ["step_000000300", "step_000000400"]
@@ -464,7 +466,7 @@ def test_keep_evicts_oldest_first_only_after_the_new_one_is_written(tmp_path, mo
     for step in range(5):
         everything.save(step, small(float(step)))
     assert len(everything.all()) == 5
-    with pytest.raises(ValueError, match="keep: expected a positive int or None, got 0"):
+    with pytest.raises(ValueError, match="keep: expected an int >= 1 or None, got 0"):
         ckpt.CheckpointManager(tmp_path, keep=0)
 
 
@@ -489,14 +491,14 @@ def test_async_save_equals_sync_and_owns_its_copy(tmp_path):
 
 def test_async_error_is_raised_on_the_next_call(tmp_path, monkeypatch):
     mgr = ckpt.CheckpointManager(tmp_path)
-    real = ckpt._dcp_save
+    real = _save._dcp_save
 
     def fail_for_odd_steps(state_dict, directory):
         if int(directory.name.split("-")[1].removeprefix("step_")) % 2:
             raise OSError("no space left on device")
         real(state_dict, directory)
 
-    monkeypatch.setattr(ckpt, "_dcp_save", fail_for_odd_steps)
+    monkeypatch.setattr(_save, "_dcp_save", fail_for_odd_steps)
     mgr.save(1, small(1.0), blocking=False)
     with pytest.raises(OSError, match="no space left"):
         mgr.wait()

@@ -39,7 +39,12 @@ DEV = "cuda"
 AUTO_BACKEND = "cudagraphs"  # what compile="auto" picks on DEV
 N, BATCH, EPOCHS = 160, 16, 2  # 10 batches per epoch, 20 steps
 STEPS = N // BATCH * EPOCHS
-QUIET = dict(loggers=False, progress=False, summary=False)
+QUIET = dict(log=False)
+
+
+def _runner(step, **options):
+    """The step compiled for the GPU, a recompile an error."""
+    return ft.compile_step(step, device=DEV, on_recompile="raise", **options)
 # float32 on the GPU vs float32 on the CPU (TF32 off): reduction orders differ, nothing else.
 F32 = dict(rtol=2e-4, atol=2e-5)
 LOSS_REL = 1e-4
@@ -285,9 +290,9 @@ def test_fit_auto_on_cuda_matches_cpu_eager_step_by_step(monkeypatch):
     compiles = _count_compiles(monkeypatch)
     rec, hp = _Record(), _HParams()
     with _cudagraph_skips() as skips:
-        state = ft.fit(step, _state(model), loader, epochs=EPOCHS, device=DEV, compile="auto",
-                       log_every=1, callbacks=[rec], loggers=[hp], on_recompile="raise",
-                       progress=False, summary=False)
+        state = ft.fit(_runner(step, compile="auto"), _state(model), loader, epochs=EPOCHS,
+                       callbacks=[rec],
+                       log=ft.Logging(every=1, loggers=[hp], progress=False, summary=False))
     assert hp.params.get("compile") == AUTO_BACKEND, hp.params
     assert hp.params.get("device", "").startswith(DEV), hp.params
     assert compiles == [(AUTO_BACKEND, hp.params["device"])], (
@@ -371,8 +376,8 @@ def test_fit_on_cuda_with_a_torch_dataloader_sees_every_batch(pin_memory):
                                          batch_size=BATCH, shuffle=False, pin_memory=pin_memory)
     ref, ref_states = _reference(step, _state(model), _batches(loader))
     rec = _Record()
-    state = ft.fit(step, _state(model), loader, epochs=EPOCHS, device=DEV, compile="auto",
-                   log_every=1, callbacks=[rec], on_recompile="raise", **QUIET)
+    state = ft.fit(_runner(step, compile="auto"), _state(model), loader, epochs=EPOCHS,
+                   callbacks=[rec], log=ft.Logging.quiet(1))
     _assert_series("train/ycheck (exact batch fingerprint)", rec.series("train/ycheck"),
                    [m["ycheck"] for m in ref], rel=0, abs=0)
     _assert_series("train/xsum", rec.series("train/xsum"), [m["xsum"] for m in ref],
@@ -389,8 +394,8 @@ def test_fit_on_cuda_reads_the_device_once_per_log_window():
     ref, _ = _reference(step, _state(model), _batches(loader))
     with count_host_syncs() as counts:
         rec = _Record(counts)
-        ft.fit(step, _state(model), loader, epochs=EPOCHS, device=DEV, compile="auto",
-               log_every=5, callbacks=[rec], on_recompile="raise", **QUIET)
+        ft.fit(_runner(step, compile="auto"), _state(model), loader, epochs=EPOCHS,
+               callbacks=[rec], log=ft.Logging.quiet(5))
     assert [s for s, _ in rec.logs] == [5, 10, 15, 20]
     # between the first and the last log (the compile is before the first): 3 windows
     first, last = rec.sync_snapshots[0], rec.sync_snapshots[-1]
@@ -409,9 +414,9 @@ def test_bf16_mixed_on_cuda_trains_close_to_fp32():
     ref, _ = _reference(_mp_step(model), _state(model), _batches(loader, epochs))
     ref_windows = [sum(m["loss"] for m in ref[i:i + 10]) / 10 for i in range(0, len(ref), 10)]
     rec = _Record()
-    state = ft.fit(_mp_step(model), _state(model), loader, epochs=epochs, device=DEV,
-                   compile="auto", precision="bf16-mixed", log_every=10, callbacks=[rec],
-                   on_recompile="raise", **QUIET)
+    state = ft.fit(_runner(_mp_step(model), compile="auto", precision="bf16-mixed"),
+                   _state(model), loader, epochs=epochs, callbacks=[rec],
+                   log=ft.Logging.quiet(10))
     losses = rec.series("train/loss")
     assert rec.series("train/low_precision_forward") == [1.0] * len(losses), (
         "the forward did not run in bfloat16: autocast is not active inside the CUDA step")
@@ -502,9 +507,9 @@ def test_fit_on_cuda_checkpoints_while_training_and_resumes_exactly(tmp_path):
     model, loader = _model(), _loader()
     step = _step(model)
     _, ref_states = _reference(step, _state(model), _batches(loader))
-    common = dict(device=DEV, compile="auto", checkpoint_every=5, run_dir=tmp_path,
-                  on_recompile="raise", **QUIET)
-    first = ft.fit(step, _state(model), loader, epochs=1, **common)
+    run = _runner(step, compile="auto")
+    common = dict(checkpoint=ft.Checkpointing(5), run_dir=tmp_path, **QUIET)
+    first = ft.fit(run, _state(model), loader, epochs=1, **common)
     ckpts = tmp_path / "checkpoints"
     # step 5 was saved without blocking while step 6 overwrote the (donated) state in place
     at5 = ft.checkpoint.restore(ckpts / "step_000000005", like=_state(model))
@@ -514,7 +519,7 @@ def test_fit_on_cuda_checkpoints_while_training_and_resumes_exactly(tmp_path):
     for (p, a), b in zip(ft.tree.leaves_with_path(at10, "checkpoint step 10"),
                          ft.tree.leaves(first)):
         assert torch.equal(a, b.cpu()), f"{p}: differs from the state fit returned"
-    resumed = ft.fit(step, _state(model), loader, epochs=EPOCHS, resume="auto", **common)
+    resumed = ft.fit(run, _state(model), loader, epochs=EPOCHS, resume="auto", **common)
     assert int(resumed.step) == STEPS
     _assert_on(resumed, DEV)
     _assert_trees_close(resumed, ref_states[-1], "resumed", **F32)
@@ -559,7 +564,7 @@ def test_keys_draws_and_dropout_masks_are_the_same_on_cuda():
     torch.testing.assert_close(y_gpu.cpu(), y_cpu)
 
     model = _mlp(dropout=0.5)
-    params, buffers = ft.split(model)
+    params, buffers = ft.split_module(model)
     key = R.fold_in(R.key(5), 11)
     out_cpu, _ = ft.call(model, params, buffers, x[:, :8], rng=key, train=True)
     gpu = ft.tree.map(lambda t: t.to(DEV), (params, buffers))

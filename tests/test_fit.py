@@ -51,7 +51,12 @@ def _eval(model):
     return eval_fn
 
 
-QUIET = dict(loggers=False, progress=False, summary=False)
+QUIET = dict(log=False)
+
+
+def quiet(every):
+    """No loggers, progress bar or summary; metric windows of ``every`` steps."""
+    return dict(log=ft.Logging.quiet(every))
 
 
 def test_fit_matches_hand_written_pytorch_loop():
@@ -86,9 +91,9 @@ def test_fit_logs_window_means_and_evaluates(tmp_path):
             ref_state, m = step(ref_state, b)
             losses.append(float(m["loss"]))
     state = ft.TrainState.create(model, ft.optim.sgd(0.05))
-    state = ft.fit(step, state, data, epochs=2, log_every=4, eval_fn=_eval(model),
-                   eval_loader=val, compile="eager", run_dir=tmp_path, progress=False,
-                   summary=False)
+    state = ft.fit(step, state, data, epochs=2, eval_fn=_eval(model),
+                   eval_loader=val, compile="eager", run_dir=tmp_path,
+                   log=ft.Logging(every=4, progress=False, summary=False))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     train = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train] == [4, 8, 12, 16]
@@ -116,13 +121,13 @@ def test_resume_counts_max_steps_from_the_original_start(tmp_path):
     from the original run's first step (not from the checkpoint)."""
     model = _model()
     loader = ft.data.ArrayLoader(_data(1, batch=64)[0], 16, shuffle=True, seed=2)
-    common = dict(compile="eager", run_dir=tmp_path, checkpoint_every=4, **QUIET)
+    common = dict(compile="eager", run_dir=tmp_path, checkpoint=ft.Checkpointing(4), **QUIET)
     state = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
                    max_steps=6, **common)
     assert int(state.step) == 6
     again = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
                    max_steps=6, resume="auto", **common)
-    assert int(again.step) == 6  # was 7: the loop ran one step before checking the end
+    assert int(again.step) == 6  # a finished run runs no further step
     for a, b in zip(ft.tree.leaves(again.params), ft.tree.leaves(state.params)):
         assert torch.equal(a, b)
     longer = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
@@ -144,8 +149,8 @@ def test_fit_host_syncs_once_per_log_window():
 
     state = ft.TrainState.create(model, ft.optim.adamw(1e-3))
     with count_host_syncs() as counts:
-        ft.fit(_step(model), state, _data(40), epochs=1, log_every=10, compile="inductor",
-               callbacks=[Snap()], **QUIET)
+        ft.fit(_step(model), state, _data(40), epochs=1, compile="inductor",
+               callbacks=[Snap()], **quiet(10))
     # between the first and the last log (steps 10 -> 40: 30 steps) exactly 3 reads happened
     first, last = snapshots[0], snapshots[-1]
     diff = {k: last[k] - first[k] for k in counts}
@@ -161,8 +166,8 @@ def test_callback_stop_and_sigint_return_last_good_state():
                 loop.request_stop("enough")
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-    state = ft.fit(_step(model), state, _data(8), epochs=3, log_every=3, compile="eager",
-                   callbacks=[StopAt()], **QUIET)
+    state = ft.fit(_step(model), state, _data(8), epochs=3, compile="eager",
+                   callbacks=[StopAt()], **quiet(3))
     assert int(state.step) == 6
 
     class Interrupt(ft.Callback):
@@ -171,8 +176,8 @@ def test_callback_stop_and_sigint_return_last_good_state():
                 os.kill(os.getpid(), signal.SIGINT)
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-    state = ft.fit(_step(model), state, _data(8), epochs=3, log_every=2, compile="eager",
-                   callbacks=[Interrupt()], **QUIET)
+    state = ft.fit(_step(model), state, _data(8), epochs=3, compile="eager",
+                   callbacks=[Interrupt()], **quiet(2))
     assert int(state.step) == 4  # stopped at the step boundary after the signal
     assert torch.isfinite(state.params["0.weight"]).all()
 
@@ -188,7 +193,7 @@ def test_fit_bad_arguments():
         ft.fit(step, state(), _data(2), **QUIET)
     with pytest.raises(ValueError, match="loader is empty"):
         ft.fit(step, state(), [], epochs=1, **QUIET)
-    with pytest.raises(ValueError, match="epochs: expected a positive int"):
+    with pytest.raises(ValueError, match=r"epochs: expected an int >= 1"):
         ft.fit(step, state(), _data(2), epochs=0, **QUIET)
     with pytest.raises(ValueError, match="precision: expected one of"):
         ft.fit(step, state(), _data(2), epochs=1, precision="bf17", **QUIET)
@@ -229,8 +234,8 @@ def test_fit_mixed_precision_trains_compiled(precision):
             losses.append(metrics["train/loss"])
 
     state = ft.TrainState.create(model, ft.optim.adam(1e-2))
-    state = ft.fit(step, state, data, epochs=6, log_every=8, compile="inductor",
-                   precision=precision, callbacks=[Record()], on_recompile="raise", **QUIET)
+    run = ft.compile_step(step, compile="inductor", precision=precision, on_recompile="raise")
+    state = ft.fit(run, state, data, epochs=6, callbacks=[Record()], **quiet(8))
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.dtype == torch.float32 for p in state.params.values())
     if precision == "16-mixed":
@@ -250,15 +255,17 @@ def test_accumulate_equals_one_step_on_the_concatenated_batch(clip):
         tx = ft.optim.chain(ft.optim.clip_by_global_norm(0.05), ft.optim.sgd(0.5))
     ref = ft.fit(_step(model), ft.TrainState.create(model, tx), whole, epochs=1,
                  compile="eager", **QUIET)
-    acc = ft.fit(_step(model), ft.TrainState.create(model, tx), micro, epochs=1,
-                 compile="inductor", accumulate=4, **QUIET)
+    multi = ft.optim.MultiSteps(tx, 4)  # accumulation is an optimizer wrapper
+    acc = ft.fit(_step(model), ft.TrainState.create(model, multi), micro, epochs=1,
+                 compile="inductor", **QUIET)
     assert int(acc.step) == 12 and int(ref.step) == 3
-    assert acc.tx is tx  # the caller's optimizer comes back
+    assert acc.tx is multi
+    inner = acc.opt_state.inner_opt_state
     for k in ref.params:
         torch.testing.assert_close(acc.params[k], ref.params[k], rtol=1e-5, atol=1e-6, msg=k)
-    ft.tree.assert_trees_match(ref.opt_state, acc.opt_state, "opt_state")
+    ft.tree.assert_trees_match(ref.opt_state, inner, "opt_state")
     if not clip:
-        torch.testing.assert_close(acc.opt_state[0].count, ref.opt_state[0].count)
+        torch.testing.assert_close(inner[0].count, ref.opt_state[0].count)
 
 
 def _exploding_step(model, at):
@@ -276,35 +283,41 @@ def _exploding_step(model, at):
     return step
 
 
-def test_on_nonfinite_raise_stop_skip(tmp_path):
+def test_nonfinite_guard_raise_stop_skip(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     data = _data(8)
     new = lambda: ft.TrainState.create(model, ft.optim.adam(1e-2))  # noqa: E731
+    guard = ft.callbacks.NonFiniteGuard
     with pytest.raises(FloatingPointError, match=r"at step 6: metric train/loss = nan.*HINT"):
-        ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
-               compile="inductor", on_nonfinite="raise", run_dir=tmp_path,
-               checkpoint_every=2, **QUIET)
+        ft.fit(_exploding_step(model, 6), new(), data, epochs=2,
+               compile="inductor", callbacks=[guard("raise")], run_dir=tmp_path,
+               checkpoint=ft.Checkpointing(2), **quiet(4))
     # nothing already saved is lost: the checkpoint before the bad step restores, finite
     saved = ft.checkpoint.restore(tmp_path / "checkpoints" / "step_000000004", like=new())
     assert int(saved.step) == 4
     assert all(bool(torch.isfinite(p).all()) for p in saved.params.values())
-    state = ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
-                   compile="eager", on_nonfinite="stop", **QUIET)
+    state = ft.fit(_exploding_step(model, 6), new(), data, epochs=2,
+                   compile="eager", callbacks=[guard("stop")], **quiet(4))
     assert int(state.step) == 8  # stopped at the log window holding step 6
     with pytest.warns(UserWarning, match="skipped the update of a step with non-finite"):
-        state = ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
-                       compile="inductor", on_nonfinite="skip", **QUIET)
+        skipping = ft.TrainState.create(  # skipping the update is an optimizer wrapper
+            model, ft.optim.apply_if_finite(ft.optim.adam(1e-2), 10))
+        state = ft.fit(_exploding_step(model, 6), skipping, data, epochs=2,
+                       compile="inductor", callbacks=[guard("skip")], **quiet(4))
     assert int(state.step) == 16 and state.tx is not None
     assert all(bool(torch.isfinite(p).all()) for p in state.params.values())
-    unchecked = ft.fit(_exploding_step(model, 6), new(), data, epochs=2, log_every=4,
-                       compile="eager", **QUIET)
+    unchecked = ft.fit(_exploding_step(model, 6), new(), data, epochs=2,
+                       compile="eager", **quiet(4))
     assert not all(bool(torch.isfinite(p).all()) for p in unchecked.params.values())
-    with pytest.raises(ValueError, match="on_nonfinite: expected"):
-        ft.fit(_exploding_step(model, 6), new(), data, epochs=1, on_nonfinite="ignore", **QUIET)
+    with pytest.raises(ValueError, match="action: expected one of 'raise', 'stop', 'skip'"):
+        guard("ignore")
+    with pytest.raises(ValueError, match="NonFiniteGuard needs a runner that checks"):
+        ft.fit(ft.compile_step(_exploding_step(model, 6)), new(), data, epochs=1,
+               callbacks=[guard()], **QUIET)
 
 
-def test_on_nonfinite_adds_no_host_sync_per_step():
+def test_nonfinite_guard_adds_no_host_sync_per_step():
     model = _model()
     counts_by_mode = {}
     for mode in (None, "raise"):
@@ -317,10 +330,31 @@ def test_on_nonfinite_adds_no_host_sync_per_step():
             def on_log(self, loop, metrics):
                 self.into.append(dict(counts))
 
+        guards = [ft.callbacks.NonFiniteGuard(mode)] if mode else []
         with count_host_syncs() as counts:
             ft.fit(_step(model), ft.TrainState.create(model, ft.optim.adamw(1e-3)),
-                   _data(40), epochs=1, log_every=10, compile="inductor",
-                   callbacks=[Snap(snapshots)], on_nonfinite=mode, **QUIET)
+                   _data(40), epochs=1, compile="inductor",
+                   callbacks=[Snap(snapshots)] + guards, **quiet(10))
         counts_by_mode[mode] = {k: snapshots[-1][k] - snapshots[0][k] for k in counts}
     assert counts_by_mode[None] == counts_by_mode["raise"] == {
         **dict.fromkeys(counts_by_mode[None], 0), "tolist": 3}
+
+
+def test_evaluate_after_fit_reuses_fits_compiled_evaluation(monkeypatch):
+    compiled = []
+
+    def counting(self, gm, example_inputs):  # the runner's path, with no inductor
+        self.compiles += 1
+        compiled.append(self)
+        return gm.forward
+
+    monkeypatch.setattr(ft.CompiledStep, "_compile_graph", counting)
+    model = _model()
+    eval_fn = _eval(model)
+    state = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), _data(2),
+                   epochs=1, eval_fn=eval_fn, eval_loader=_data(1), compile="inductor",
+                   device="cpu", **QUIET)
+    n = len(compiled)  # the step and the evaluation
+    # "auto" on the CPU is inductor, "32" the default policy: the same runner, no new compile
+    ft.evaluate(eval_fn, state, _data(1), compile="auto")
+    assert len(compiled) == n == 2

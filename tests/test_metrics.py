@@ -243,9 +243,9 @@ def test_as_metric_error_names_the_key():
         M.to_metrics({"loss": torch.ones(4)})
     assert str(e.value).startswith(
         "metrics['loss']: expected a 0-d tensor or a functrain.metrics metric, "
-        "got tensor of shape (4,).")
+        "got a float32 tensor of shape (4,).")
     assert "HINT" in str(e.value)
-    with pytest.raises(TypeError, match=r"(?s)metrics\['lr'\]: .* got float\..*HINT"):
+    with pytest.raises(TypeError, match=r"(?s)metrics\['lr'\]: .* got 0\.1\..*HINT"):
         M.to_metrics({"lr": 0.1})
     with pytest.raises(TypeError, match="expected a dict"):
         M.to_metrics([torch.tensor(1.0)])

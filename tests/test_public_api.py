@@ -52,12 +52,42 @@ def test_top_level_callables_are_documented():
 
 
 def test_import_has_no_side_effects_on_torch_settings():
-    code = ("import torch, warnings, logging; before = (torch.get_num_threads(), "
-            "torch.get_default_dtype(), torch.is_grad_enabled(), len(logging.root.handlers)); "
+    code = ("import os, torch, warnings, logging; before = (torch.get_num_threads(), "
+            "torch.get_default_dtype(), torch.is_grad_enabled(), len(logging.root.handlers), "
+            "dict(os.environ)); "
             "import functrain; after = (torch.get_num_threads(), torch.get_default_dtype(), "
-            "torch.is_grad_enabled(), len(logging.root.handlers)); "
+            "torch.is_grad_enabled(), len(logging.root.handlers), dict(os.environ)); "
             "assert before == after, (before, after); "
             "import sys; assert 'torch_xla' not in sys.modules and "
             "'tensorboard' not in sys.modules and 'safetensors' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_import_registers_no_custom_op():
+    """Custom operators are registered by the first draw, not by ``import functrain``."""
+    code = ("import torch; import functrain as ft; "
+            "ops = lambda: sorted(n for n in torch._C._dispatch_get_all_op_names() "
+            "if n.startswith('functrain::')); "
+            "assert ops() == [], ops(); "
+            "assert not hasattr(torch.ops.functrain, 'threefry2x32'); "
+            "ft.random.uniform(ft.random.key(0), (2,)); "
+            "assert ops() == ['functrain::normal', 'functrain::threefry2x32', "
+            "'functrain::threefry2x32_iota'], ops()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+def test_first_draw_inside_torch_compile_registers_the_ops():
+    """A compiled function may be the first to draw: registration runs while tracing."""
+    code = ("import torch; import functrain as ft\n"
+            "@torch.compile(fullgraph=True, backend='eager')\n"
+            "def f(k):\n"
+            "    return ft.random.normal(k, (3,)) + ft.random.uniform(k, (3,))\n"
+            "k = ft.random.key(0)\n"
+            "a, b = f(k), f(ft.random.fold_in(k, 1))\n"
+            "assert torch.equal(a, ft.random.normal(k, (3,)) + ft.random.uniform(k, (3,)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr

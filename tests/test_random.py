@@ -34,7 +34,9 @@ def _counting_backend():
 
 
 def test_threefry_known_answers():
-    # Threefry-2x32-20 test vectors from Random123 (also in JAX's tests).
+    # Threefry-2x32-20 test vectors from Random123 (also in JAX's tests). The operators are
+    # registered by the first draw; this test calls them directly, so it registers them first.
+    R._threefry.register_ops()
     cases = [
         ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
         ((M32, M32), (M32, M32), (0x1CB996FC, 0xBB002BE7)),
@@ -159,8 +161,10 @@ def test_argument_validation():
         R.uniform(k, (2,), low=1.0, high=0.0)
     with pytest.raises(ValueError, match="high - low"):
         R.randint(k, (2,), 5, 5)
-    with pytest.raises(TypeError, match="non-negative int"):
+    with pytest.raises(ValueError, match=r"split: num: expected an int >= 0, got -1"):
         R.split(k, -1)
+    with pytest.raises(TypeError, match=r"split: num: expected an int >= 0, got 2\.0"):
+        R.split(k, 2.0)
 
 
 def test_determinism_and_independence():
@@ -175,7 +179,7 @@ def test_determinism_and_independence():
     # A prefix of a draw is the draw of the prefix shape (counters are element indices).
     assert torch.equal(R.bits(k, (10,)), R.bits(k, (100,))[:10])
     # Large draws are computed in chunks on CPU; the chunk boundary is invisible.
-    n = R._CPU_CHUNK + 5
+    n = R._threefry._CPU_CHUNK + 5
     x0, x1 = torch.ops.functrain.threefry2x32_iota(k, n)
     j = torch.arange(n)
     y0, y1 = torch.ops.functrain.threefry2x32(k, j >> 32, j & M32)

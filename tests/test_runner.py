@@ -85,6 +85,76 @@ def test_donated_state_raises_and_donate_false_keeps_it():
     assert int(t0.step) == 0 and int(t1.step) == 1
 
 
+def _forked_state_class():
+    """A user's fork of TrainState: its pattern copied, registered as a pytree by hand."""
+    import dataclasses
+
+    import optree
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class MyState:
+        step: torch.Tensor
+        params: dict
+        opt_state: object
+        tx: object = dataclasses.field(default=None, metadata={"static": True})
+
+        def apply_gradients(self, grads):
+            updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+            return dataclasses.replace(self, step=self.step + 1, opt_state=opt_state,
+                                       params=ft.optim.apply_updates(self.params, updates))
+
+    names = ("step", "params", "opt_state")
+    optree.register_pytree_node(
+        MyState, lambda s: ([getattr(s, n) for n in names], s.tx, names),
+        lambda tx, children: MyState(*children, tx=tx),
+        path_entry_type=optree.GetAttrEntry, namespace=ft.tree.NAMESPACE)
+    return MyState
+
+
+def test_precision_policies_treat_a_forked_state_class_like_train_state():
+    MyState = _forked_state_class()  # noqa: N806
+    tx = ft.optim.adam(1e-2)
+    params = {"w": torch.zeros(3, 2)}
+    state = MyState(torch.zeros((), dtype=torch.int64), params, tx.init(params), tx)
+    cast = ft.precision.Policy.from_name("bf16-true").cast_state(state)
+    assert type(cast) is MyState
+    assert cast.params["w"].dtype == torch.bfloat16
+    assert cast.opt_state[0].mu["w"].dtype == torch.bfloat16  # through tx.init, as TrainState
+    assert cast.step.dtype == torch.int64
+    with pytest.raises(TypeError, match=r"state: expected a functrain.TrainState.*HINT: .*extras dict"):
+        ft.precision.Policy.from_name("16-mixed").prepare_state(state)
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_a_forked_state_class_is_donated_like_train_state(backend):
+    model = nn.Linear(6, 3)
+    MyState = _forked_state_class()  # noqa: N806
+
+    def step(state, batch):
+        x, y = batch
+
+        def loss_fn(params):
+            out, _ = ft.call(model, params, {}, x)
+            return nn.functional.cross_entropy(out, y)
+
+        grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
+        return state.apply_gradients(grads), {"loss": loss}
+
+    tx = ft.optim.adam(1e-2)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    s0 = MyState(torch.zeros((), dtype=torch.int64), params, tx.init(params), tx)
+    run = ft.compile_step(step, compile=backend)
+    s1, _ = run(s0, _data(1)[0])
+    s2, _ = run(s1, _data(1)[0])  # the compiled step wrote into the fork's tensors
+    assert type(s2) is MyState and int(s2.step) == 2
+    for old in (s0, s1):
+        with pytest.raises(ft.DonatedStateError, match=r"state\.params: .*donated.*HINT"):
+            old.params  # noqa: B018
+        with pytest.raises(ft.DonatedStateError):
+            run(old, _data(1)[0])
+    assert "donated MyState" in repr(s0)
+
+
 def test_compiled_step_updates_state_in_place():
     model = _model()
     run = ft.compile_step(_step(model), compile="inductor")

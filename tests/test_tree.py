@@ -38,8 +38,8 @@ def test_leaves_with_path_names_namedtuple_fields():
     ({"layers": {"3.weight": torch.ones(64, 32)}, "extra": torch.ones(1)},
      r"grads: expected keys .*unexpected \['extra'\]"),
     ({"layers": {"3.weight": 1.0}},
-     r"grads\['layers'\]\['3\.weight'\]: expected tensor of shape \(64, 32\) and dtype "
-     r"torch.float32, got float\."),
+     r"grads\['layers'\]\['3\.weight'\]: expected a float32 tensor of shape \(64, 32\), "
+     r"got 1\.0\."),
     ({"layers": [torch.ones(64, 32)]}, r"grads\['layers'\]: expected a dict, got a list\."),
 ])
 def test_mismatch_errors_name_the_first_leaf_path(got, message):

@@ -1,5 +1,6 @@
 """Run by test_xla_spmd.py in a process of its own (SPMD and the device count are fixed when
-torch_xla's runtime starts): train with fit(devices="all") and save what the test compares."""
+torch_xla's runtime starts): train with fit(compile_step(..., devices="all")) and save what the
+test compares."""
 
 import sys
 
@@ -12,9 +13,9 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import test_xla_spmd as T  # noqa: E402
 
 out = sys.argv[1]
-state = ft.fit(T.step, T.fresh_state(), T.loader(), epochs=2, device="xla", devices="all",
-               loggers=[T.ListLogger()], log_every=4, summary=False)
-run = next(iter(ft._fit._RUNNERS[T.step].values()))
+run = ft.compile_step(T.step, device="xla", devices="all")
+state = ft.fit(run, T.fresh_state(), T.loader(),
+               epochs=2, log=ft.Logging(every=4, loggers=[T.ListLogger()], summary=False))
 batch = run.place_batch(next(iter(T.loader())))
 torch.save({"state": ft.tree.leaves_with_path(T.on_cpu(state), "state"),
             "sharding": torch_xla._XLAC._get_xla_sharding_spec(batch[0]),

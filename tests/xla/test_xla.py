@@ -128,8 +128,9 @@ def test_fit_on_xla_logs_the_cpu_losses(tmp_path):
     def train(device):
         loader = ft.data.ArrayLoader((x, y), 64, shuffle=True, seed=3)
         log = ListLogger()
-        state = ft.fit(step, fresh_state(), loader, epochs=3, device=device, log_every=4,
-                       loggers=[log], summary=False, run_dir=tmp_path / device)
+        state = ft.fit(step, fresh_state(), loader, epochs=3, device=device,
+                       log=ft.Logging(every=4, loggers=[log], summary=False),
+                       run_dir=tmp_path / device)
         return state, [(s, m["train/loss"]) for s, m in log.rows if "train/loss" in m]
 
     ref, ref_losses = train("cpu")
@@ -201,12 +202,11 @@ def test_resume_on_cpu_a_run_checkpointed_on_xla(tmp_path):
     def loader():
         return ft.data.ArrayLoader((x, y), 32, shuffle=True, seed=5)
 
-    straight = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu",
-                      loggers=False, summary=False)
-    ft.fit(step, fresh_state(), loader(), max_steps=8, device="xla", loggers=False,
-           summary=False, run_dir=tmp_path, checkpoint_every=8)
-    resumed = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu", loggers=False,
-                     summary=False, run_dir=tmp_path, resume="auto")
+    straight = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu", log=False)
+    ft.fit(step, fresh_state(), loader(), max_steps=8, device="xla", log=False,
+           run_dir=tmp_path, checkpoint=ft.Checkpointing(8))
+    resumed = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu", log=False,
+                     run_dir=tmp_path, resume="auto")
     assert int(resumed.step) == 16
     assert_close_trees(resumed, straight)
 
@@ -280,15 +280,14 @@ def test_fit_on_xla_syncs_once_per_step_and_reads_once_per_log_window(monkeypatc
 
     x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
     loader = ft.data.ArrayLoader((x, y), 32, shuffle=True, seed=1)
-    ft.fit(step, fresh_state(), loader, epochs=1, device="xla", log_every=2, loggers=False,
-           summary=False)  # warm-up: compiles the step and the window's graphs
+    ft.fit(step, fresh_state(), loader, epochs=1, device="xla",
+           log=ft.Logging.quiet(2))  # warm-up: compiles the step and the window's graphs
     syncs.clear()
     before = transfers()
-    ft.fit(step, fresh_state(), loader, epochs=4, device="xla", log_every=8, loggers=False,
-           summary=False)
+    ft.fit(step, fresh_state(), loader, epochs=4, device="xla", log=ft.Logging.quiet(8))
     windows = 4  # 32 steps, a window read every 8
-    resets = windows + 1  # fit starts with an empty window and empties it after each read;
-    # each reset is synced as a small graph of its own
+    resets = windows  # fit empties the window after each read (the first step makes the
+    # first window); each reset is synced as a small graph of its own
     assert len(syncs) == 32 + resets, len(syncs)
     # One transfer per log window (fit's one read of state.step at the start is a CPU tensor
     # here, or one more transfer: seen both ways); a read per step would give 32 or more.

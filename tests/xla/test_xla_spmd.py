@@ -1,5 +1,5 @@
-"""Data parallel on one host: ``fit(devices="all")`` over two XLA CPU devices (SPMD, each batch
-split in two) gives what one device gives on the whole batch."""
+"""Data parallel on one host: ``fit(compile_step(..., devices="all"))`` over two XLA CPU devices
+(SPMD, each batch split in two) gives what one device gives on the whole batch."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def test_two_devices_equal_one_device_on_the_whole_batch(tmp_path):
     assert "devices=[2" in got["sharding"], got["sharding"]  # the batch really was split
 
     log = ListLogger()
-    ref = ft.fit(step, fresh_state(), loader(), epochs=2, device="xla", loggers=[log],
-                 log_every=4, summary=False)
+    ref = ft.fit(step, fresh_state(), loader(), epochs=2, device="xla",
+                 log=ft.Logging(every=4, loggers=[log], summary=False))
     want = ft.tree.leaves_with_path(on_cpu(ref), "state")
     assert [p for p, _ in got["state"]] == [p for p, _ in want]
     for (path, a), (_, b) in zip(got["state"], want):

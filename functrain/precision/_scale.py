@@ -9,15 +9,15 @@ changing scale never recompiles the step. The update rule is `torch.amp.GradScal
 from __future__ import annotations
 
 import math
-import numbers
 import struct
 from typing import Any
 
 import optree
 import torch
 
-from . import tree as _tree
-from .tree import NAMESPACE, register_fields
+from .. import tree as _tree
+from .._errors import check_int, check_number
+from ..tree import NAMESPACE, register_fields
 
 __all__ = ["DynamicLossScale", "NoOpLossScale", "all_finite"]
 
@@ -114,15 +114,14 @@ class DynamicLossScale:
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000, *,
                  device: torch.device | str | None = None) -> None:
-        _check_number("init_scale", init_scale, low=0.0)
+        check_number("init_scale", init_scale, low=0.0, low_open=True)
         if not math.isfinite(float(torch.tensor(float(init_scale), dtype=torch.float32))):
             raise ValueError(f"init_scale: expected a number that fits in float32, got "
                              f"{init_scale!r}.")
-        _check_number("growth_factor", growth_factor, low=1.0)
-        _check_number("backoff_factor", backoff_factor, low=0.0, high=1.0)
-        if (not isinstance(growth_interval, numbers.Integral) or isinstance(growth_interval, bool)
-                or growth_interval < 1):
-            raise ValueError(f"growth_interval: expected a positive int, got {growth_interval!r}.")
+        check_number("growth_factor", growth_factor, low=1.0, low_open=True)
+        check_number("backoff_factor", backoff_factor, low=0.0, high=1.0, low_open=True,
+                     high_open=True)
+        check_int("growth_interval", growth_interval, minimum=1)
         leaves = (torch.tensor(float(init_scale), dtype=torch.float32, device=device),
                   torch.zeros((), dtype=torch.int64, device=device),
                   torch.zeros((), dtype=torch.int64, device=device))
@@ -232,14 +231,6 @@ def _fill(obj: DynamicLossScale, leaves: Any, static: tuple[Any, ...]) -> None:
 _LEAVES = ("loss_scale", "growth_tracker", "skipped_steps")
 # (static; ``_exact``: are the growth and backoff factors exactly float32 numbers?)
 _STATIC = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "_exact")
-
-
-def _check_number(name: str, value: Any, *, low: float, high: float | None = None) -> None:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}.")
-    if not (value > low and (high is None or value < high)):  # also rejects NaN
-        rng = f"({low:g}, {'inf' if high is None else f'{high:g}'})"
-        raise ValueError(f"{name}: expected a number in {rng}, got {value!r}.")
 
 
 class NoOpLossScale:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["Callback", "Loop"]
@@ -23,6 +23,12 @@ class Loop:
         samples: examples processed so far in this run (from the batches' first dimension).
         error: the exception ending the run, if one is propagating (seen by `on_run_end`).
         callbacks: the run's callbacks (for savers that store every callback's state).
+        loggers: the run's `functrain.loggers.Logger` objects (`log` writes to them).
+        total_steps: the step count at which the run ends, if known (``max_steps`` or
+            epochs times a sized loader's length), counted like ``step``.
+        compiles: graphs the training step has compiled so far (set before `on_run_end`).
+        nonfinite_step: with a `functrain.callbacks.NonFiniteGuard`, the first step of the
+            window just logged whose metrics or params held inf/NaN (0: none).
 
     Example:
         >>> loop = Loop(state=None, step=10, epoch=0)
@@ -40,8 +46,10 @@ class Loop:
     samples: int = 0
     error: BaseException | None = None
     callbacks: tuple[Any, ...] = ()
-    _log: Callable[[dict[str, float], int], None] | None = dataclasses.field(
-        default=None, repr=False)
+    loggers: tuple[Any, ...] = ()
+    total_steps: int | None = None
+    compiles: int = 0
+    nonfinite_step: int = 0
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary, recording why."""
@@ -56,8 +64,8 @@ class Loop:
             {'lr': 0.1}
         """
         self.metrics.update(values)
-        if self._log is not None:
-            self._log(values, self.step)
+        for logger in self.loggers:
+            logger.log_metrics(values, self.step)
 
     def callback_states(self) -> dict[str, Any]:
         """``{cb.state_key: cb.state_dict()}`` for every callback, for checkpoints."""

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from . import tree as _tree
-from ._precision_scale import DynamicLossScale, NoOpLossScale
-from ._state import TrainState
+from .. import tree as _tree
+from .._errors import describe
+from ._scale import DynamicLossScale, NoOpLossScale
 
 __all__ = ["Policy"]
 
@@ -223,21 +223,25 @@ class Policy:
         """
         if self.param_dtype is None:
             return state
-        if not isinstance(state, TrainState):
+        if not _is_train_state(state):
             new = _tree.cast(state, self.param_dtype)
             return state if _same_leaves(state, new) else new
         params = _tree.cast(state.params, self.param_dtype)
-        buffers = _tree.cast(state.buffers, self.param_dtype)
-        opt_state = state.opt_state
-        if state.tx is not None and not _same_leaves(state.params, params):
-            ref = _init_on_meta(state.tx, params)
+        buffers = _tree.cast(getattr(state, "buffers", {}), self.param_dtype)
+        opt_state = getattr(state, "opt_state", None)
+        tx = getattr(state, "tx", None)
+        if tx is not None and not _same_leaves(state.params, params):
+            ref = _init_on_meta(tx, params)
             _tree.assert_trees_match(ref, opt_state, "state.opt_state", dtype=False)
             opt_state = _tree.map(
                 lambda r, x: x.to(r.dtype) if isinstance(x, torch.Tensor) else x, ref, opt_state)
-        if _same_leaves((state.params, state.buffers, state.opt_state),
+        if _same_leaves((state.params, getattr(state, "buffers", {}), state.opt_state),
                         (params, buffers, opt_state)):
             return state
-        return state.replace(params=params, buffers=buffers, opt_state=opt_state)
+        changes = {"params": params, "opt_state": opt_state}
+        if hasattr(state, "buffers"):
+            changes["buffers"] = buffers
+        return _replace(state, **changes)
 
     def prepare_state(self, state: Any,
                       loss_scale: DynamicLossScale | NoOpLossScale | None = None) -> Any:
@@ -259,18 +263,19 @@ class Policy:
         state = self.cast_state(state)
         if not self.needs_loss_scale and loss_scale is None:
             return state
-        if not isinstance(state, TrainState):
-            raise TypeError(f"state: expected a functrain.TrainState, got "
-                            f"{type(state).__name__}. HINT: keep the loss scale in your own "
-                            "state and use DynamicLossScale's scale/unscale/adjust.")
+        if not (_is_train_state(state) and isinstance(getattr(state, "extras", None), dict)):
+            raise TypeError(f"state: expected a functrain.TrainState, got {describe(state)}. "
+                            "HINT: a state class of your own carries the loss scale if it has "
+                            "params, opt_state, tx and an extras dict; or keep the loss scale "
+                            "in your own state and use DynamicLossScale's scale/unscale/adjust.")
         if loss_scale is None:
             if isinstance(state.extras.get("loss_scale"), DynamicLossScale):
                 return state
             loss_scale = DynamicLossScale(device=state.step.device)
         if not isinstance(loss_scale, (DynamicLossScale, NoOpLossScale)):
             raise TypeError(f"loss_scale: expected a DynamicLossScale or NoOpLossScale, got "
-                            f"{type(loss_scale).__name__}.")
-        return state.replace(extras={**state.extras, "loss_scale": loss_scale})
+                            f"{describe(loss_scale)}.")
+        return _replace(state, extras={**state.extras, "loss_scale": loss_scale})
 
     def wrap_step(self, step_fn: Callable[[Any, Any], Any], device_type: str | torch.device,
                   *, check_loss_scale: bool = True) -> Callable[[Any, Any], Any]:
@@ -329,7 +334,7 @@ def _check_scaled(state: Any, new_state: Any) -> None:
     if not isinstance(old, DynamicLossScale):
         raise ValueError(
             "precision='16-mixed' needs a DynamicLossScale in state.extras['loss_scale'], "
-            f"got {type(old).__name__}. HINT: state = policy.prepare_state(state).")
+            f"got {describe(old)}. HINT: state = policy.prepare_state(state).")
     if getattr(new_state, "extras", {}).get("loss_scale") is old:
         raise ValueError(
             "precision='16-mixed': the step returned state.extras['loss_scale'] unchanged, so "
@@ -337,3 +342,24 @@ def _check_scaled(state: Any, new_state: Any) -> None:
             "the gradients with functrain.precision.value_and_grad(loss_fn)(params, "
             "loss_scale=functrain.precision.get_loss_scale(state)) and apply them with "
             "functrain.precision.apply_gradients(state, grads).")
+
+
+def _is_train_state(state: Any) -> bool:
+    """Whether ``state`` follows `TrainState`'s protocol: ``params``, ``opt_state``, ``tx``.
+
+    A user's fork of `TrainState` (any class with those fields) is treated like it.
+    """
+    return not isinstance(state, dict) and all(
+        hasattr(state, n) for n in ("params", "opt_state", "tx"))
+
+
+def _replace(state: Any, **changes: Any) -> Any:
+    """``state`` with ``changes``, through its ``replace``/``_replace`` or a dataclass replace."""
+    if callable(getattr(state, "replace", None)):
+        return state.replace(**changes)
+    if callable(getattr(state, "_replace", None)):
+        return state._replace(**changes)
+    if dataclasses.is_dataclass(state):
+        return dataclasses.replace(state, **changes)
+    raise TypeError(f"state: expected a state with replace(), _replace() or a dataclass, got "
+                    f"{describe(state)}.")

@@ -1,0 +1,71 @@
+"""Backend selection: which compiler runs a step on which device, and the compile call."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import _compat
+
+__all__ = ["BACKENDS", "FUNCTIONAL", "compile_graph", "compile_method", "resolve_backend"]
+
+BACKENDS = ("eager", "inductor", "cudagraphs", "openxla")
+# Backends whose step returns its new state and metric window instead of writing them into
+# the inputs: eager, and openxla, where XLA's executable makes fresh buffers anyway and input
+# mutations would cost an extra lazy graph per step.
+FUNCTIONAL = ("eager", "openxla")
+
+
+def resolve_backend(compile: str | bool, device: torch.device) -> str:
+    """The backend for ``compile`` (``"auto"``, a name, True/False) on ``device``.
+
+    Example:
+        >>> resolve_backend("auto", torch.device("cpu"))
+        'inductor'
+    """
+    if compile is True or compile == "auto":
+        return {"cuda": "cudagraphs", "xla": "openxla"}.get(device.type, "inductor")
+    if compile is False:
+        return "eager"
+    if compile not in BACKENDS:
+        raise ValueError(f"compile: expected one of 'auto', {', '.join(map(repr, BACKENDS))}, "
+                         f"True or False, got {compile!r}.")
+    if (compile == "openxla") != (device.type == "xla") and compile != "eager":
+        raise ValueError(f"compile={compile!r} does not run on device={device}. HINT: on an XLA "
+                         "device use compile='auto' (= 'openxla') or 'eager' (torch_xla's lazy "
+                         "tensors); elsewhere 'auto', 'inductor', 'cudagraphs' or 'eager'.")
+    if compile == "cudagraphs" and device.type != "cuda":
+        raise ValueError(f"compile='cudagraphs' needs a CUDA device, got device={device}. "
+                         "HINT: use compile='inductor' on CPU.")
+    return compile
+
+
+def compile_graph(backend: str, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+    """Compile one captured graph with ``backend`` (Dynamo's backend callable)."""
+    if backend == "openxla":
+        return _compat.lookup_backend("openxla")(gm, example_inputs)
+    patches = {"triton.cudagraphs": True} if backend == "cudagraphs" else {}
+    return _compat.inductor_compile(gm, example_inputs, config_patches=patches)
+
+
+_COPIES = 0
+
+
+def compile_method(method: Callable[..., Any], owner: Any,
+                   backend: Callable[..., Any]) -> tuple[Callable[..., Any], str]:
+    """``owner.method`` compiled whole (``fullgraph=True, dynamic=False``) by ``backend``.
+
+    Dynamo caches compiled code per code object, with a small limit per object; each call
+    compiles its own copy of the method's code, so runners never share (or evict) entries.
+    Returns the compiled callable and the name of its code object (to find Dynamo's guard
+    failures for it).
+    """
+    global _COPIES
+    _COPIES += 1
+    fn = _compat.with_own_code(method, f"functrain_step_{_COPIES}")
+    compiled = torch.compile(types.MethodType(fn, owner), backend=backend,
+                             fullgraph=True, dynamic=False)
+    return compiled, fn.__code__.co_name

@@ -1,0 +1,221 @@
+"""Every private torch API functrain uses, in one place, each behind a small function.
+
+Each function says which public API is missing, so that it can be retired when torch grows one.
+Nothing here runs at import: each private name is looked up when its function is called, and a
+name a torch release lacks raises `RuntimeError` naming the API and the torch version (or, where
+functrain has a fallback, returns the value that selects it). The functions are exercised on the
+pinned torch by ``tests/test_compat.py`` and on the XLA lane's torch (2.9) by
+``tests/xla/test_xla_compat.py``.
+
+Example:
+    >>> import torch
+    >>> is_functional_call_key_error(RuntimeError("Missing key(s): 'w'."))
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+__all__ = [
+    "calculate_correct_fan",
+    "dcp_metadata_globals",
+    "dcp_slice_file",
+    "fake_tensor_mode",
+    "guard_failure_reason",
+    "has_dcp_slice_file",
+    "inductor_compile",
+    "is_autograd_device_queue_error",
+    "is_functional_call_key_error",
+    "lookup_backend",
+    "mark_static_address",
+    "private_sampler_name",
+    "real_tensors",
+    "with_own_code",
+]
+
+
+def _private(module: str, name: str) -> Any:
+    """``module.name``, looked up now; a clear error if this torch lacks it."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(
+            f"functrain uses the private torch API {module}.{name}, which torch "
+            f"{torch.__version__} does not have ({type(e).__name__}: {e}). HINT: install the "
+            "torch release functrain is tested with (see the README), or report this.") from None
+
+
+# -- torch.compile ------------------------------------------------------------------------------
+
+
+def with_own_code(fn: Callable[..., Any], name: str) -> types.FunctionType:
+    """A copy of the plain function ``fn`` whose code object is new and named ``name``.
+
+    Dynamo caches compiled graphs per code object, with a small limit per object, so two
+    runners compiling the same method would share (and evict) each other's entries. Missing
+    public API: a per-call ``torch.compile`` cache (or cache key). Relies on Dynamo keying its
+    cache by code object, which torch does not document.
+    """
+    code = fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def inductor_compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
+                     config_patches: dict[str, Any] | None = None) -> Any:
+    """Compile an FX graph with Inductor, as ``torch.compile(backend="inductor")`` would.
+
+    Missing public API: a callable Inductor backend with per-call config, for a custom backend
+    (functrain's counts compiles) to delegate to. Uses ``torch._inductor.compile_fx.compile_fx``.
+    """
+    compile_fx = _private("torch._inductor.compile_fx", "compile_fx")
+    return compile_fx(gm, example_inputs, config_patches=config_patches or {})
+
+
+def lookup_backend(name: str) -> Callable[..., Any]:
+    """The torch.compile backend registered as ``name`` (e.g. torch_xla's ``"openxla"``).
+
+    Missing public API: a lookup of registered backends by name (``torch.compiler`` lists
+    their names only). Uses ``torch._dynamo.lookup_backend``.
+    """
+    return _private("torch._dynamo", "lookup_backend")(name)
+
+
+def mark_static_address(x: torch.Tensor) -> None:
+    """Tell Dynamo that ``x`` keeps its address across calls (for CUDA graphs).
+
+    Missing public API: ``torch.compiler`` has no static-address marker. Uses
+    ``torch._dynamo.mark_static_address``.
+    """
+    _private("torch._dynamo", "mark_static_address")(x)
+
+
+def guard_failure_reason(code_name: str) -> str | None:
+    """The last reason Dynamo gave for recompiling the code object named ``code_name``.
+
+    Best effort: ``None`` if there is none or this torch records them elsewhere. Missing public
+    API: recompile reasons are only logged (``TORCH_LOGS=recompiles``), not returned. Uses
+    ``torch._dynamo.utils.guard_failures``.
+    """
+    try:
+        failures = _private("torch._dynamo.utils", "guard_failures")
+        for code, reasons in failures.items():
+            if getattr(code, "co_name", None) == code_name and reasons:
+                return str(reasons[-1])
+    except Exception:
+        return None
+    return None
+
+
+def fake_tensor_mode() -> Any:
+    """A fake-tensor mode in which real tensors are allowed too (for a shape-only dry run).
+
+    Missing public API: fake tensors (``torch._subclasses.fake_tensor.FakeTensorMode``).
+    """
+    return _private("torch._subclasses.fake_tensor", "FakeTensorMode")(
+        allow_non_fake_inputs=True)
+
+
+@contextlib.contextmanager
+def real_tensors() -> Iterator[None]:
+    """Leave any active fake-tensor mode for the block (new tensors are real ``meta`` ones).
+
+    Missing public API: a way to step out of fake-tensor mode
+    (``torch._subclasses.fake_tensor.unset_fake_temporarily``).
+    """
+    with _private("torch._subclasses.fake_tensor", "unset_fake_temporarily")():
+        yield
+
+
+# -- torch.func / autograd: errors recognised by their text -------------------------------------
+
+
+def is_functional_call_key_error(e: BaseException) -> bool:
+    """Whether ``e`` is ``torch.func.functional_call(strict=True)``'s missing/unexpected-key error.
+
+    Missing public API: that error is a plain `RuntimeError`; its text is the only signal.
+    """
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("Missing key" in msg or "Unexpected key" in msg)
+
+
+def is_autograd_device_queue_error(e: BaseException) -> bool:
+    """Whether ``e`` is autograd's internal assertion for a device it has no queue for.
+
+    The engine sizes its per-device queues at the process's first backward pass; a device
+    whose runtime started later (torch_xla) fails with this assertion. Missing public API: an
+    exception type or a query for it; the text (``device_ready_queues_``) is the only signal.
+    """
+    return isinstance(e, RuntimeError) and "device_ready_queues_" in str(e)
+
+
+# -- random ops torch exposes only privately ----------------------------------------------------
+
+_PRIVATE_SAMPLERS = ("_standard_gamma", "_sample_dirichlet")
+
+
+def private_sampler_name(func: Any) -> str | None:
+    """``"_standard_gamma"`` / ``"_sample_dirichlet"`` if ``func`` is that torch function.
+
+    Gamma, Beta and Dirichlet sampling (``torch.distributions``) draw through these, so a keyed
+    scope must recognise them to refuse them. Missing public API: none of them is public; they
+    are compared by name at use, so importing functrain touches neither.
+    """
+    name = getattr(func, "__name__", None)
+    if name in _PRIVATE_SAMPLERS and getattr(torch, name, None) is func:
+        return name
+    return None
+
+
+def calculate_correct_fan(tensor: torch.Tensor, mode: str) -> int:
+    """The fan (``"fan_in"`` or ``"fan_out"``) ``nn.init.kaiming_*`` uses for ``tensor``.
+
+    Missing public API: ``torch.nn.init`` computes it privately
+    (``torch.nn.init._calculate_correct_fan``).
+    """
+    return _private("torch.nn.init", "_calculate_correct_fan")(tensor, mode)
+
+
+# -- torch.distributed.checkpoint ---------------------------------------------------------------
+
+
+def has_dcp_slice_file() -> bool:
+    """Whether DCP's ``FileSystemReader`` has the private ``_slice_file`` `dcp_slice_file` uses."""
+    import torch.distributed.checkpoint as dcp
+
+    return hasattr(dcp.FileSystemReader, "_slice_file")
+
+
+def dcp_slice_file(reader: Any, file: Any, storage_info: Any) -> Any:
+    """A file view of one stored item (``storage_info``: its entry in DCP's metadata).
+
+    Missing public API: DCP reads whole plans only; reading one tensor's bytes as stored (to
+    keep the tensor ``torch.load`` returns instead of copying it) needs
+    ``FileSystemReader._slice_file``. Check `has_dcp_slice_file` first.
+    """
+    return reader._slice_file(file, storage_info)
+
+
+def dcp_metadata_globals() -> set[tuple[str, str]]:
+    """The ``(module, name)`` globals a DCP ``.metadata`` pickle may reference.
+
+    Several are private to DCP or torch (``_StorageInfo``, ``_MEM_FORMAT_ENCODING``,
+    ``torch.serialization._get_layout``); a restricted unpickler must admit them by name.
+    Missing public API: a safe loader for DCP metadata (DCP unpickles it unrestricted).
+    """
+    md = "torch.distributed.checkpoint.metadata"
+    return {
+        *((md, n) for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                            "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
+                            "StorageMeta", "_MEM_FORMAT_ENCODING")),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"), ("torch.serialization", "_get_layout"),
+        *((m, n) for m in ("pathlib", "pathlib._local")
+          for n in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
+    }

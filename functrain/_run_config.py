@@ -1,0 +1,105 @@
+"""`Logging` and `Checkpointing`: the rarely changed settings of a `fit` run, each as one value."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from ._errors import check_int
+
+__all__ = ["Checkpointing", "Logging"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Logging:
+    """How `functrain.fit` reports a run: ``fit(..., log=ft.Logging(every=10))``.
+
+    ``log=True`` (the default) is ``Logging()``; ``log=False`` turns off loggers, progress bar
+    and summary (metric windows are still read every 50 steps, for callbacks).
+
+    Args:
+        every: read, log and show the training metrics every this many steps (one host
+            transfer per window), and at the end of each epoch.
+        loggers: ``None``: JSONL + CSV (+ TensorBoard when installed) under ``run_dir``; or a
+            list of `functrain.loggers.Logger` objects (``[]``: none).
+        hparams: the run's hyperparameters, recorded by every logger at the start (with fit's
+            own settings).
+        progress: show a progress bar (`functrain.callbacks.ProgressBar`); ``None``: only when
+            stderr is a terminal.
+        summary: print the end-of-run summary (`functrain.callbacks.Summary`).
+
+    Example:
+        >>> import functrain as ft
+        >>> ft.Logging(every=10, loggers=[], progress=False).every
+        10
+    """
+
+    every: int = 50
+    loggers: Sequence[Any] | None = None
+    hparams: dict[str, Any] | None = None
+    progress: bool | None = None
+    summary: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("Logging.every", self.every, minimum=1)
+        if self.hparams is not None and not isinstance(self.hparams, dict):
+            raise TypeError(f"Logging.hparams: expected a dict or None, got "
+                            f"{type(self.hparams).__name__}.")
+        if self.loggers is not None and not isinstance(self.loggers, Sequence):
+            raise TypeError(f"Logging.loggers: expected None or a list of loggers, got "
+                            f"{type(self.loggers).__name__}.")
+
+    @classmethod
+    def quiet(cls, every: int = 50) -> Logging:
+        """No loggers, progress bar or summary: what ``log=False`` means."""
+        return cls(every=every, loggers=[], progress=False, summary=False)
+
+    def make_loggers(self, run_dir: str | None) -> list[Any]:
+        """The run's loggers: the given ones, or the default ones under ``run_dir``."""
+        if self.loggers is not None:
+            return list(self.loggers)
+        from . import loggers
+
+        assert run_dir is not None
+        return loggers.default_loggers(run_dir)
+
+    def callbacks(self) -> list[Any]:
+        """The default callbacks this setting adds after the user's: progress bar, summary."""
+        from .callbacks._run import ProgressBar, Summary
+
+        return [ProgressBar(self.progress)] * (self.progress is not False) + (
+            [Summary()] if self.summary else [])
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """When `functrain.fit` saves checkpoints: ``fit(..., checkpoint=ft.Checkpointing(100))``.
+
+    A checkpoint is saved every ``every`` steps (asynchronously: the loop waits only for a host
+    copy), at the end of the run, and on SIGTERM/SIGINT, under
+    ``run_dir/checkpoints/step_<step>/`` (see `functrain.checkpoint`). It holds the state, the
+    loop's position (`functrain.LoopState`: the place in the data, the open metric window) and
+    the callbacks' state, so a resumed run (``fit(..., resume="auto")``) continues exactly
+    where it stopped.
+
+    Args:
+        every: save every this many steps.
+        keep: how many periodic checkpoints to keep (``None``: all).
+
+    Example:
+        >>> import functrain as ft
+        >>> ft.Checkpointing(every=500, keep=2)
+        Checkpointing(every=500, keep=2)
+    """
+
+    every: int
+    keep: int | None = 3
+
+    def __post_init__(self) -> None:
+        check_int("Checkpointing.every", self.every, minimum=1)
+        check_int("Checkpointing.keep", self.keep, minimum=1, allow_none=True)
+
+    def due(self, step: int) -> bool:
+        """Whether a periodic checkpoint is due after ``step``."""
+        return step % self.every == 0

@@ -1,0 +1,174 @@
+"""The callbacks every `fit` run gets by default (progress bar, summary) and the non-finite
+guard: what a run reports and checks, kept out of the loop itself."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .. import tree as _tree
+from .._errors import check_choice
+from .._progress import ProgressBar as _Bar
+from .._progress import format_summary
+from ._protocol import Callback, Loop
+
+__all__ = ["NonFiniteGuard", "ProgressBar", "Summary"]
+
+
+class ProgressBar(Callback):
+    """A progress bar of the run's steps, epoch, latest training metrics, samples/s and ETA.
+
+    Updated once per log window (no extra host syncs); evaluations print a line under it.
+
+    Args:
+        enabled: ``True``/``False`` to force it on/off; ``None`` shows it only when stderr is a
+            terminal.
+
+    Example:
+        >>> import functrain as ft
+        >>> bar = ft.callbacks.ProgressBar(enabled=False)
+        >>> loop = ft.Loop(state=None, step=0, epoch=0, total_steps=100)
+        >>> bar.on_run_start(loop); loop.step = 10
+        >>> bar.on_log(loop, {"train/loss": 0.5}); bar.on_run_end(loop)
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = enabled
+        self._bar: _Bar | None = None
+        self._step = self._samples = 0
+
+    def on_run_start(self, loop: Loop) -> None:
+        total = None if loop.total_steps is None else max(loop.total_steps - loop.step, 0)
+        self._bar = _Bar(total=total, enabled=self.enabled)
+        self._step, self._samples = loop.step, loop.samples
+
+    def on_log(self, loop: Loop, metrics: dict[str, float]) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(loop.step - self._step,
+                         {k.removeprefix("train/"): v for k, v in metrics.items()},
+                         samples=loop.samples - self._samples, epoch=loop.epoch)
+        self._step, self._samples = loop.step, loop.samples
+
+    def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.write(" ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                            + f" (step {loop.step})")
+
+    def on_run_end(self, loop: Loop) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a metric called ``name`` improves upwards (accuracy, F1, AUC, score...)."""
+    low = name.lower()
+    return any(w in low for w in ("acc", "f1", "precision", "recall", "auc", "score"))
+
+
+class Summary(Callback):
+    """Prints the end-of-run summary: steps, epochs, samples, wall time, samples/s, the last
+    and best value of every metric, why the run stopped, and compile count.
+
+    The best evaluation values are part of its checkpointed state, so a resumed run reports
+    the best over the whole run. Nothing is printed when the run ends with an error.
+
+    Example:
+        >>> import functrain as ft
+        >>> summary = ft.callbacks.Summary()
+        >>> summary.on_eval(ft.Loop(state=None, step=5, epoch=0), {"val/acc": 0.9})
+        >>> summary.state_dict()
+        {'best': {'val/acc': 0.9}}
+    """
+
+    def __init__(self) -> None:
+        self.best: dict[str, float] = {}
+        self._start_step = 0
+        self._t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = dict(state.get("best", {}))
+
+    def on_run_start(self, loop: Loop) -> None:
+        self._start_step, self._t0 = loop.step, time.perf_counter()
+
+    def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            if math.isfinite(v):
+                better = max if higher_is_better(k) else min
+                self.best[k] = better(self.best.get(k, v), v)
+
+    def on_run_end(self, loop: Loop) -> None:
+        if loop.error is not None:
+            return
+        wall = time.perf_counter() - self._t0
+        report: dict[str, Any] = {
+            "steps": loop.step - self._start_step, "epochs": loop.epoch + 1,
+            "samples": loop.samples, "wall_time": wall,
+            "samples_per_s": loop.samples / wall if wall > 0 else 0.0,
+            "last": dict(loop.metrics), "best": self.best}
+        if loop.stop_reason:
+            report["stopped"] = loop.stop_reason
+        if loop.compiles:
+            report["compiles"] = loop.compiles
+        print(format_summary(report))
+
+
+class NonFiniteGuard(Callback):
+    """Watch every step for inf/NaN in its metrics and new params, and act on the first one.
+
+    With this callback, `fit` has the compiled step test each step on the device and record
+    the first bad step in the metric window, read with it (no extra host sync); the guard acts
+    when that window is logged:
+
+    * ``"raise"``: raise ``FloatingPointError`` naming the step and the first non-finite
+      metric or param leaf (checkpoints already written are kept);
+    * ``"stop"``: end training at this log window;
+    * ``"skip"``: warn. To also skip such updates, wrap the optimizer in
+      `functrain.optim.apply_if_finite`: with it a step with non-finite gradients leaves params
+      and optimizer state unchanged.
+
+    Args:
+        action: ``"raise"``, ``"stop"`` or ``"skip"``.
+
+    Example:
+        >>> import functrain as ft
+        >>> guard = ft.callbacks.NonFiniteGuard("stop")
+        >>> loop = ft.Loop(state=None, step=8, epoch=0, nonfinite_step=6)
+        >>> guard.on_log(loop, {"train/loss": float("nan")}); loop.stop_reason
+        'non-finite values at step 6: metric train/loss = nan'
+    """
+
+    def __init__(self, action: str = "raise") -> None:
+        self.action = check_choice("action", action, ("raise", "stop", "skip"))
+
+    def on_log(self, loop: Loop, metrics: dict[str, float]) -> None:
+        if not loop.nonfinite_step:
+            return
+        what = next((f"metric {k} = {v}" for k, v in metrics.items() if not math.isfinite(v)),
+                    None)
+        if what is None:
+            params = getattr(loop.state, "params", {})
+            what = next((f"{p} holds inf/NaN" for p, x in _tree.leaves_with_path(
+                params, "state.params") if not bool(torch.isfinite(x).all())),
+                "a non-finite value")
+        msg = f"non-finite values at step {loop.nonfinite_step}: {what}"
+        if self.action == "raise":
+            raise FloatingPointError(msg + ". HINT: lower the learning rate, clip gradients, "
+                                     "or skip such steps: wrap the optimizer in "
+                                     "functrain.optim.apply_if_finite and pass "
+                                     "NonFiniteGuard('skip').")
+        if self.action == "stop":
+            loop.request_stop(msg)
+        else:
+            warnings.warn(f"functrain: skipped the update of a step with {msg} (and any later "
+                          "ones in this log window).", stacklevel=2)
