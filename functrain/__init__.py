@@ -28,12 +28,15 @@ from ._donation import DonatedStateError as DonatedStateError
 from ._evaluate import evaluate as evaluate
 from ._fit import fit as fit
 from ._loop_state import LoopState as LoopState
+from ._predict import predict as predict
 from ._run_config import Checkpointing as Checkpointing
 from ._run_config import Logging as Logging
 from ._runner import CompiledStep as CompiledStep
 from ._runner import RecompileError as RecompileError
 from ._runner import compile_step as compile_step
+from ._seed import seed_everything as seed_everything
 from ._state import TrainState as TrainState
+from ._summary import model_summary as model_summary
 from ._version import __version__ as __version__
 from ._window import MetricWindow as MetricWindow
 from .callbacks import Callback as Callback
@@ -60,9 +63,12 @@ __all__ = [
     "fit",
     "loggers",
     "metrics",
+    "model_summary",
     "optim",
     "precision",
+    "predict",
     "random",
+    "seed_everything",
     "split",
     "split_module",
     "tree",

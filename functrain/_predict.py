@@ -80,7 +80,7 @@ def predict(
         raise TypeError(f"loader: expected an iterable of batches, got {describe(loader)}.")
     check_choice("compile", compile, _COMPILE,
                  hint="predict runs eagerly by default; compile='auto' compiles with inductor.")
-    from ._runner import resolve_device
+    from ._placement import resolve_device
     from .precision import Policy
 
     dev = resolve_device(device)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import functrain as ft
-from functrain._data_helpers import overfit_batches, take
+from functrain.data import overfit_batches, take
 
 
 def _loader(n=10, batch_size=2, shuffle=False):
@@ -66,8 +66,7 @@ def test_fit_runs_every_epoch_over_a_taken_loader():
         return state.apply_gradients(grads), {"loss": loss}
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-    state = ft.fit(step, state, take(loader, 3), epochs=3, compile="eager", loggers=False,
-                   progress=False, summary=False)
+    state = ft.fit(step, state, take(loader, 3), epochs=3, compile="eager", log=False)
     assert int(state.step) == 9
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import functrain as ft
-from functrain._inference import best, load_weights
+from functrain.checkpoint import best, load_weights
 from functrain.callbacks import ModelCheckpoint
 
 
@@ -40,8 +40,10 @@ def _train(run_dir, callbacks=(), eval_every=4, checkpoint_every=None):
     loader = ft.data.ArrayLoader((x, y), 16, shuffle=True)
     state = ft.fit(step, state, loader, epochs=3, eval_fn=eval_fn,
                    eval_loader=ft.data.ArrayLoader((x, y), 64), eval_every=eval_every,
-                   callbacks=list(callbacks), run_dir=run_dir, checkpoint_every=checkpoint_every,
-                   keep=None, compile="eager", progress=False, summary=False)
+                   callbacks=list(callbacks), run_dir=run_dir, compile="eager",
+                   checkpoint=(ft.Checkpointing(every=checkpoint_every, keep=None)
+                               if checkpoint_every else None),
+                   log=ft.Logging(progress=False, summary=False))
     return state
 
 
@@ -119,7 +121,7 @@ def test_best_says_which_metrics_were_recorded(tmp_path):
 
 def test_load_weights_from_a_dict_state_and_its_errors(tmp_path):
     src = _net()
-    params, buffers = ft.split(src)
+    params, buffers = ft.split_module(src)
     ft.checkpoint.save(tmp_path / "c", {"params": params, "buffers": buffers, "step": 3})
     model = load_weights(tmp_path / "c", _net())
     assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
@@ -144,7 +146,7 @@ def test_load_weights_from_a_dict_state_and_its_errors(tmp_path):
 def test_load_weights_reads_an_exported_safetensors_file(tmp_path):
     pytest.importorskip("safetensors")
     src = _net()
-    params, buffers = ft.split(src)
+    params, buffers = ft.split_module(src)
     path = ft.checkpoint.export_params(tmp_path / "w.safetensors", {**params, **buffers})
     model = load_weights(path, _net())
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())

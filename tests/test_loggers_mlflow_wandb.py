@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import functrain as ft
-from functrain._loggers_mlflow import MLflowLogger
-from functrain._loggers_wandb import WandbLogger
+from functrain.loggers import MLflowLogger, WandbLogger
 
 
 def _fit(loggers, steps=6, log_every=2):
@@ -35,10 +34,11 @@ def _fit(loggers, steps=6, log_every=2):
         return {"mse": (out ** 2).mean()}
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-    return ft.fit(step, state, ft.data.ArrayLoader(x, 4), max_steps=steps, log_every=log_every,
+    return ft.fit(step, state, ft.data.ArrayLoader(x, 4), max_steps=steps,
                   eval_fn=eval_fn, eval_loader=ft.data.ArrayLoader(x, 12), eval_every=3,
-                  loggers=loggers, hparams={"lr": 0.1, "layers": [2, 1]}, compile="eager",
-                  progress=False, summary=False)
+                  compile="eager", log=ft.Logging(every=log_every, loggers=loggers,
+                                                  hparams={"lr": 0.1, "layers": [2, 1]},
+                                                  progress=False, summary=False))
 
 
 # -- MLflow ------------------------------------------------------------------------------------

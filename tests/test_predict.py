@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import functrain as ft
-from functrain._predict import predict
+from functrain import predict
 
 
 def _setup():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import functrain as ft
-from functrain._seed import seed_everything
+from functrain import seed_everything
 
 
 def _draws():
@@ -47,8 +47,7 @@ def test_a_whole_run_with_dropout_and_a_shuffling_dataloader_is_a_function_of_th
             return state.apply_gradients(grads), {"loss": loss}
 
         state = ft.TrainState.create(model, ft.optim.sgd(0.05), seed=seed)
-        return ft.fit(step, state, loader, epochs=2, compile="eager", loggers=False,
-                      progress=False, summary=False).params
+        return ft.fit(step, state, loader, epochs=2, compile="eager", log=False).params
 
     a, b, c = run(7), run(7), run(8)
     assert all(torch.equal(a[k], b[k]) for k in a)

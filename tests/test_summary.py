@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import functrain as ft
-from functrain._summary import model_summary, state_repr
+from functrain import model_summary
+from functrain._summary import state_repr
 
 
 class Net(nn.Module):
@@ -67,7 +68,7 @@ def test_state_repr_of_a_subclass_and_extras():
         ema: dict = dataclasses.field(default_factory=dict)
 
     model = nn.Linear(2, 2)
-    state = EMAState.create(model, ft.optim.sgd(0.1), ema=ft.split(model)[0], temperature=0.5,
+    state = EMAState.create(model, ft.optim.sgd(0.1), ema=ft.split_module(model)[0], temperature=0.5,
                             tau=torch.tensor(0.25))
     text = state_repr(state)
     assert text.startswith("EMAState(step=0, ")

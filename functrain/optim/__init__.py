@@ -46,6 +46,8 @@ from ._masking import MaskedState as MaskedState
 from ._masking import MultiTransformState as MultiTransformState
 from ._masking import masked as masked
 from ._masking import multi_transform as multi_transform
+from ._epoch_schedules import multistep_lr as multistep_lr
+from ._epoch_schedules import step_lr as step_lr
 from ._schedules import constant_schedule as constant_schedule
 from ._schedules import cosine_decay_schedule as cosine_decay_schedule
 from ._schedules import exponential_decay as exponential_decay
@@ -121,7 +123,9 @@ __all__ = [
     "exponential_decay",
     "join_schedules",
     "linear_schedule",
+    "multistep_lr",
     "piecewise_constant_schedule",
     "polynomial_schedule",
+    "step_lr",
     "warmup_cosine_decay_schedule",
 ]

@@ -7,8 +7,8 @@ import collections
 from collections.abc import Iterable
 from typing import Any
 
-from . import optim as _optim
-from ._errors import check_int, check_number, describe
+from .._errors import check_int, check_number, describe
+from ._schedules import exponential_decay, piecewise_constant_schedule
 
 __all__ = ["multistep_lr", "step_lr"]
 
@@ -26,7 +26,7 @@ def step_lr(init_value: float, steps_per_epoch: int, step_size: int,
         gamma: the factor per decay.
 
     Returns:
-        A schedule (``count -> learning rate``) for e.g. ``ft.optim.sgd(step_lr(...))``.
+        A schedule (``count -> learning rate``) for e.g. ``ft.optim.sgd(ft.optim.step_lr(...))``.
 
     Raises:
         TypeError / ValueError: an argument is not a number in range; names it.
@@ -41,7 +41,7 @@ def step_lr(init_value: float, steps_per_epoch: int, step_size: int,
               hint="pass len(loader), the optimizer steps in one epoch.")
     check_int("step_size", step_size, minimum=1)
     check_number("gamma", gamma, low=0.0)
-    return _optim.exponential_decay(init_value, transition_steps=step_size * steps_per_epoch,
+    return exponential_decay(init_value, transition_steps=step_size * steps_per_epoch,
                                     decay_rate=gamma, staircase=True)
 
 
@@ -78,4 +78,4 @@ def multistep_lr(init_value: float, steps_per_epoch: int, milestones: Iterable[i
     check_number("gamma", gamma, low=0.0)
     scales = {epoch * steps_per_epoch: gamma ** count
               for epoch, count in sorted(collections.Counter(epochs).items())}
-    return _optim.piecewise_constant_schedule(init_value, scales)
+    return piecewise_constant_schedule(init_value, scales)

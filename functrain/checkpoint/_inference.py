@@ -33,10 +33,11 @@ import optree
 import torch
 from torch import nn
 
-from . import checkpoint as _checkpoint
-from . import loggers as _loggers
-from . import tree as _tree
-from ._errors import check_choice, describe
+from .. import tree as _tree
+from .._errors import check_choice, describe
+from ._export import load_params
+from ._format import CheckpointError
+from ._restore import restore, verify
 
 __all__ = ["best", "load_weights"]
 
@@ -82,7 +83,7 @@ def _like_from_manifest(manifest: dict[str, Any]) -> _SavedLeaves:
         if "dtype" in rec:
             dtype = getattr(torch, rec["dtype"], None)
             if not isinstance(dtype, torch.dtype):
-                raise _checkpoint.CheckpointError(
+                raise CheckpointError(
                     f"{rec['path']}: expected a torch dtype name, got {rec['dtype']!r}. HINT: "
                     "written by a newer torch? Upgrade torch to read it.")
             leaves[suffix] = torch.empty(rec["shape"], dtype=dtype, device="meta")
@@ -92,8 +93,8 @@ def _like_from_manifest(manifest: dict[str, Any]) -> _SavedLeaves:
 
 
 def _checkpoint_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    manifest = _checkpoint.verify(path)
-    saved = _checkpoint.restore(path, like=_like_from_manifest(manifest))
+    manifest = verify(path)
+    saved = restore(path, like=_like_from_manifest(manifest))
     out: dict[str, dict[str, torch.Tensor]] = {"params": {}, "buffers": {}}
     for suffix, value in saved.leaves.items():
         m = _WEIGHT_PATH.fullmatch("state" + suffix)
@@ -105,7 +106,7 @@ def _checkpoint_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
             if isinstance(name, str):
                 out[m.group(1) or m.group(2)][name] = value
     if not out["params"] and not out["buffers"]:
-        raise _checkpoint.CheckpointError(
+        raise CheckpointError(
             f"checkpoint {str(path)!r}: expected a state with params (a TrainState or a dict "
             "with 'params'), got none among its leaves. HINT: load other pytrees with "
             "functrain.checkpoint.restore(path, like=...).")
@@ -156,7 +157,7 @@ def load_weights(path: str | os.PathLike[str], module: nn.Module, *,
         raise TypeError(f"module: expected a torch.nn.Module, got {describe(module)}.")
     path = Path(path)
     if path.is_file():
-        flat = _checkpoint.load_params(path)
+        flat = load_params(path)
         names = dict(module.named_parameters())
         params = {k: v for k, v in flat.items() if k in names}
         buffers = {k: v for k, v in flat.items() if k not in params}
@@ -276,8 +277,8 @@ def best(run_dir: str | os.PathLike[str], monitor: str, mode: str = "min") -> Pa
                            ckpt))
     for _, _, ckpt in sorted(candidates, key=lambda c: (c[0], c[1])):
         try:
-            _checkpoint.verify(ckpt)
-        except _checkpoint.CheckpointError as e:
+            verify(ckpt)
+        except CheckpointError as e:
             warnings.warn(f"best: skipping {e}", stacklevel=2)
             continue
         return ckpt
@@ -303,7 +304,13 @@ def _logged_values(run_dir: Path, monitor: str) -> dict[int, float]:
     if not path.is_file():
         return {}
     out: dict[int, float] = {}
-    for row in _loggers.read_jsonl(path):
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a blank line, or one cut short by a crash
+        if not isinstance(row, dict):
+            continue
         value = _number(row.get(monitor))
         if isinstance(row.get("step"), int) and value is not None:
             out[row["step"]] = value
