@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import functrain as ft
-from functrain.checkpoint import best, load_weights
 from functrain.callbacks import ModelCheckpoint
+from functrain.checkpoint import best, load_weights
 
 
 def _net():

@@ -41,13 +41,13 @@ from ._base import identity as identity
 from ._base import set_to_zero as set_to_zero
 from ._clipping import clip as clip
 from ._clipping import clip_by_global_norm as clip_by_global_norm
+from ._epoch_schedules import multistep_lr as multistep_lr
+from ._epoch_schedules import step_lr as step_lr
 from ._masking import MaskedNode as MaskedNode
 from ._masking import MaskedState as MaskedState
 from ._masking import MultiTransformState as MultiTransformState
 from ._masking import masked as masked
 from ._masking import multi_transform as multi_transform
-from ._epoch_schedules import multistep_lr as multistep_lr
-from ._epoch_schedules import step_lr as step_lr
 from ._schedules import constant_schedule as constant_schedule
 from ._schedules import cosine_decay_schedule as cosine_decay_schedule
 from ._schedules import exponential_decay as exponential_decay
