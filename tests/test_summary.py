@@ -55,7 +55,8 @@ def test_state_repr_is_one_short_line_without_tensor_values():
     model = nn.Sequential(nn.Linear(1000, 1000), nn.BatchNorm1d(1000))
     state = ft.TrainState.create(model, ft.optim.adamw(1e-3), seed=0)
     state = state.replace(step=state.step + 41)
-    text = state_repr(state)  # repr(TrainState) after the wave-1 merge
+    text = repr(state)
+    assert text == state_repr(state)
     assert "\n" not in text and len(text) < 400 and "tensor(" not in text
     assert text.startswith("TrainState(step=41, params=4 tensors, 1,003,000 float32 (3.8 MiB, "
                            "cpu), buffers=3 tensors, 2,001 float32/int64")
@@ -68,9 +69,27 @@ def test_state_repr_of_a_subclass_and_extras():
         ema: dict = dataclasses.field(default_factory=dict)
 
     model = nn.Linear(2, 2)
-    state = EMAState.create(model, ft.optim.sgd(0.1), ema=ft.split_module(model)[0], temperature=0.5,
-                            tau=torch.tensor(0.25))
+    state = EMAState.create(model, ft.optim.sgd(0.1), ema=ft.split_module(model)[0],
+                            temperature=0.5, tau=torch.tensor(0.25))
     text = state_repr(state)
     assert text.startswith("EMAState(step=0, ")
     assert "extras={'temperature': 0.5, 'tau': 0.25}" in text
     assert "ema=2 tensors, 6 float32 (24 B, cpu)" in text
+
+
+def test_fit_prints_the_model_summary_at_the_start(capsys):
+    model = Net()
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+    want = model_summary(state)
+
+    def step(state, x):
+        return state.replace(step=state.step + 1), {}
+
+    ft.fit(step, state, [torch.zeros(2, 3)], epochs=1, compile="eager",
+           log=ft.Logging(loggers=[], progress=False))
+    out = capsys.readouterr().out
+    assert out.startswith(want + "\n")
+    assert "Run summary" in out
+    ft.fit(step, ft.TrainState.create(model, ft.optim.sgd(0.1)), [torch.zeros(2, 3)],
+           epochs=1, compile="eager", log=False)
+    assert capsys.readouterr().out == ""  # log=False: no summaries

@@ -73,7 +73,9 @@ def higher_is_better(name: str) -> bool:
 
 
 class Summary(Callback):
-    """Prints the end-of-run summary: steps, epochs, samples, wall time, samples/s, the last
+    """Prints the model summary at the start (`functrain.model_summary`: parameters per
+    top-level module, frozen ones, bytes of params, buffers and optimizer state) and the
+    end-of-run summary: steps, epochs, samples, wall time, samples/s, the last
     and best value of every metric, why the run stopped, and compile count.
 
     The best evaluation values are part of its checkpointed state, so a resumed run reports
@@ -99,7 +101,14 @@ class Summary(Callback):
         self.best = dict(state.get("best", {}))
 
     def on_run_start(self, loop: Loop) -> None:
+        """Print the model summary (`functrain.model_summary`) of a state with a module."""
         self._start_step, self._t0 = loop.step, time.perf_counter()
+        state = loop.state
+        if getattr(state, "module", None) is not None and isinstance(
+                getattr(state, "params", None), dict):
+            from .._summary import model_summary
+
+            print(model_summary(state))
 
     def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
