@@ -21,7 +21,8 @@ __all__ = ["NonFiniteGuard", "ProgressBar", "Summary"]
 
 
 class ProgressBar(Callback):
-    """A progress bar of the run's steps, epoch, latest training metrics, samples/s and ETA.
+    """A progress bar of the run's steps, epoch (counted from 1, as users count them), latest
+    training and validation metrics, samples/s and ETA.
 
     Updated once per log window (no extra host syncs); evaluations print a line under it.
 
@@ -52,11 +53,12 @@ class ProgressBar(Callback):
             return
         self._bar.update(loop.step - self._step,
                          {k.removeprefix("train/"): v for k, v in metrics.items()},
-                         samples=loop.samples - self._samples, epoch=loop.epoch)
+                         samples=loop.samples - self._samples, epoch=loop.epoch + 1)
         self._step, self._samples = loop.step, loop.samples
 
     def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
         if self._bar is not None:
+            self._bar.metrics.update(metrics)  # the latest validation values stay in the bar
             self._bar.write(" ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                             + f" (step {loop.step})")
 

@@ -1,4 +1,5 @@
-"""No third-party warning on every checkpoint save (DCP's "torch.distributed is disabled")."""
+"""Progress and noise: no DCP warning on every checkpoint save; the bar counts epochs from 1
+and keeps validation results."""
 
 from __future__ import annotations
 
@@ -26,3 +27,21 @@ def test_background_and_final_saves_emit_no_dcp_warning(tmp_path):
     assert not [m for m in messages if "torch.distributed is" in m], messages
     assert "still shown" in messages
     assert len(ft.checkpoint.CheckpointManager(tmp_path / "checkpoints").all()) == 3
+
+
+def test_the_bar_counts_epochs_from_one_and_keeps_validation_results(capsys):
+    model = torch.nn.Linear(2, 1)
+
+    def step(state, x):
+        grads = ft.tree.map(torch.zeros_like, state.params)
+        return state.apply_gradients(grads), {"loss": x.sum()}
+
+    def eval_fn(state, x):
+        return {"mse": (x ** 2).mean()}
+
+    ft.fit(step, ft.TrainState.create(model, ft.optim.sgd(0.1)), [torch.ones(2, 2)] * 3,
+           epochs=2, eval_fn=eval_fn, eval_loader=[torch.ones(2, 2)], compile="eager",
+           log=ft.Logging(every=1, loggers=[], progress=True, summary=False))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train ")]
+    assert "epoch=1" in lines[0]
+    assert "epoch=2" in lines[-1] and "val/mse=1.0000" in lines[-1], lines
