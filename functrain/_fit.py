@@ -258,6 +258,23 @@ class _Run:
             lg.log_hparams(hparams)
         for cb in self.loop.callbacks:
             cb.on_run_start(self.loop)
+        if log.sanity_eval and self.evaluator is not None and not self.resumed:
+            self.sanity_eval(log.sanity_eval)
+
+    def sanity_eval(self, batches: int) -> None:
+        """Run the evaluation on the first ``batches`` batches of the evaluation loader, before
+        training (not logged), so that an error in ``eval_fn`` surfaces at once."""
+        if isinstance(self.eval_loader, Iterator):
+            return  # a one-pass iterator: its batches are for the real evaluations
+        try:
+            self.evaluator(self.loop.state, itertools.islice(self.eval_loader, batches))
+        except Exception as e:
+            if not hasattr(e, "add_note"):  # Python 3.10
+                raise
+            e.add_note("functrain: raised by the sanity evaluation (eval_fn on the first "
+                       f"{batches} batches of eval_loader, before training). "
+                       "Turn it off with log=ft.Logging(sanity_eval=0).")
+            raise
 
     def _resume(self, state: Any, resume: Any) -> tuple[Any, LoopState | None]:
         """The state and loop position of the checkpoint ``resume`` names, if any."""

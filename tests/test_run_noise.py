@@ -22,7 +22,7 @@ def test_background_and_final_saves_emit_no_dcp_warning(tmp_path):
         ft.fit(step, ft.TrainState.create(model, ft.optim.sgd(0.1)), [torch.zeros(2, 2)] * 6,
                epochs=1, compile="eager", run_dir=tmp_path, log=False,
                checkpoint=ft.Checkpointing(every=2))
-        warnings.warn("still shown", UserWarning)  # other warnings are not filtered
+        warnings.warn("still shown", UserWarning, stacklevel=1)  # not filtered
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "torch.distributed is" in m], messages
     assert "still shown" in messages
