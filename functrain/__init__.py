@@ -32,13 +32,16 @@ from ._evaluate import evaluate as evaluate
 from ._fit import fit as fit
 from ._loop_state import LoopState as LoopState
 from ._multistep import stack_batches as stack_batches
+from ._predict import predict as predict
 from ._run_config import Checkpointing as Checkpointing
 from ._run_config import Logging as Logging
 from ._runner import CompiledStep as CompiledStep
 from ._runner import RecompileError as RecompileError
 from ._runner import compile_step as compile_step
+from ._seed import seed_everything as seed_everything
 from ._signals import Preempted as Preempted
 from ._state import TrainState as TrainState
+from ._summary import model_summary as model_summary
 from ._version import __version__ as __version__
 from ._window import MetricWindow as MetricWindow
 from .callbacks import Callback as Callback
@@ -68,12 +71,15 @@ __all__ = [
     "fit",
     "loggers",
     "metrics",
+    "model_summary",
     "optim",
     "per_example_grads",
     "population",
     "precision",
+    "predict",
     "privacy",
     "random",
+    "seed_everything",
     "split",
     "split_module",
     "stack_batches",

@@ -14,6 +14,10 @@ from ._errors import describe
 
 __all__ = ["call", "split", "split_module"]
 
+# Set by the runner while a step runs for the first time (functrain._step_checks.watch_buffers):
+# every call appends (buffers given, buffers returned), to spot a step that drops new buffers.
+_CALLS: list[Any] | None = None
+
 
 def split_module(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Take a module's parameters and buffers out as two dicts of detached copies.
@@ -136,6 +140,8 @@ def call(
                     "HINT: build them with functrain.split_module(module)."
                 ) from None
             raise
+    if _CALLS is not None:
+        _CALLS.append((buffers, new_buffers))
     return out, new_buffers
 
 

@@ -20,7 +20,7 @@ import torch
 
 from . import _rng_state
 from ._donation import is_donated
-from ._errors import check_int, describe
+from ._errors import check_int, check_number, describe
 from ._evaluate import Evaluator, check_loader, runner_for
 from ._loader_state import LoaderOrder
 from ._loop_state import LoopState
@@ -87,7 +87,12 @@ def fit(
         eval_fn: ``eval_fn(state, batch) -> metrics``, run over ``eval_loader`` (required with
             it); training always ends with an evaluation.
         eval_loader: the evaluation batches.
-        eval_every: evaluate every this many steps; ``None``: at the end of every epoch.
+        eval_every: evaluate every this many steps (an int), or this fraction of an epoch (a
+            float in (0, 1), Lightning's ``val_check_interval``: ``0.25`` evaluates after each
+            quarter of every epoch); ``None``: at the end of every epoch. Besides the
+            ``log.every`` windows, each epoch's end logs the epoch's training means as
+            ``train/<name>_epoch`` (each window weighted by its steps; after a mid-epoch
+            resume, the resumed part of that epoch).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"xla"``,
             ``"tpu"`` (torch_xla; see the README, "Run on TPU"), ...
         precision: ``"32"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"`` or a
@@ -173,7 +178,7 @@ def fit(
                 run.window_samples += n
                 if _crossed(before, loop.step, every):                       # log window
                     window = run.flush(window)
-                if eval_every and _crossed(before, loop.step, eval_every):  # evaluate
+                if run.eval_due(before):                                     # evaluate
                     run.evaluate()
                 done = loop.step == run.end_step or run.should_stop(stop)   # stop
                 if (run.checkpoint and not done
@@ -189,6 +194,7 @@ def fit(
                 run.epoch_finished = True  # every batch of the epoch ran
             run.check_epoch_ran(epoch)
             window = run.flush(window) if run.window_steps else window
+            run.log_epoch_means()
             epoch, skip = epoch + 1, 0
             if not done and eval_every is None:
                 run.evaluate()
@@ -216,8 +222,8 @@ class _Run:
                              "HINT: fit(step, state, loader, epochs=10).")
         check_int("epochs", epochs, minimum=1, allow_none=True)
         check_int("max_steps", max_steps, minimum=1, allow_none=True)
-        check_int("eval_every", eval_every, minimum=1, allow_none=True)
         check_loader(loader, "loader")
+        self.eval_steps, self.eval_in_epoch = _eval_every(eval_every, loader)
         if (eval_fn is None) != (eval_loader is None):
             raise ValueError("eval_fn and eval_loader go together: got "
                              f"eval_fn={'set' if eval_fn else None}, "
@@ -327,6 +333,8 @@ class _Run:
             # The saved window is the ranks' merged one: rank 0 carries it on.
             self.saved_window = tuple(torch.zeros_like(t) for t in self.saved_window)
         self.epoch_finished = False
+        self.epoch_sums: dict[str, float] = {}  # step-weighted sums of the epoch's windows
+        self.epoch_steps = 0
         self.evaluated_at: int | None = None
         seed = pos.data_seed if pos.data_seed is not None else torch.initial_seed()
         self.order = LoaderOrder(loader, seed=seed)
@@ -348,6 +356,23 @@ class _Run:
             raise
         bars = [cb for cb in self.loop.callbacks if isinstance(cb, ProgressBar)]
         self.runner.status = bars[0].show_status if bars else None  # "compiling (N s)"
+        if log.sanity_eval and self.evaluator is not None and not self.resumed:
+            self.sanity_eval(log.sanity_eval)
+
+    def sanity_eval(self, batches: int) -> None:
+        """Run the evaluation on the first ``batches`` batches of the evaluation loader, before
+        training (not logged), so that an error in ``eval_fn`` surfaces at once."""
+        if isinstance(self.eval_loader, Iterator):
+            return  # a one-pass iterator: its batches are for the real evaluations
+        try:
+            self.evaluator(self.loop.state, itertools.islice(self.eval_loader, batches))
+        except Exception as e:
+            if not hasattr(e, "add_note"):  # Python 3.10
+                raise
+            e.add_note("functrain: raised by the sanity evaluation (eval_fn on the first "
+                       f"{batches} batches of eval_loader, before training). "
+                       "Turn it off with log=ft.Logging(sanity_eval=0).")
+            raise
 
     def _resume(self, state: Any, resume: Any) -> tuple[Any, LoopState | None]:
         """The state and loop position of the checkpoint ``resume`` names, if any."""
@@ -435,12 +460,32 @@ class _Run:
                 self.guard.action != "skip" or loop.nonfinite_params_step):
             self.unsaveable = True  # the state is (or may be) poisoned: no more checkpoints
         values = {f"train/{k}": v for k, v in values.items()}
+        for k, v in values.items():
+            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v * self.window_steps
+        self.epoch_steps += self.window_steps
         if values:
             loop.log(values)
         for cb in loop.callbacks:
             cb.on_log(loop, values)
         self.window_steps = self.window_samples = 0
         return window
+
+    def eval_due(self, before: int) -> bool:
+        """Whether an evaluation fell due in the steps after ``before`` up to now (every
+        ``eval_every`` steps, or a fraction of an epoch counted from the epoch's start)."""
+        if self.eval_steps:
+            return _crossed(before, self.loop.step, self.eval_steps)
+        done = self.loop.step - before
+        return bool(self.eval_in_epoch) and _crossed(
+            self.batch_in_epoch - done, self.batch_in_epoch, self.eval_in_epoch)
+
+    def log_epoch_means(self) -> None:
+        """Log the epoch's training means, ``train/<name>_epoch`` (Lightning's
+        ``on_epoch=True``): each window's values weighted by its steps."""
+        if self.epoch_steps and self.epoch_sums:
+            self.loop.log({f"{k}_epoch": v / self.epoch_steps
+                           for k, v in self.epoch_sums.items()})
+        self.epoch_sums, self.epoch_steps = {}, 0
 
     def evaluate(self) -> None:
         """Evaluate (with an ``eval_fn``), log ``val/...`` values, tell the callbacks."""
@@ -606,6 +651,23 @@ def _training_runner(step_fn: Any, device: Any, precision: Any, compile: Any,
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
     return runner_for(step_fn, compile=compile, device=device, donate=True, precision=policy,
                       check_finite=check_finite)
+
+
+def _eval_every(eval_every: Any, loader: Any) -> tuple[int | None, int | None]:
+    """``(every this many steps, every this many batches of an epoch)`` from ``eval_every``:
+    an int is steps; a float in (0, 1) is a fraction of an epoch (``len(loader)``)."""
+    if isinstance(eval_every, float):
+        check_number("eval_every", eval_every, low=0.0, high=1.0, low_open=True,
+                     high_open=True, hint="an int is a number of steps; a float in (0, 1) a "
+                     "fraction of an epoch, e.g. 0.25 evaluates four times per epoch.")
+        n = _len(loader)
+        if n is None:
+            raise TypeError(f"eval_every: a fraction of an epoch ({eval_every!r}) needs a loader "
+                            "with a length. HINT: pass a number of steps (an int).")
+        return None, max(1, round(eval_every * n))
+    return check_int("eval_every", eval_every, minimum=1, allow_none=True,
+                     hint="an int is a number of steps; a float in (0, 1) a fraction of an "
+                     "epoch."), None
 
 
 def _len(loader: Any) -> int | None:

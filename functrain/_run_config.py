@@ -27,7 +27,11 @@ class Logging:
             own settings).
         progress: show a progress bar (`functrain.callbacks.ProgressBar`); ``None``: only when
             stderr is a terminal.
-        summary: print the end-of-run summary (`functrain.callbacks.Summary`).
+        summary: print the model summary at the start and the end-of-run summary
+            (`functrain.callbacks.Summary`).
+        sanity_eval: before the first training step of a fresh run, run ``eval_fn`` on this
+            many batches of ``eval_loader`` (Lightning's ``num_sanity_val_steps``; not logged),
+            so a bug in the evaluation shows in seconds instead of after an epoch; ``0``: off.
 
     Example:
         >>> import functrain as ft
@@ -40,9 +44,11 @@ class Logging:
     hparams: dict[str, Any] | None = None
     progress: bool | None = None
     summary: bool = True
+    sanity_eval: int = 2
 
     def __post_init__(self) -> None:
         check_int("Logging.every", self.every, minimum=1)
+        check_int("Logging.sanity_eval", self.sanity_eval, minimum=0)
         if self.hparams is not None and not isinstance(self.hparams, dict):
             raise TypeError(f"Logging.hparams: expected a dict or None, got "
                             f"{type(self.hparams).__name__}.")

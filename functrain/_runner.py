@@ -38,6 +38,7 @@ from ._donation import check_not_donated, poison, remember_nodes, write_back
 from ._errors import check_choice, check_int
 from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
 from ._recompile import RecompileError, RecompileGuard
+from ._step_checks import explain_data_dependent, no_backward, warn_dropped_buffers, watch_buffers
 from ._window import MetricWindow
 
 __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
@@ -179,6 +180,9 @@ class CompiledStep:
         self._checked_state: Any = None
         self._carrier: Any = None
         self._last_placed: Any = None
+        # Eager steps are checked on their first real call instead of a fake-tensor dry run
+        # (torch_xla's lazy "eager" keeps the dry run: its first call would record a graph).
+        self._real_first_call = self.backend == "eager" and self.device.type != "xla"
         # One step per call (`run`), and with steps_per_call=K > 1 also K steps per call
         # (`run_steps`), each compiled (once) on its first use.
         self._fns: dict[int, Any] = {}
@@ -241,8 +245,21 @@ class CompiledStep:
 
         fstate = optree.tree_map(fake, state, namespace=_tree.NAMESPACE)
         fbatch = optree.tree_map(fake, batch, namespace=_tree.NAMESPACE)
-        with mode:
-            out = self.step_fn(fstate, fbatch)
+        with watch_buffers() as calls, no_backward():
+            try:
+                with mode:
+                    out = self.step_fn(fstate, fbatch)
+            except Exception as e:
+                explained = explain_data_dependent(e, "step_fn" if self.train else "eval_fn")
+                if explained is None:
+                    raise
+                raise explained from e
+        new_state, step_metrics = self._check_outputs(state, out)
+        warn_dropped_buffers(calls, fstate, new_state, stacklevel=6)
+        return self._window_metrics(step_metrics, new_state)
+
+    def _check_outputs(self, state: Any, out: Any) -> tuple[Any, Any]:
+        """The step's ``(new_state, metrics)``, checked against the state it received."""
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError(
                 "step_fn must return a pair (state, metrics), got "
@@ -256,7 +273,18 @@ class CompiledStep:
                 f"{e} HINT: the step must return a state with the same tree, shapes and dtypes "
                 "as the one it received, so that it compiles once and can update it in place."
             ) from None
-        return self._window_metrics(step_metrics, new_state)
+        return new_state, step_metrics
+
+    def _first_real_call(self, state: Any, batch: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """Eager backend: run the step's first call for real (no fake-tensor dry run, so print,
+        pdb and .item() see real values and side effects run once) and check its outputs."""
+        with watch_buffers() as calls, no_backward():
+            out = self.step_fn(state, batch)
+        new_state, raw_metrics = self._check_outputs(state, out)
+        warn_dropped_buffers(calls, state, new_state, stacklevel=6)
+        window_metrics = self._window_metrics(raw_metrics, new_state)
+        self._empty = _metrics.empty_like(window_metrics)
+        return new_state, raw_metrics, window_metrics
 
     def _window_metrics(self, raw_metrics: Any, new_state: Any) -> dict[str, Any]:
         """The step's metrics as merged into the window, plus the non-finite guard if on."""
@@ -282,7 +310,8 @@ class CompiledStep:
         # be written in place by donation, and functrain differentiates with torch.func anyway.
         state = _tree.map(lambda x: place(x.detach() if x.requires_grad else x, self.device,
                                           False), state)
-        if self._empty is None:  # first call: run the step on fake tensors to check it
+        if self._empty is None and not self._real_first_call:
+            # first compiled call: run the step on fake tensors to check it
             fake_metrics = self._dry_run(state, batch)
             self._empty = _metrics.empty_like(fake_metrics)
         remember_nodes(state)
@@ -379,6 +408,12 @@ class CompiledStep:
             run_state = self._carrier  # fast path: the object the graph was last called with
         else:
             run_state = self._prepare(state, one)
+        first = None
+        if self._empty is None:  # eager: the first real call checks the step
+            if steps == 1:
+                first = self._first_real_call(run_state, batch)
+            else:  # K steps in one eager call: check the step on fake tensors first
+                self._empty = _metrics.empty_like(self._dry_run(run_state, one))
         if window is None or window is not self._seen_window:
             window = self._adopt(window)
         guard = self._guards[steps]
@@ -392,7 +427,11 @@ class CompiledStep:
             xla_before = xla.compile_count()
         t0 = time.perf_counter()
         try:
-            if self._calls[steps] == 1 and self.backend != "eager":  # compiles: say so
+            if first is not None:  # eager: the step already ran for real, checked
+                new_state, raw_metrics, window_metrics = first
+                new_acc = _metrics.merge_all(window.metrics, window_metrics)
+                step_metrics = raw_metrics if self.return_metrics else None
+            elif self._calls[steps] == 1 and self.backend != "eager":  # compiles: say so
                 with Compiling(self.status):
                     new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
                                                                         window.metrics)

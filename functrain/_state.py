@@ -135,6 +135,14 @@ class TrainState:
             **own,
         )
 
+    def __repr__(self) -> str:
+        """One line: 0-d fields by value, trees by tensor count, elements, dtype, bytes and
+        device (`functrain._summary.state_repr`); never every tensor. (A subclass declared with
+        ``@dataclass`` gets the dataclass repr unless it passes ``repr=False``.)"""
+        from ._summary import state_repr
+
+        return state_repr(self)
+
     def replace(self, **changes: Any) -> TrainState:
         """Return a copy with some fields replaced (``dataclasses.replace``).
 

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 
 from . import tree as _tree
+from ._data_helpers import overfit_batches as overfit_batches
+from ._data_helpers import take as take
 
-__all__ = ["ArrayLoader"]
+__all__ = ["ArrayLoader", "overfit_batches", "take"]
 
 
 class ArrayLoader:

@@ -42,11 +42,16 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from ._loggers_mlflow import MLflowLogger as MLflowLogger
+from ._loggers_wandb import WandbLogger as WandbLogger
+
 __all__ = [
     "CSVLogger",
     "JSONLLogger",
     "Logger",
+    "MLflowLogger",
     "TensorBoardLogger",
+    "WandbLogger",
     "default_loggers",
     "read_csv",
     "read_jsonl",

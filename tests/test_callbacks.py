@@ -562,9 +562,11 @@ def test_fit_stops_at_the_expected_evaluation_and_keeps_the_best(tmp_path, event
     ckpt = ModelCheckpoint("val/loss", save_top_k=2, save_last=True, saver=FakeSaver(events))
     state = ft.TrainState.create(model, ft.optim.sgd(0.01),
                                  script=torch.tensor([1.0, 0.8, 0.9, 0.85, 0.81, 0.1, 0.1]))
+    # the script has no entry for step 0: no sanity evaluation
     state = ft.fit(_step(model), state, _data(4), epochs=20, eval_fn=eval_fn,
                    eval_loader=_data(1), eval_every=2, callbacks=[stopper, ckpt],
-                   run_dir=tmp_path, **QUIET)
+                   run_dir=tmp_path, compile="eager", log=ft.Logging(
+                       loggers=[], progress=False, summary=False, sanity_eval=0))
     assert int(state.step) == 10 and stopper.stopped_step == 10
     assert stopper.reason == ("EarlyStopping: val/loss did not improve in the last 3 checks "
                               "(best 0.8 at step 4).")

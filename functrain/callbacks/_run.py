@@ -21,7 +21,8 @@ __all__ = ["NonFiniteGuard", "ProgressBar", "Summary"]
 
 
 class ProgressBar(Callback):
-    """A progress bar of the run's steps, epoch, latest training metrics, samples/s and ETA.
+    """A progress bar of the run's steps, epoch (counted from 1, as users count them), latest
+    training and validation metrics, samples/s and ETA.
 
     Updated once per log window (no extra host syncs); evaluations print a line under it.
 
@@ -52,7 +53,7 @@ class ProgressBar(Callback):
             return
         self._bar.update(loop.step - self._step,
                          {k.removeprefix("train/"): v for k, v in metrics.items()},
-                         samples=loop.samples - self._samples, epoch=loop.epoch)
+                         samples=loop.samples - self._samples, epoch=loop.epoch + 1)
         self._step, self._samples = loop.step, loop.samples
 
     def show_status(self, text: str | None) -> None:
@@ -68,6 +69,7 @@ class ProgressBar(Callback):
 
     def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
         if self._bar is not None:
+            self._bar.metrics.update(metrics)  # the latest validation values stay in the bar
             self._bar.write(" ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                             + f" (step {loop.step})")
 
@@ -84,9 +86,11 @@ def higher_is_better(name: str) -> bool:
 
 
 class Summary(Callback):
-    """Prints the end-of-run summary: steps, epochs, samples, wall time, samples/s, the last
-    and best value of every metric, why the run stopped, the compile count and the time the
-    compiles took (first calls included).
+    """Prints the model summary at the start (`functrain.model_summary`: parameters per
+    top-level module, frozen ones, bytes of params, buffers and optimizer state) and the
+    end-of-run summary: steps, epochs, samples, wall time, samples/s, the last and best value
+    of every metric, why the run stopped, the compile count and the time the compiles took
+    (first calls included).
 
     The best evaluation values are part of its checkpointed state, so a resumed run reports
     the best over the whole run. Nothing is printed when the run ends with an error.
@@ -111,7 +115,14 @@ class Summary(Callback):
         self.best = dict(state.get("best", {}))
 
     def on_run_start(self, loop: Loop) -> None:
+        """Print the model summary (`functrain.model_summary`) of a state with a module."""
         self._start_step, self._t0 = loop.step, time.perf_counter()
+        state = loop.state
+        if getattr(state, "module", None) is not None and isinstance(
+                getattr(state, "params", None), dict):
+            from .._summary import model_summary
+
+            print(model_summary(state))
 
     def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():

@@ -75,6 +75,8 @@ from ._export import export_params as export_params
 from ._export import load_params as load_params
 from ._format import FORMAT_VERSION as FORMAT_VERSION
 from ._format import CheckpointError as CheckpointError
+from ._inference import best as best
+from ._inference import load_weights as load_weights
 from ._manager import CheckpointManager as CheckpointManager
 from ._restore import load_meta as load_meta
 from ._restore import restore as restore
@@ -85,9 +87,11 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointManager",
+    "best",
     "export_params",
     "load_meta",
     "load_params",
+    "load_weights",
     "restore",
     "save",
     "verify",

@@ -38,19 +38,25 @@ def _dcp_save(state_dict: dict[str, torch.Tensor], directory: Path, group: Any =
         dcp.save(state_dict, storage_writer=writer, no_dist=True)
 
 
+_SINGLE_PROCESS = (r"torch\.distributed is (disabled, )?unavailable or uninitialized, assuming "
+                   r"the intent is to (save|load) in a single process")
+
+
 @contextlib.contextmanager
 def _quiet_single_process_warning() -> Iterator[None]:
-    """Hide DCP's "assuming the intent is to save in a single process" warning.
+    """Hide DCP's "assuming the intent is to save in a single process" warning, which every
+    save and load with ``no_dist=True`` emits and which a user can do nothing about.
 
     ``warnings.catch_warnings`` swaps process-global state, so it is used only on the main
-    thread; a background save lets the warning through (shown once per process by default).
+    thread. A background save (``CheckpointManager.save(blocking=False)``) instead adds, once,
+    a filter for exactly this message of DCP's: nothing else is filtered.
     """
     if threading.current_thread() is not threading.main_thread():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS, category=UserWarning)
         yield
         return
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch\.distributed is (disabled, )?"
-                                r"unavailable or uninitialized")
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS)
         yield
 
 

@@ -109,6 +109,8 @@ from ._contrib import adopt as adopt
 from ._contrib import normalize as normalize
 from ._contrib import prodigy as prodigy
 from ._contrib import sam as sam
+from ._epoch_schedules import multistep_lr as multistep_lr
+from ._epoch_schedules import step_lr as step_lr
 from ._factored import FactoredState as FactoredState
 from ._factored import scale_by_factored_rms as scale_by_factored_rms
 from ._families import adabelief as adabelief
@@ -277,6 +279,7 @@ __all__ = [
     "lookahead",
     "masked",
     "multi_transform",
+    "multistep_lr",
     "muon",
     "nadam",
     "nadamw",
@@ -340,6 +343,7 @@ __all__ = [
     "skip_large_updates",
     "skip_not_finite",
     "sm3",
+    "step_lr",
     "swa_params",
     "trace",
     "warmup_constant_schedule",
