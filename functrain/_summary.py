@@ -137,6 +137,12 @@ def model_summary(state: Any, module: nn.Module | None = None) -> str:
                         f"{describe(state)}.")
     frozen_names = ({n for n, p in module.named_parameters() if not p.requires_grad}
                     if module is not None else set())
+    # `TrainState.create` keeps frozen parameters out of the optimizer's reach, in buffers:
+    # they are still parameters of the model, counted as frozen ones.
+    moved = {n: buffers[n] for n in frozen_names if n in buffers and n not in params}
+    if moved:
+        params = {**params, **moved}
+        buffers = {n: b for n, b in buffers.items() if n not in moved}
     rows: list[tuple[str, str, int, int]] = []
     if module is not None:
         children = [(n, type(m).__name__) for n, m in module.named_children()]
