@@ -201,3 +201,30 @@ def crash_in_step(bad_rank: int):
             raise ValueError(f"boom on rank {fd.rank()}")
         x = fd.pmean(x)
     return "finished"
+
+
+def run_process_group(cmd, *, timeout, **kwargs):
+    """``subprocess.run(cmd, capture_output=True, text=True)`` in a session of its own.
+
+    torchrun's worker processes outlive torchrun when it is killed; a test that times out (or
+    a worker left behind) would otherwise keep ports and CPU for the tests after it. Every
+    process of the session is killed when the command ends or times out.
+    """
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the session, if any
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
@@ -90,8 +89,7 @@ def test_torchrun_sees_the_environment_and_reports_a_crashing_rank(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", str(script)]
     start = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    out = w.run_process_group(cmd, timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
     text = out.stdout + out.stderr
     assert out.returncode != 0, text
     assert "ENV 0 2" in text and "ENV 1 2" in text
