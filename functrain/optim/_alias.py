@@ -6,16 +6,11 @@ how to get the same math.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from ._adaptive import scale_by_adam, scale_by_lion, scale_by_rms, scale_by_rss, scale_by_stddev
-from ._base import GradientTransformation, Params, ScalarOrSchedule, chain, identity
+from ._base import GradientTransformation, MaskOrFn, ScalarOrSchedule, chain, identity
 from ._transforms import add_decayed_weights, scale_by_learning_rate, trace
-
-MaskOrFn = Any | Callable[[Params], Any] | None
 
 
 def sgd(learning_rate: ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False,

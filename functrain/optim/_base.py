@@ -27,6 +27,8 @@ OptState = Any
 Schedule = Callable[[torch.Tensor], torch.Tensor]
 """A function of the 0-d int64 step count, returning a 0-d float tensor."""
 ScalarOrSchedule = float | torch.Tensor | Schedule
+# Where a transform applies: a tree of bools like params, a callable building one, or None.
+MaskOrFn = Any | Callable[[Params], Any] | None
 """A constant (Python number or 0-d tensor) or a `Schedule`."""
 
 

@@ -16,6 +16,7 @@ from ._adam_family import scalar_dtype, scale_by_ademamix, scale_by_adopt
 from ._base import (
     EmptyState,
     GradientTransformation,
+    MaskOrFn,
     OptState,
     Params,
     ScalarOrSchedule,
@@ -27,8 +28,6 @@ from ._base import (
 )
 from ._transforms import _NO_PARAMS, add_decayed_weights, scale_by_learning_rate
 from ._wrappers import select
-
-MaskOrFn = Any | Callable[[Params], Any] | None
 
 
 def adopt(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9999,

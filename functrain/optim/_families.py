@@ -9,7 +9,6 @@ docstring says how to get its math (each such mapping is tested in float64).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +27,15 @@ from ._adam_family import (
 )
 from ._adaptive import scale_by_adam
 from ._alias import adam, adamw, sgd
-from ._base import EmptyState, GradientTransformation, Params, ScalarOrSchedule, Updates, chain
+from ._base import (
+    EmptyState,
+    GradientTransformation,
+    MaskOrFn,
+    Params,
+    ScalarOrSchedule,
+    Updates,
+    chain,
+)
 from ._classic import (
     ema,
     scale_by_adadelta,
@@ -46,8 +53,6 @@ from ._masking import masked
 from ._noise import add_noise
 from ._normalize import scale_by_param_block_rms, scale_by_trust_ratio
 from ._transforms import _NO_PARAMS, add_decayed_weights, scale, scale_by_learning_rate, trace
-
-MaskOrFn = Any | Callable[[Params], Any] | None
 
 
 def adabelief(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
