@@ -181,6 +181,11 @@ class TrainState:
             _check_opt_state(self)
         from .optim import apply_updates
 
+        apply = getattr(self.tx, "apply_to_params", None)
+        if apply is not None:  # a sharded optimizer (functrain.distributed.shard_state)
+            params, opt_state = apply(grads, self.opt_state, self.params)
+            return self.replace(step=self.step + 1, params=params, opt_state=opt_state,
+                                **changes)
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = apply_updates(self.params, updates)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)

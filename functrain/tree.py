@@ -431,7 +431,16 @@ def global_norm(tree: Any) -> torch.Tensor:
         if x.is_floating_point():
             dtype = torch.promote_types(dtype, x.dtype)
     squares = [torch.sum(torch.square(x.to(dtype))) for x in ls]
-    return torch.sqrt(torch.stack(squares).sum())
+    total = torch.stack(squares).sum()
+    if _SQUARED_NORM_REDUCERS:  # a sharded optimizer's update: the whole tree's norm
+        total = _SQUARED_NORM_REDUCERS[-1](total)
+    return torch.sqrt(total)
+
+
+# Pushed by `functrain.distributed`'s sharded optimizer around its inner update (and popped
+# after): there each rank holds a shard of the tree, and the sum of squares is summed over the
+# ranks, so `global_norm` (clip_by_global_norm...) is the norm of the whole, unsharded tree.
+_SQUARED_NORM_REDUCERS: list[Any] = []
 
 
 def _check_float_leaves(tree: Any, name: str) -> None:

@@ -173,7 +173,17 @@ def restore(path: str | os.PathLike[str], like: Any) -> Any:
         (7, True)
     """
     path = Path(path)
+    tx = getattr(like, "tx", None)
+    if callable(getattr(tx, "checkpoint_view", None)):
+        # A sharded state (functrain.distributed.shard_state): DCP reads each rank's rows of
+        # the full tensors, whatever number of ranks wrote them.
+        return tx.from_checkpoint_view(_restore(path, tx.checkpoint_view(like)))
+    return _restore(path, like)
+
+
+def _restore(path: Path, like: Any) -> Any:
     manifest = verify(path)
+    _warn_if_resharded(path, manifest, like)
     saved = {leaf["path"]: leaf for leaf in manifest["leaves"]}
     spec = _tree.structure(like)
     like_leaves = _tree.leaves_with_path(like, "state")
@@ -206,6 +216,22 @@ def restore(path: str | os.PathLike[str], like: Any) -> Any:
                               if isinstance(leaf, torch.Tensor)}, manifest)
     out = [loaded[p] if p in loaded else saved[p]["value"] for p, _ in like_leaves]
     return optree.tree_unflatten(spec, out)
+
+
+def _warn_if_resharded(path: Path, manifest: dict[str, Any], like: Any) -> None:
+    """Warn when a training state is restored on another number of ranks than wrote it."""
+    saved = manifest.get("world_size", 1)
+    import torch.distributed as dist
+
+    now = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if saved != now and hasattr(like, "step") and hasattr(like, "params"):
+        import warnings
+
+        warnings.warn(
+            f"checkpoint {str(path)!r} was written by {saved} rank(s) and is restored on {now}:"
+            " the state (parameters, optimizer state, step) is resharded exactly, but a run "
+            "resumed from it does not repeat the uninterrupted run's data order (each rank's "
+            "share of every epoch depends on the number of ranks).", stacklevel=3)
 
 
 _HINT_LIKE = ("restore into a state built like the saved one: the same model, optimizer and "

@@ -72,6 +72,12 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
         ['.metadata', '__0_0.distcp', 'manifest.json', 'meta.json']
     """
     path = Path(path)
+    tx = getattr(state, "tx", None)
+    if callable(getattr(tx, "checkpoint_view", None)):
+        # A sharded state (functrain.distributed.shard_state): its shards as tensors of the
+        # full shapes, written by every rank of its group (and restorable on any number).
+        state = tx.checkpoint_view(state)
+        process_group = tx.group if process_group is None else process_group
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"checkpoint.save: expected a new path, got {str(path)!r}, which exists. HINT: pass "
@@ -84,6 +90,10 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
         "meta_tensors": [{"path": k, **_spec(t)} for k, t in meta_tensors.items()],
     }
     group = _cooperative_group(process_group)
+    if group is not None:
+        import torch.distributed as dist
+
+        manifest["world_size"] = dist.get_world_size(group)
     if group is not None:
         return _save_together(path, group, {**tensors, **meta_tensors}, meta_json, manifest)
     path.parent.mkdir(parents=True, exist_ok=True)

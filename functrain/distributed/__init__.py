@@ -15,6 +15,9 @@ The pieces a data-parallel step needs, JAX-style:
 * `data_parallel` wraps an optimizer so ``apply_gradients`` averages the gradients first
   (what ``fit`` does on several ranks, leaving the step unchanged).
 * `reduce_metrics` merges the ranks' metric windows exactly, with one collective per read.
+* `shard_state` shards parameters, gradients and optimizer state over the ranks (ZeRO-3 /
+  FSDP, or ``mode="zero1"``); `create_sharded_state` builds such a state from a ``meta``
+  module, one shard per rank; `export_full_params` writes a sharded checkpoint's full weights.
 * `launch` starts N local workers from Python (notebooks, tests) as torchrun would.
 
 Example (``torchrun --nproc-per-node 2 script.py``; in one process it runs as it is):
@@ -59,18 +62,28 @@ from ._launch import LaunchError as LaunchError
 from ._launch import launch as launch
 from ._metrics import reduce_metrics as reduce_metrics
 from ._optim import data_parallel as data_parallel
+from ._shard import ShardedOptimizer as ShardedOptimizer
+from ._shard import ShardLayout as ShardLayout
+from ._shard import sharded_step as sharded_step
+from ._shard_export import export_full_params as export_full_params
+from ._shard_state import create_sharded_state as create_sharded_state
+from ._shard_state import shard_state as shard_state
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Environment",
     "LaunchError",
+    "ShardLayout",
     "ShardSampler",
     "ShardedLoader",
+    "ShardedOptimizer",
     "all_gather",
     "broadcast",
+    "create_sharded_state",
     "data_parallel",
     "device",
     "environment",
+    "export_full_params",
     "fold_in_rank",
     "initialize",
     "is_main",
@@ -83,6 +96,8 @@ __all__ = [
     "reduce_metrics",
     "shard",
     "shard_indices",
+    "shard_state",
+    "sharded_step",
     "shutdown",
     "world_size",
 ]

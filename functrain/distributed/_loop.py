@@ -29,6 +29,7 @@ from ._collectives import _group, broadcast, fold_in_rank, pmean
 from ._data import ShardedLoader, shard
 from ._metrics import reduce_metrics
 from ._optim import data_parallel
+from ._shard import layout_of, sharded_step
 
 __all__ = ["DataParallelRun"]
 
@@ -46,13 +47,15 @@ def data_parallel_step(step_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any
     except (KeyError, TypeError):
         pass
 
+    gathered = sharded_step(step_fn)  # full params in, shards out (a sharded state only)
+
     def step(state: Any, batch: Any) -> Any:
         rng = getattr(state, "rng", None)
         folded = None
         if isinstance(rng, torch.Tensor) and hasattr(state, "replace"):
             folded = fold_in_rank(rng)
             state = state.replace(rng=folded)
-        new_state, metrics = step_fn(state, batch)
+        new_state, metrics = gathered(state, batch)
         changes = {}
         if folded is not None and getattr(new_state, "rng", None) is folded:
             changes["rng"] = rng  # the step kept the key: hand back the run's own key
@@ -106,7 +109,10 @@ class DataParallelRun:
 
     # -- state -------------------------------------------------------------------------------
     def prepare_state(self, state: Any, *, resumed: bool) -> Any:
-        """Rank 0's state on every rank (unless resumed), with a gradient-averaging optimizer."""
+        """Rank 0's state on every rank (unless resumed), with a gradient-averaging optimizer.
+        A sharded state (`shard_state`) is left as it is: its optimizer averages already."""
+        if layout_of(state) is not None:
+            return state
         if not resumed:
             state = broadcast(state)
         tx = getattr(state, "tx", None)

@@ -1,0 +1,75 @@
+"""`export_full_params`: a (sharded) checkpoint's full weights, for inference, in one call."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["export_full_params"]
+
+
+def export_full_params(checkpoint: str | os.PathLike[str],
+                       out: str | os.PathLike[str] | None = None) -> dict[str, torch.Tensor]:
+    """The full parameters and buffers of a checkpoint, ready for ``load_state_dict``.
+
+    Reads only ``state.params`` and ``state.buffers`` (never the optimizer state), and DCP
+    joins the shards that the ranks of a sharded run (`shard_state`) wrote into whole tensors,
+    whatever number of ranks wrote them. Runs in one process, no process group needed. Every
+    file is checked against the manifest first, as `functrain.checkpoint.restore` does.
+
+    Args:
+        checkpoint: a checkpoint directory (`functrain.checkpoint.save`, or one of
+            ``fit``'s under ``run_dir/checkpoints``).
+        out: also write them to this safetensors file (`functrain.checkpoint.export_params`;
+            needs the ``safetensors`` package).
+
+    Returns:
+        ``{name: tensor}`` on the CPU: ``model.load_state_dict(export_full_params(path))``.
+
+    Raises:
+        functrain.checkpoint.CheckpointError: the checkpoint is incomplete, corrupt, or has no
+            params.
+
+    Example:
+        >>> import tempfile, torch, functrain as ft
+        >>> model = torch.nn.Linear(3, 2)
+        >>> state = ft.TrainState.create(model, ft.optim.adamw(1e-3))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = ft.checkpoint.save(f"{d}/c", state)
+        ...     weights = ft.distributed.export_full_params(f"{d}/c")
+        >>> model.load_state_dict(weights)
+        <All keys matched successfully>
+    """
+    from ..checkpoint import CheckpointError, export_params
+    from ..checkpoint._dcp import _dcp_load
+    from ..checkpoint._inference import _WEIGHT_PATH
+    from ..checkpoint._restore import _dtype, verify
+
+    path = Path(checkpoint)
+    manifest = verify(path)
+    like: dict[str, torch.Tensor] = {}
+    names: dict[str, str] = {}
+    for rec in manifest["leaves"]:
+        m = _WEIGHT_PATH.fullmatch(rec["path"])
+        if not (m and "dtype" in rec):
+            continue
+        try:
+            name = ast.literal_eval(m.group(3))
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(name, str):
+            like[rec["path"]] = torch.empty(rec["shape"], dtype=_dtype(rec["dtype"]),
+                                            device="meta")
+            names[rec["path"]] = name
+    if not any(p.startswith("state.params") for p in like):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a state with params (a "
+                              "TrainState), got none among its leaves.")
+    loaded: dict[str, Any] = _dcp_load(path, like, manifest)
+    weights = {names[p]: loaded[p] for p in like}
+    if out is not None:
+        export_params(out, weights)
+    return weights
