@@ -72,13 +72,16 @@ class ShardLayout:
         r = self.rank if rank is None else rank
         return max(0, min(c, d0 - r * c))
 
-    def local(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """This rank's shard of ``x`` (full ``shape``): its rows, zero-padded, own storage."""
+    def local(self, x: torch.Tensor, shape: torch.Size, *, copy: bool = True) -> torch.Tensor:
+        """This rank's shard of ``x`` (full ``shape``): its rows, zero-padded; in storage of
+        its own (``copy=True``: the full tensor can be freed) or, where no padding is needed,
+        a view of ``x``."""
         d0 = shape[0] if len(shape) else 1
         x1 = x.reshape(d0, *shape[1:])
         c, n = self.rows(shape), self.valid_rows(shape)
         if n == c:
-            return x1.narrow(0, self.rank * c, c).clone()
+            part = x1.narrow(0, self.rank * c, c)
+            return part.clone() if copy else part
         pad = torch.zeros((c - n, *shape[1:]), dtype=x.dtype, device=x.device)
         if n == 0:
             return pad
@@ -90,11 +93,19 @@ class ShardLayout:
         return shards.narrow(0, 0, d0).reshape(shape)
 
 
+# Parameters of at least this many elements get collectives of their own: gathered along the
+# first dimension, a parameter comes out whole and contiguous (no copy out of a flat buffer),
+# and the compiler may schedule each one by the compute that needs it. Smaller ones share one
+# collective per dtype (as DistributedDataParallel buckets gradients).
+_OWN_COLLECTIVE = 1 << 16
+
+
 def _buckets(names: list[str], tensors: dict[str, torch.Tensor]) -> dict[Any, list[str]]:
     out: dict[Any, list[str]] = {}
     for k in names:
         t = tensors[k]
-        out.setdefault((t.dtype, t.device), []).append(k)
+        alone = k if t.numel() >= _OWN_COLLECTIVE else None
+        out.setdefault((t.dtype, t.device, alone), []).append(k)
     return out
 
 
@@ -105,10 +116,16 @@ def gather(layout: ShardLayout, shards: dict[str, torch.Tensor]) -> dict[str, to
     out = dict(shards)
     w = layout.world
     for _, names in _buckets(list(layout.shapes), shards).items():
-        flat = torch.cat([shards[k].reshape(-1) for k in names])
+        flat = (shards[names[0]].reshape(-1) if len(names) == 1
+                else torch.cat([shards[k].reshape(-1) for k in names]))
         # Missing public API: a traceable (functional) all-gather; dist.all_gather_into_tensor
         # works in place and breaks the graph.
         every = fc.wait_tensor(fc.all_gather_single(flat, 0, layout.group_name))
+        if len(names) == 1:  # rank-major rows are the parameter's rows: no copy
+            k = names[0]
+            out[k] = layout.full(every.view(w * shards[k].shape[0], *shards[k].shape[1:]),
+                                 layout.shapes[k])
+            continue
         every = every.view(w, flat.numel())
         start = 0
         for k in names:
@@ -138,7 +155,7 @@ def reduce_scatter(layout: ShardLayout, grads: dict[str, torch.Tensor]
                 g = torch.cat([g, torch.zeros((w * c - d0, *shape[1:]), dtype=g.dtype,
                                               device=g.device)])
             rows.append(g.reshape(w, -1))
-        flat = torch.cat(rows, dim=1).reshape(-1)
+        flat = rows[0].reshape(-1) if len(rows) == 1 else torch.cat(rows, dim=1).reshape(-1)
         mine = fc.wait_tensor(fc.reduce_scatter_single(flat, "avg", 0, layout.group_name))
         start = 0
         for k, r in zip(names, rows):
@@ -186,9 +203,10 @@ class ShardedOptimizer:
         return (f"ShardedOptimizer(mode={lay.mode!r}, rank={lay.rank}, world={lay.world}, "
                 f"params={len(lay.shapes)})")
 
-    def _local(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _local(self, params: dict[str, torch.Tensor], copy: bool = True
+               ) -> dict[str, torch.Tensor]:
         lay = self.layout
-        return {k: lay.local(v, lay.shapes[k]) if k in lay.shapes else v
+        return {k: lay.local(v, lay.shapes[k], copy=copy) if k in lay.shapes else v
                 for k, v in params.items()}
 
     def _inner_update(self, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
@@ -222,7 +240,7 @@ class ShardedOptimizer:
 
         self._check_grads(grads)
         shard_grads = reduce_scatter(self.layout, grads)
-        local = self._local(params)
+        local = self._local(params, copy=False)  # read only: apply_updates is out of place
         updates, opt_state = self._inner_update(shard_grads, opt_state, local)
         new = apply_updates(local, updates)
         if self.layout.mode == "zero1":

@@ -138,3 +138,202 @@ def _case(mode, compile):
             ref, _ = ref_run(ref, batch)
         res["reference"] = full_view(ref)
     return res
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def _trained(world_steps=3, mode="fsdp"):
+    """A sharded state after a few eager steps (the optimizer state is not all zeros)."""
+    m = model()
+    state = fd.shard_state(ft.TrainState.create(m, optimizer(), seed=7), mode=mode)
+    run = ft.compile_step(fd.sharded_step(step_for(m)), compile="eager", device="cpu")
+    x, y = _data(fd.world_size(), world_steps)
+    for batch in fd.shard(ft.data.ArrayLoader((x, y), PER_RANK, shuffle=False)):
+        state, _ = run(state, batch)
+    return state
+
+
+def _like(mode="fsdp"):
+    return fd.shard_state(ft.TrainState.create(model(), optimizer(), seed=1), mode=mode)
+
+
+def save_and_restore(directory, one_process_ckpt):
+    """On 2 ranks: save a trained sharded state; restore it (same world: no warning) and
+    restore the 1-process checkpoint ``one_process_ckpt`` into a sharded state."""
+    fd.initialize("gloo", timeout=120)
+    torch.set_num_threads(1)
+    state = _trained()
+    path = os.path.join(directory, "two")
+    ft.checkpoint.save(path, state)
+    files = sorted(os.listdir(path))
+    with warnings.catch_warnings(record=True) as same:
+        warnings.simplefilter("always")
+        back = ft.checkpoint.restore(path, like=_like())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_one = ft.checkpoint.restore(one_process_ckpt, like=_like())
+    zero1 = _trained(mode="zero1")
+    zpath = os.path.join(directory, "zero1")
+    ft.checkpoint.save(zpath, zero1)
+    return {"saved": full_view(state), "restored": full_view(back),
+            "step": int(back.step), "from_one": full_view(from_one),
+            "from_one_step": int(from_one.step), "files": files,
+            "warnings": [str(w.message) for w in caught if "rank(s)" in str(w.message)],
+            "same_world_warnings": [str(w.message) for w in same],
+            "zero1": full_view(zero1),
+            "zero1_back": full_view(ft.checkpoint.restore(zpath, like=_like("zero1"))),
+            "shard_rows": back.params["0.weight"].shape[0]}
+
+
+def restore_on(path):
+    """Restore a checkpoint into a sharded state on this world (4 ranks in the test)."""
+    fd.initialize("gloo", timeout=120)
+    torch.set_num_threads(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        back = ft.checkpoint.restore(path, like=_like())
+    return {"restored": full_view(back), "step": int(back.step),
+            "shard_rows": back.params["0.weight"].shape[0],
+            "warnings": [str(w.message) for w in caught if "rank(s)" in str(w.message)]}
+
+
+# -- fit ----------------------------------------------------------------------------------------
+
+def fit_run(run_dir, max_steps, resume=None, mode="fsdp"):
+    """fit on a sharded state: the one change to a data-parallel script is shard_state."""
+    torch.set_num_threads(1)
+    m = model()
+    state = ft.TrainState.create(m, optimizer(), seed=7)
+    state = fd.shard_state(state, mode=mode)  # the one line
+    x, y = _data(2, 10)
+    loader = ft.data.ArrayLoader((x, y), PER_RANK, shuffle=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = ft.fit(state, step_for(m), loader, max_steps=max_steps, run_dir=run_dir,
+                       checkpoint=ft.Checkpointing(every=5), resume=resume, compile="eager",
+                       log=ft.Logging(every=5, loggers=[]))
+    return {"view": full_view(state), "step": int(state.step), "world": fd.world_size(),
+            "sharded": layout_of(state) is not None,
+            "warnings": [str(w.message) for w in caught if "rank(s)" in str(w.message)]}
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+BIG_IN, BIG_OUT = 1000, 2048  # one 2M-parameter matrix (8 MB in float32)
+
+
+def big_model():
+    with torch.device("meta"):
+        return nn.Sequential(nn.Linear(BIG_IN, BIG_OUT, bias=False), nn.Linear(BIG_OUT, 1))
+
+
+def big_init(name, like, rows):
+    """Depends on (name, row) only: any world size builds the same model."""
+    rows = rows if rows is not None else slice(0, 1)
+    r = torch.arange(rows.start, rows.stop, dtype=torch.float64).reshape(-1, *[1] * (
+        like.ndim - 1))
+    cols = torch.arange(like[0].numel() if like.ndim else 1, dtype=torch.float64)
+    cols = cols.reshape(like.shape[1:]) if like.ndim else cols.reshape(())
+    salt = len(name) + 1
+    return (torch.sin(r * 1.3 + cols * 0.7 * salt) * 0.02).to(like.dtype).reshape(
+        like[rows].shape if like.ndim else ())
+
+
+def _vm() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize")
+
+
+def memory_run(mode, budget, steps=3):
+    """Create the big model's state (``mode``: "replicated", or "fsdp" from meta) and train
+    ``steps`` steps, with the address space capped at what is mapped now plus ``budget``
+    bytes (None: no cap). Returns what fitted and the bytes of params + optimizer state."""
+    import resource
+
+    fd.initialize("gloo", timeout=120)
+    torch.set_num_threads(1)
+    m = big_model()
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, BIG_IN, generator=g), torch.randn(4, 1, generator=g))
+
+    def step(state, batch):
+        def loss_fn(params):
+            out, _ = ft.call(state.module, params, state.buffers, batch[0])
+            return ((out - batch[1]) ** 2).mean()
+
+        return state.apply_gradients(torch.func.grad(loss_fn)(state.params)), {}
+
+    def create(module):
+        if mode == "replicated":
+            state = ft.TrainState.create(module.to_empty(device="cpu"), ft.optim.adamw(1e-3))
+            return state.replace(params={k: big_init(k, v, slice(0, v.shape[0]))
+                                         for k, v in state.params.items()})
+        return fd.create_sharded_state(module, ft.optim.adamw(1e-3), big_init)
+
+    run = fd.sharded_step(step)
+    # Warm the step's code paths on a tiny model first (lazy imports, dispatcher caches).
+    with torch.device("meta"):
+        tiny = nn.Sequential(nn.Linear(BIG_IN, 4, bias=False), nn.Linear(4, 1))
+    run(create(tiny), batch)
+    base = _vm()
+    if budget is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (base + budget, resource.RLIM_INFINITY))
+    out = {"rank": fd.rank(), "mode": mode, "ok": False}
+    try:
+        state = create(m)
+        out["bytes"] = nbytes((state.params, state.opt_state))
+        for _ in range(steps):
+            state, _ = run(state, batch)
+        out["ok"] = True
+        out["peak_vm_delta"] = _peak() - base
+    except (MemoryError, RuntimeError) as e:
+        if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
+            raise
+        out["error"] = f"{type(e).__name__}: {str(e)[:120]}"
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    return out
+
+
+def _peak() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmPeak")
+
+
+def fit_runs(directory):
+    """On 2 ranks: 20 steps uninterrupted; 10 steps, then resume='auto' to 20; 10 steps in a
+    third run directory (for the test to resume on 1 process)."""
+    fd.initialize("gloo", timeout=120)
+    whole = fit_run(os.path.join(directory, "whole"), 20)
+    fit_run(os.path.join(directory, "cut"), 10)
+    resumed = fit_run(os.path.join(directory, "cut"), 10, resume="auto")
+    fit_run(os.path.join(directory, "other"), 10)
+    return {"whole": whole, "resumed": resumed}
+
+
+def small_meta_model():
+    with torch.device("meta"):
+        return nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+
+
+def meta_init(asked):
+    """``init`` for `small_meta_model`; records the rows it is asked for in ``asked``."""
+    def init(name, like, rows):
+        asked.append((name, None if rows is None else (rows.start, rows.stop)))
+        return big_init(name, like, rows)
+
+    return init
+
+
+def meta_init_run():
+    fd.initialize("gloo", timeout=120)
+    asked = []
+    state = fd.create_sharded_state(small_meta_model(), optimizer(), meta_init(asked), seed=7)
+    return {"view": full_view(state), "asked": asked,
+            "devices": sorted({str(t.device) for t in ft.tree.leaves(state)})}
