@@ -209,7 +209,7 @@ def fit_run(run_dir, max_steps, resume=None, mode="fsdp"):
     loader = ft.data.ArrayLoader((x, y), PER_RANK, shuffle=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        state = ft.fit(state, step_for(m), loader, max_steps=max_steps, run_dir=run_dir,
+        state = ft.fit(step_for(m), state, loader, max_steps=max_steps, run_dir=run_dir,
                        checkpoint=ft.Checkpointing(every=5), resume=resume, compile="eager",
                        log=ft.Logging(every=5, loggers=[]))
     return {"view": full_view(state), "step": int(state.step), "world": fd.world_size(),
@@ -312,7 +312,7 @@ def fit_runs(directory):
     fd.initialize("gloo", timeout=120)
     whole = fit_run(os.path.join(directory, "whole"), 20)
     fit_run(os.path.join(directory, "cut"), 10)
-    resumed = fit_run(os.path.join(directory, "cut"), 10, resume="auto")
+    resumed = fit_run(os.path.join(directory, "cut"), 20, resume="auto")  # counts from 0
     fit_run(os.path.join(directory, "other"), 10)
     return {"whole": whole, "resumed": resumed}
 
