@@ -15,6 +15,12 @@ Workload: MLP 784-512-512-10, per-rank batch 128 (the global batch of 2 ranks is
   (d) DistributedDataParallel, 2 processes, around the compiled model of (b):
       ``DDP(torch.compile(model))`` + fused AdamW (gradients bucketed and all-reduced by DDP's
       hooks during backward)
+  (e) functrain sharded, 2 processes: ``fd.shard_state(state)`` (params, gradients and AdamW
+      state sharded, ZeRO-3) and the step of (a) through ``fd.sharded_step``: all-gather of the
+      params and reduce-scatter of the gradients inside the one compiled graph
+  (f) FSDP2, 2 processes: ``fully_shard`` on each Linear and on the model, then
+      ``torch.compile`` of it, fused AdamW (the same memory layout as (e): 1/2 of params and
+      optimizer state per rank)
 
 Two worker processes are started once (`functrain.distributed.launch`) and run every variant
 in each round, in an order rotated each round: the 2-process variants on both ranks, the
@@ -22,7 +28,9 @@ in each round, in an order rotated each round: the 2-process variants on both ra
 and `--steps` timed steps per variant; medians over rounds. Reported: samples/s (global batch
 over the median step time), the scaling efficiency of each 2-process variant against its
 1-process counterpart (samples/s of 2 processes / (2 x samples/s of 1)), and the ratio of
-functrain's 2-process step time to DDP's (the goal: <= 1).
+functrain's 2-process step time to DDP's (the goal: <= 1); for the sharded variants, the bytes
+of params + optimizer state per rank, (e)/(c) in step time and bytes, and (e)/(f) (the goal:
+<= 1 at equal memory).
 
 On a 2-core CPU, 2 processes of `--threads` 1 thread each use both cores; any other process on
 the machine slows them, so read the medians and the ratios.
@@ -58,7 +66,7 @@ def _batches(batch: int, device: torch.device, rank: int) -> list[tuple[torch.Te
              torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(N_BATCHES)]
 
 
-def _functrain(model: nn.Module, device: torch.device, parallel: bool):
+def _functrain(model: nn.Module, device: torch.device, parallel: bool, sharded: bool = False):
     def step(state, batch):
         x, y = batch
 
@@ -71,13 +79,55 @@ def _functrain(model: nn.Module, device: torch.device, parallel: bool):
             grads = fd.pmean(grads)
         return state.apply_gradients(grads), {"loss": loss}
 
+    state = ft.TrainState.create(model, ft.optim.adamw(LR, weight_decay=WD), device=device)
+    if sharded:  # ZeRO-3: params, grads and AdamW state sharded; the step is unchanged
+        state = fd.shard_state(state)
+        step = fd.sharded_step(step)
     run = ft.compile_step(step, compile="inductor", device=device)
-    box = [ft.TrainState.create(model, ft.optim.adamw(LR, weight_decay=WD), device=device)]
+    box = [state]
 
     def one(batch):
         box[0], _ = run(box[0], batch)
 
+    one.state_bytes = lambda: _bytes((box[0].params, box[0].opt_state))  # type: ignore
     return one, run
+
+
+def _bytes(tree) -> int:
+    return sum(t.numel() * t.element_size() for t in ft.tree.leaves(tree)
+               if isinstance(t, torch.Tensor))
+
+
+def _fsdp2(model: nn.Module, device: torch.device):
+    """FSDP2: ``fully_shard`` on each Linear and the root, compiled, fused AdamW."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    net = copy.deepcopy(model).to(device)
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(net)
+    compiled = torch.compile(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WD, fused=True)
+
+    def one(batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(compiled(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def state_bytes() -> int:
+        local = [p.to_local() for p in net.parameters()]
+        moments = [v.to_local() if hasattr(v, "to_local") else v
+                   for st in opt.state.values() for v in st.values()
+                   if isinstance(v, torch.Tensor)]
+        return _bytes(local) + _bytes(moments)
+
+    one.state_bytes = state_bytes  # type: ignore[attr-defined]
+    return one
 
 
 def _plain(model: nn.Module, device: torch.device, ddp: bool):
@@ -132,8 +182,8 @@ def worker(args: dict) -> dict:
     first = {}
     runners = {}
 
-    def functrain_variant(name, parallel):
-        one, runners[name] = _functrain(model, device, parallel)
+    def functrain_variant(name, parallel, sharded=False):
+        one, runners[name] = _functrain(model, device, parallel, sharded)
         return one
 
     for name, build, both in [
@@ -141,6 +191,8 @@ def worker(args: dict) -> dict:
         ("b", lambda: _plain(model, device, False), False),
         ("c", lambda: functrain_variant("c", True), True),
         ("d", lambda: _plain(model, device, True), True),
+        ("e", lambda: functrain_variant("e", False, sharded=True), True),
+        ("f", lambda: _fsdp2(model, device), True),
     ]:
         if both or rank == 0:
             variants[name] = build()
@@ -149,17 +201,19 @@ def worker(args: dict) -> dict:
             _sync(device)
             first[name] = time.perf_counter() - t
         dist.barrier()
-    names = ["a", "b", "c", "d"]
+    names = ["a", "b", "c", "d", "e", "f"]
+    both_ranks = ("c", "d", "e", "f")
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args["rounds"]):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            both = name in ("c", "d")
+            both = name in both_ranks
             if both or rank == 0:
                 times[name].append(_time(variants[name], batches, device, args["warmup"],
                                          args["steps"]))
             dist.barrier()
-    return {"times": times, "first": first, "device": str(device),
+    state_bytes = {k: v.state_bytes() for k, v in variants.items() if hasattr(v, "state_bytes")}
+    return {"times": times, "first": first, "device": str(device), "state_bytes": state_bytes,
             "compiles": {k: r.compiles for k, r in runners.items()},
             "backend": dist.get_backend()}
 
@@ -189,15 +243,17 @@ def main(argv: list[str] | None = None) -> dict:
     n = a.nprocs
     labels = {"a": "functrain, 1 process", "b": "torch.compile + fused AdamW, 1 process",
               "c": f"functrain pmean in graph, {n} processes",
-              "d": f"DDP(torch.compile(model)) + fused AdamW, {n} processes"}
+              "d": f"DDP(torch.compile(model)) + fused AdamW, {n} processes",
+              "e": f"functrain sharded (shard_state, ZeRO-3), {n} processes",
+              "f": f"FSDP2 fully_shard(compiled) + fused AdamW, {n} processes"}
     print(f"MLP 784-512-512-10, per-rank batch {a.batch}, {r0['backend']} on {r0['device']}, "
           f"{a.threads} thread(s) per process, {N_BATCHES} batches cycled, {a.rounds} rounds x "
           f"{a.steps} steps (medians); torch {torch.__version__}; wall {wall:.0f} s")
     print(f"{'variant':<58} {'µs/step':>9} {'samples/s':>10} {'1st step s':>10}")
     out = {"config": vars(a), "median_s": med, "samples_per_s": {}, "first_step_s": r0["first"],
            "rounds_s": r0["times"]}
-    for k in ("a", "b", "c", "d"):
-        sps = a.batch * (n if k in ("c", "d") else 1) / med[k]
+    for k in ("a", "b", "c", "d", "e", "f"):
+        sps = a.batch * (n if k in ("c", "d", "e", "f") else 1) / med[k]
         out["samples_per_s"][k] = sps
         print(f"({k}) {labels[k]:<54} {med[k] * 1e6:9.0f} {sps:10.0f} {r0['first'][k]:10.1f}")
     sps = out["samples_per_s"]
@@ -211,6 +267,19 @@ def main(argv: list[str] | None = None) -> dict:
     verdict = "met" if out["functrain_over_ddp"] <= 1 else "NOT met"
     print(f"functrain / DDP step time, {n} processes: {out['functrain_over_ddp']:.2f} "
           f"(goal <= 1: {verdict})")
+    sb = r0["state_bytes"]
+    out["state_bytes_rank0"] = sb
+    out["sharded_over_replicated_time"] = med["e"] / med["c"]
+    out["sharded_over_replicated_bytes"] = sb["e"] / sb["c"]
+    out["functrain_sharded_over_fsdp2"] = med["e"] / med["f"]
+    print("params + AdamW state per rank (rank 0): replicated (c) "
+          f"{sb['c'] / 2**20:.2f} MiB, functrain sharded (e) {sb['e'] / 2**20:.2f} MiB, "
+          f"FSDP2 (f) {sb['f'] / 2**20:.2f} MiB: sharded / replicated "
+          f"{out['sharded_over_replicated_bytes']:.3f}")
+    print(f"sharded / replicated step time (e)/(c): {out['sharded_over_replicated_time']:.2f}")
+    verdict = "met" if out["functrain_sharded_over_fsdp2"] <= 1 else "NOT met"
+    print(f"functrain sharded / FSDP2 step time (e)/(f): "
+          f"{out['functrain_sharded_over_fsdp2']:.2f} (goal <= 1: {verdict})")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -182,7 +182,7 @@ def save_and_restore(directory, one_process_ckpt):
             "same_world_warnings": [str(w.message) for w in same],
             "zero1": full_view(zero1),
             "zero1_back": full_view(ft.checkpoint.restore(zpath, like=_like("zero1"))),
-            "shard_rows": back.params["0.weight"].shape[0]}
+            "shard_rows": back.params["0.weight"].shape[0], "meta": meta_init_run()}
 
 
 def restore_on(path):

@@ -84,8 +84,8 @@ def test_params_and_optimizer_state_take_half_the_bytes_per_rank(runs):
 
 # -- meta init and memory ---------------------------------------------------------------------
 
-def test_meta_init_materialises_only_each_ranks_rows_and_equals_one_process():
-    two = fd.launch(sw.meta_init_run, 2, timeout=180)
+def test_meta_init_materialises_only_each_ranks_rows_and_equals_one_process(checkpoints):
+    two = [r["meta"] for r in checkpoints[2]]  # run in the checkpoint tests' processes
     asked = []
     one = fd.create_sharded_state(sw.small_meta_model(), sw.optimizer(), sw.meta_init(asked),
                                   seed=7)
