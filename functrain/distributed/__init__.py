@@ -62,10 +62,10 @@ from ._launch import LaunchError as LaunchError
 from ._launch import launch as launch
 from ._metrics import reduce_metrics as reduce_metrics
 from ._optim import data_parallel as data_parallel
-from ._shard import ShardedOptimizer as ShardedOptimizer
 from ._shard import ShardLayout as ShardLayout
 from ._shard import sharded_step as sharded_step
 from ._shard_export import export_full_params as export_full_params
+from ._shard_optim import ShardedOptimizer as ShardedOptimizer
 from ._shard_state import create_sharded_state as create_sharded_state
 from ._shard_state import shard_state as shard_state
 

@@ -61,7 +61,7 @@ def step_for(m):
 
 def full_view(state):
     """Params and optimizer state with full shapes (gathered from the shards), as clones."""
-    from functrain.distributed._shard_state import _map_opt_state
+    from functrain.distributed._shard_checkpoint import _map_opt_state
 
     lay = layout_of(state)
     params, opt = state.params, state.opt_state
