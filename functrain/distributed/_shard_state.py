@@ -1,5 +1,5 @@
-"""Building a sharded `functrain.TrainState` (from a whole one, or from a ``meta`` module) and
-its checkpoint view (DTensors of the full shapes, which DCP reshards on restore)."""
+"""Building a sharded `functrain.TrainState`: `shard_state` from a whole one, and
+`create_sharded_state` from a module on the ``meta`` device, one shard per rank."""
 
 from __future__ import annotations
 
