@@ -1,6 +1,6 @@
-"""Data parallel throughput: 1 vs 2 processes, functrain's in-graph all-reduce vs DDP, one run.
+"""Data parallel and sharded state: 1 vs 2 processes, functrain vs DDP and FSDP2, one run.
 
-    ./dev python benchmarks/distributed.py                  # CPU, gloo, 2 processes, ~3-5 min
+    ./dev python benchmarks/distributed.py                  # CPU, gloo, 2 processes, ~5-8 min
     ./dev python benchmarks/distributed.py --quick          # smoke run
     ./dev python benchmarks/distributed.py --json dist.json
     python benchmarks/distributed.py --device cuda          # one process per GPU, NCCL
