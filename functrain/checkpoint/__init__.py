@@ -21,7 +21,8 @@ Layout of a run directory (``CheckpointManager(run_dir / "checkpoints", keep=3)`
     run_dir/checkpoints/
         step_000001000/             one checkpoint (`save` writes this directory)
             manifest.json           written last: format version, versions, leaf paths with
-                                    shapes and dtypes (or JSON values), SHA-256 of every file
+                                    shapes and dtypes (or JSON values), SHA-256 of every file,
+                                    the number of ranks that wrote it (if several)
             meta.json               the ``meta`` dict; its tensors are stored with the data
             .metadata               DCP's index of the data (a pickle, see Safety)
             __0_0.distcp            the tensor data (DCP): one file per writer thread

@@ -147,7 +147,10 @@ def restore(path: str | os.PathLike[str], like: Any) -> Any:
 
     ``like`` gives the structure, the static fields (``tx``, ``module``) and, per leaf, the
     expected shape, dtype and device (leaves on the ``meta`` device load to the CPU). ``like``
-    itself is not modified: every tensor is freshly allocated.
+    itself is not modified: every tensor is freshly allocated. A sharded ``like``
+    (`functrain.distributed.shard_state`) gets each rank's rows, whatever number of ranks
+    wrote the checkpoint; a training state restored on another number of ranks than wrote it
+    comes with a warning (a resumed run's data order differs).
 
     Args:
         path: a checkpoint directory written by `save`.

@@ -52,7 +52,9 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
             ``__<rank>_<i>.distcp``), rank 0 then writes ``meta.json`` and the manifest (with
             the checksums of every rank's files) and renames the directory into place; `save`
             returns on every rank once the checkpoint is complete. The directory must be on a
-            file system all ranks share. None (default): this process writes alone.
+            file system all ranks share. None (default): this process writes alone, or,
+            for a sharded state (`functrain.distributed.shard_state`), every rank of its
+            group, each its shards, stored as tensors of the full shapes.
 
     Returns:
         ``path`` as a ``Path``.
@@ -93,8 +95,7 @@ def save(path: str | os.PathLike[str], state: Any, *, meta: Mapping[str, Any] | 
     if group is not None:
         import torch.distributed as dist
 
-        manifest["world_size"] = dist.get_world_size(group)
-    if group is not None:
+        manifest["world_size"] = dist.get_world_size(group)  # restore warns on another
         return _save_together(path, group, {**tensors, **meta_tensors}, meta_json, manifest)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
