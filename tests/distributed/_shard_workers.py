@@ -308,8 +308,11 @@ def _peak() -> int:
 
 def fit_runs(directory):
     """On 2 ranks: 20 steps uninterrupted; 10 steps, then resume='auto' to 20; 10 steps in a
-    third run directory (for the test to resume on 1 process)."""
-    fd.initialize("gloo", timeout=120)
+    third run directory (for the test to resume on 1 process). No `initialize` here:
+    shard_state starts the process group from the torchrun environment, as fit would."""
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
     whole = fit_run(os.path.join(directory, "whole"), 20)
     fit_run(os.path.join(directory, "cut"), 10)
     resumed = fit_run(os.path.join(directory, "cut"), 20, resume="auto")  # counts from 0
