@@ -160,6 +160,19 @@ def test_compiled_is_one_graph_and_grads_equal(compile_counter):
     _assert_trees_close(got, _grads(params, x, False), rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_vmap_of_grad_equals_plain():
+    """A population step (vmap over models of a step that takes a gradient), through
+    AOTAutograd."""
+    params, x = _mlp_params(2, 4, seed=3), torch.randn(3, 5, 4)
+    stacked = [{k: torch.stack([p[k] * (1 + i) for i in range(3)]) for k in p} for p in params]
+
+    def population(ps, xs, use_remat):
+        return torch.func.vmap(_grads, in_dims=(0, 0, None))(ps, xs, use_remat)
+
+    got = torch.compile(population, backend="aot_eager", fullgraph=True)(stacked, x, True)
+    _assert_trees_close(got, population(stacked, x, False), rtol=1e-5, atol=1e-6)
+
+
 def test_inductor_step_recomputes_and_its_peak_memory_drops():
     params, x = _mlp_params(8, 64), torch.randn(128, 64)
     ref = _grads(params, x, False)
