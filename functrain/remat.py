@@ -25,12 +25,30 @@ from .tree import NAMESPACE
 __all__ = ["remat"]
 
 
+def _differentiable(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _restricted(fn: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple[torch.Tensor, ...],
+                wrt: list[int]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``fn`` as a function of ``inputs[i] for i in wrt`` (the rest fixed), returning only its
+    differentiable outputs."""
+
+    def part(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        full = list(inputs)
+        for i, x in zip(wrt, xs):
+            full[i] = x
+        return tuple(o for o in fn(*full) if _differentiable(o))
+
+    return part
+
+
 class _Remat(torch.autograd.Function):
     """Saves only the inputs of ``fn``; the backward runs ``fn`` again under `torch.func.vjp`.
 
-    ``fn`` takes and returns flat tuples of tensors. The backward is itself differentiable
-    (`torch.func.vjp` records on the outer levels), so a remat'd function has second
-    derivatives (MAML).
+    ``fn`` takes and returns flat tuples of tensors. The backward is itself differentiable by
+    any outer transform (MAML's outer ``grad``), and ``jvp`` makes forward mode (``jacfwd``,
+    ``hessian``) work too.
     """
 
     generate_vmap_rule = True
@@ -44,47 +62,34 @@ class _Remat(torch.autograd.Function):
         ctx.fn = inputs[0]
         ctx.save_for_backward(*inputs[1:])
         ctx.save_for_forward(*inputs[1:])
-        ctx.floating = [o.is_floating_point() for o in output]
-        ctx.mark_non_differentiable(*(o for o in output if not o.is_floating_point()))
+        ctx.differentiable = [_differentiable(o) for o in output]
+        ctx.mark_non_differentiable(*(o for o in output if not _differentiable(o)))
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
-        saved = ctx.saved_tensors
-        wrt = [i for i, t in enumerate(saved)
-               if t.is_floating_point() and ctx.needs_input_grad[i + 1]]
-
-        def differentiable_part(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            full = list(saved)
-            for i, x in zip(wrt, xs):
-                full[i] = x
-            return tuple(o for o in ctx.fn(*full) if o.is_floating_point())
-
-        saved = _compat.outside_innermost_grad(saved)
+        # The backward of torch.func.grad at level L records at level L too (create_graph):
+        # computed from level L's tensors, the recomputed activations would stay alive until
+        # the whole gradient is done. Taken from level L-1, they are freed as the backward
+        # goes, and outer levels (a MAML outer grad) still record them.
+        saved = _compat.outside_innermost_grad(ctx.saved_tensors)
         grads = _compat.outside_innermost_grad(grads)
-        _, vjp = torch.func.vjp(differentiable_part, *(saved[i] for i in wrt))
-        cotangents = vjp(tuple(g for g, f in zip(grads, ctx.floating) if f))
+        wrt = [i for i, t in enumerate(saved) if _differentiable(t) and ctx.needs_input_grad[i + 1]]
+        _, vjp = torch.func.vjp(_restricted(ctx.fn, saved, wrt), *(saved[i] for i in wrt))
+        cotangents = vjp(tuple(g for g, d in zip(grads, ctx.differentiable) if d))
         out: list[Any] = [None] * (len(saved) + 1)
         for i, g in zip(wrt, cotangents):
             out[i + 1] = g
         return tuple(out)
 
-
     @staticmethod
     def jvp(ctx: Any, _fn_tangent: Any, *tangents: Any) -> Any:
         saved = ctx.saved_tensors
         wrt = [i for i, (t, dt) in enumerate(zip(saved, tangents))
-               if t.is_floating_point() and dt is not None]
-
-        def differentiable_part(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            full = list(saved)
-            for i, x in zip(wrt, xs):
-                full[i] = x
-            return tuple(o for o in ctx.fn(*full) if o.is_floating_point())
-
-        _, out = torch.func.jvp(differentiable_part, tuple(saved[i] for i in wrt),
+               if _differentiable(t) and dt is not None]
+        _, out = torch.func.jvp(_restricted(ctx.fn, saved, wrt), tuple(saved[i] for i in wrt),
                                 tuple(tangents[i] for i in wrt))
         it = iter(out)
-        return tuple(next(it) if f else None for f in ctx.floating)
+        return tuple(next(it) if d else None for d in ctx.differentiable)
 
 
 class _Fn:
@@ -159,7 +164,8 @@ def _captured_tensor(fn: Any) -> str | None:
             found.append((f"the closure variable {name!r}", cell.cell_contents))
         except ValueError:  # an empty cell
             pass
-    found += [(f"default argument {i}", d) for i, d in enumerate(getattr(fn, "__defaults__", None) or ())]
+    defaults = getattr(fn, "__defaults__", None) or ()
+    found += [(f"default argument {i}", d) for i, d in enumerate(defaults)]
     for where, value in found:
         if isinstance(value, torch.Tensor):
             return where
