@@ -124,19 +124,25 @@ def test_per_example_grads_and_plain_autograd_double_backward():
     _assert_trees_close(penalty_grad(True), penalty_grad(False), rtol=1e-12, atol=1e-15)
 
 
-def test_keyed_dropout_is_redrawn_identically():
-    """Draws from a key argument repeat in the recomputation, so the gradients are exact."""
+@pytest.mark.parametrize("backend", [None, "aot_eager"])
+def test_keyed_dropout_is_redrawn_identically(backend):
+    """Draws from a key argument repeat in the recomputation, so the gradients are exact,
+    eagerly and traced by AOTAutograd."""
     def fn(p, h, key):
         with ft.random.keyed(key):
             return torch.nn.functional.dropout(torch.tanh(h @ p["w"]), 0.5)
 
+    def grads(p, h, key, f):
+        return torch.func.grad(lambda p: f(p, h, key).square().sum())(p)
+
     remat_fn = ft.remat(fn)
     p, h = {"w": torch.randn(8, 8, dtype=torch.float64)}, torch.randn(4, 8, dtype=torch.float64)
     key = ft.random.key(3)
-    ref = torch.func.grad(lambda p: fn(p, h, key).square().sum())(p)
-    got = torch.func.grad(lambda p: remat_fn(p, h, key).square().sum())(p)
-    assert (ref["w"] != 0).any()
-    _assert_trees_close(got, ref, rtol=1e-13, atol=0)
+    ref = grads(p, h, key, fn)
+    run = grads if backend is None else torch.compile(grads, backend=backend, fullgraph=True)
+    got = run(p, h, key, remat_fn)
+    assert (fn(p, h, key) == 0).any()  # dropout did drop
+    _assert_trees_close(got, ref, rtol=1e-12, atol=0)
 
 
 def test_eager_peak_memory_drops_under_torch_func_grad():
