@@ -47,7 +47,7 @@ from ._window import MetricWindow as MetricWindow
 from .callbacks import Callback as Callback
 from .callbacks import Loop as Loop
 from .per_example import per_example_grads as per_example_grads
-from .remat import remat as remat
+from ._remat import remat as remat
 
 __all__ = [
     "Callback",

@@ -180,17 +180,30 @@ def test_compiled_vmap_of_grad_equals_plain():
 
 
 def test_inductor_step_recomputes_and_its_peak_memory_drops():
+    """Compiled as functrain's runner compiles (`_backend.compile_graph`), which turns off
+    Inductor's reorder_for_locality for graphs that call a remat wrapper; with torch.compile's
+    defaults the drop is smaller."""
+    from functrain import _backend, _remat
+
+    def runner_backend(gm, example_inputs):
+        seen.append(_remat.traced_in(gm))
+        return _backend.compile_graph("inductor", gm, example_inputs)
+
     params, x = _mlp_params(8, 64), torch.randn(128, 64)
     ref = _grads(params, x, False)
-    peaks = {}
-    for use_remat in (False, True):
+    peaks, seen = {}, []
+    for use_remat, backend in ((False, runner_backend), (True, "inductor"),
+                               (True, runner_backend)):
         torch._dynamo.reset()
-        step = torch.compile(_grads, backend="inductor", fullgraph=True)
+        step = torch.compile(_grads, backend=backend, fullgraph=True)
         _assert_trees_close(step(params, x, use_remat), ref, rtol=1e-4, atol=1e-5)
-        peaks[use_remat] = _peak_bytes(step, params, x, use_remat)
-    # Measured 0.61x: Inductor frees the inner activations after the forward and recomputes
-    # them where the backward needs them.
-    assert peaks[True] < 0.75 * peaks[False], peaks
+        peaks[use_remat, backend == "inductor"] = _peak_bytes(step, params, x, use_remat)
+    assert seen == [False, True]
+    plain, remat_default, remat = peaks[False, False], peaks[True, True], peaks[True, False]
+    # Measured 0.57x and 0.61x of the plain peak: Inductor frees the inner activations after
+    # the forward and recomputes them where the backward needs them.
+    assert remat < 0.6 * plain and remat_default < 0.75 * plain, peaks
+    assert remat < remat_default, peaks
 
 
 class _Block(nn.Module):
