@@ -168,7 +168,8 @@ def _in_graph_apply() -> Callable[..., Any]:
 
 def _captured_tensor(fn: Any) -> str | None:
     """Where ``fn`` holds a tensor outside its arguments (a closure cell, a default or a
-    ``functools.partial`` argument), or None. Looks one container level deep."""
+    ``functools.partial`` argument), or None. Looks inside pytrees (dicts, a
+    `TrainState`), not inside other objects (a module's own parameters are not read by `call`)."""
     found: list[tuple[str, Any]] = []
     if isinstance(fn, functools.partial):
         found += [(f"functools.partial argument {i}", a) for i, a in enumerate(fn.args)]
@@ -183,12 +184,9 @@ def _captured_tensor(fn: Any) -> str | None:
     defaults = getattr(fn, "__defaults__", None) or ()
     found += [(f"default argument {i}", d) for i, d in enumerate(defaults)]
     for where, value in found:
-        if isinstance(value, torch.Tensor):
+        if any(isinstance(leaf, torch.Tensor)
+               for leaf in optree.tree_leaves(value, namespace=NAMESPACE)):
             return where
-        if isinstance(value, (dict, list, tuple)):
-            items = value.values() if isinstance(value, dict) else value
-            if any(isinstance(v, torch.Tensor) for v in items):
-                return where
     return None
 
 

@@ -275,6 +275,9 @@ def test_errors_name_the_problem():
         ft.remat(3)
     with pytest.raises(TypeError, match="closure variable 'w'.*HINT: pass it as an argument"):
         ft.remat(lambda h: h * w)
+    state = ft.TrainState.create(nn.Linear(2, 2), ft.optim.sgd(0.1))
+    with pytest.raises(TypeError, match="closure variable 'state'"):
+        ft.remat(lambda h: ft.call(nn.Linear(2, 2), state.params, {}, h)[0])
     with pytest.raises(TypeError, match=r"output\[1\]\['n'\]"):
         ft.remat(lambda h: (h, {"n": 3}))(torch.ones(2))
 
