@@ -47,6 +47,7 @@ from ._window import MetricWindow as MetricWindow
 from .callbacks import Callback as Callback
 from .callbacks import Loop as Loop
 from .per_example import per_example_grads as per_example_grads
+from ._remat import remat as remat
 
 __all__ = [
     "Callback",
@@ -79,6 +80,7 @@ __all__ = [
     "predict",
     "privacy",
     "random",
+    "remat",
     "seed_everything",
     "split",
     "split_module",

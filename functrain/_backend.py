@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from . import _compat
+from ._remat import INDUCTOR_OPTIONS, traced_in
 
 __all__ = ["BACKENDS", "FUNCTIONAL", "compile_graph", "compile_method", "resolve_backend"]
 
@@ -48,6 +49,8 @@ def compile_graph(backend: str, gm: torch.fx.GraphModule, example_inputs: list[A
     if backend == "openxla":
         return _compat.lookup_backend("openxla")(gm, example_inputs)
     patches = {"triton.cudagraphs": True} if backend == "cudagraphs" else {}
+    if traced_in(gm):  # keep remat's recomputation in the backward
+        patches.update(INDUCTOR_OPTIONS)
     return _compat.inductor_compile(gm, example_inputs, config_patches=patches)
 
 

@@ -36,8 +36,10 @@ __all__ = [
     "is_functional_call_key_error",
     "lookup_backend",
     "mark_static_address",
+    "outside_innermost_grad",
     "private_sampler_name",
     "real_tensors",
+    "register_pytree_constant",
     "with_own_code",
 ]
 
@@ -175,6 +177,26 @@ def is_autograd_device_queue_error(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and "device_ready_queues_" in str(e)
 
 
+def outside_innermost_grad(tensors: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``tensors`` as seen outside the innermost ``torch.func`` grad transform, if one runs.
+
+    Inside a backward pass run by ``torch.func.grad``/``vjp`` at level L, autograd records
+    (``create_graph=True``) at level L too, so a tensor computed there keeps level L's graph
+    alive; the same tensors taken from level L-1 are recorded only by the outer levels (a MAML
+    outer ``grad`` still differentiates them), where ``Tensor.detach`` would cut every level.
+    Returns ``tensors`` unchanged when the innermost transform is not a grad transform (or
+    none runs). Missing public API: ``torch.func`` has no per-level detach. Uses
+    ``torch._C._functorch.peek_interpreter_stack``, ``TransformType`` and
+    ``_unwrap_for_grad``.
+    """
+    functorch = _private("torch._C", "_functorch")
+    top = functorch.peek_interpreter_stack()
+    if top is None or top.key() != functorch.TransformType.Grad:
+        return tensors
+    level = top.level()
+    return tuple(t if t is None else functorch._unwrap_for_grad(t, level) for t in tensors)
+
+
 # -- random ops torch exposes only privately ----------------------------------------------------
 
 _PRIVATE_SAMPLERS = ("_standard_gamma", "_sample_dirichlet")
@@ -255,3 +277,16 @@ def all_reduce_in_graph(x: torch.Tensor, op: str, group_name: str) -> torch.Tens
     from torch.distributed import _functional_collectives as fc
 
     return fc.wait_tensor(fc.all_reduce(x, op, group_name))
+
+
+# -- torch.utils._pytree ------------------------------------------------------------------------
+
+
+def register_pytree_constant(cls: type) -> None:
+    """Register ``cls`` with torch's pytree as a constant (a node with no leaves).
+
+    Dynamo passes instances of such a class into a ``torch.compiler.nonstrict_trace`` call as
+    constants, guarded by ``__eq__`` (`functrain.remat` passes the function it wraps so).
+    Missing public API: ``torch.utils._pytree.register_constant`` has no public alias.
+    """
+    _private("torch.utils._pytree", "register_constant")(cls)

@@ -173,3 +173,32 @@ def test_all_reduce_in_graph_on_a_group_of_one():
         assert torch.equal(f(x), 2 * x)
     finally:
         dist.destroy_process_group()
+
+
+def test_register_pytree_constant_makes_a_leafless_node():
+    from torch.utils import _pytree
+
+    class Static:
+        def __eq__(self, other):
+            return isinstance(other, Static)
+
+        def __hash__(self):
+            return 0
+
+    _compat.register_pytree_constant(Static)
+    leaves, _ = _pytree.tree_flatten({"s": Static(), "x": torch.ones(1)})
+    assert len(leaves) == 1
+
+
+def test_outside_innermost_grad_detaches_one_level_only():
+    x = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    assert _compat.outside_innermost_grad((x,))[0] is x  # no transform: unchanged
+
+    def f(x):
+        (y,) = _compat.outside_innermost_grad((x,))
+        return (x * y.sin()).sum()  # y is a constant at this level only
+
+    torch.testing.assert_close(torch.func.grad(f)(x), x.sin())
+    # The outer grad still sees y: d/dx sum(sin(x)) = cos(x).
+    torch.testing.assert_close(torch.func.grad(lambda x: torch.func.grad(f)(x).sum())(x),
+                               x.cos())
