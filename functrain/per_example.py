@@ -74,39 +74,19 @@ def per_example_grads(
                         f"{describe(argnums)}. HINT: differentiate one argument; group several "
                         "in a dict.")
 
-    grad_fn = torch.func.grad_and_value(_one_example(loss_fn, argnums, keep_batch_dim),
-                                        argnums=argnums, has_aux=has_aux)
-    return _over_examples(grad_fn, argnums, "per_example_grads")
-
-
-def _per_example_losses(loss_fn: Callable[..., Any], *, argnums: int = 0,
-                       keep_batch_dim: bool = True) -> Callable[..., Any]:
-    """``fn(*args)``: every example's ``loss_fn`` value, vectorized as in `per_example_grads`.
-
-    Used by `functrain.privacy`: differentiating ``(losses * w).sum()`` for fixed
-    weights ``w`` gives ``sum_i w_i * grad_i`` in one ordinary backward pass.
-    """
-    return _over_examples(_one_example(loss_fn, argnums, keep_batch_dim), argnums,
-                          "per_example_losses")
-
-
-def _one_example(loss_fn: Callable[..., Any], argnums: int,
-                 keep_batch_dim: bool) -> Callable[..., Any]:
     def one(*args: Any) -> Any:
         if keep_batch_dim:
             args = tuple(a if i == argnums else _add_batch_dim(a) for i, a in enumerate(args))
         return loss_fn(*args)
 
-    return one
+    grad_fn = torch.func.grad_and_value(one, argnums=argnums, has_aux=has_aux)
 
-
-def _over_examples(one: Callable[..., Any], argnums: int, name: str) -> Callable[..., Any]:
-    def fn(*args: Any) -> Any:
+    def fn(*args: Any) -> tuple[Any, Any]:
         if len(args) <= argnums:
-            raise TypeError(f"{name}: expected the params at position {argnums} "
+            raise TypeError(f"per_example_grads: expected the params at position {argnums} "
                             f"and batch arguments, got {len(args)} argument(s).")
         in_dims = tuple(None if i == argnums else 0 for i in range(len(args)))
-        return torch.func.vmap(one, in_dims=in_dims)(*args)
+        return torch.func.vmap(grad_fn, in_dims=in_dims)(*args)
 
     return fn
 

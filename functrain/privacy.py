@@ -35,7 +35,7 @@ import torch
 from . import random as _random
 from . import tree as _tree
 from ._errors import check_choice, check_int, check_number, describe
-from .per_example import _per_example_losses, per_example_grads
+from .per_example import per_example_grads
 
 __all__ = [
     "add_noise",
@@ -164,11 +164,10 @@ def dp_grads(
         noise_multiplier: noise std in units of ``l2_norm_clip`` (opacus' ``noise_multiplier``).
         has_aux: ``loss_fn`` returns ``(loss, aux)``.
 
-    The per-example gradients give the per-example norms; the clipped sum
-    ``sum_i f_i * g_i`` (``f_i`` the clipping factors) is then the gradient of
-    ``sum_i f_i * loss_i`` for fixed ``f_i``, taken by one ordinary backward pass rather
-    than by weighting the B stored per-example gradients (the same number up to rounding;
-    faster). The noise is `add_noise`'s single draw from ``key``.
+    Computed as `functrain.per_example_grads`, then `clip_per_example`, then `add_noise`
+    (one keyed draw for all leaves). Summing the clipped gradients instead as the gradient of
+    the factor-weighted losses (one more backward pass) was measured: 4% faster on the MLP of
+    ``benchmarks/per_example.py`` but 36% slower on its CNN, so it is not done.
 
     Returns:
         ``fn(params, key, *batch) -> (grads, loss)``: ``grads`` the noisy mean of the clipped
@@ -190,22 +189,11 @@ def dp_grads(
     check_number("l2_norm_clip", l2_norm_clip, low=0, low_open=True)
     check_number("noise_multiplier", noise_multiplier, low=0)
     per_example = per_example_grads(loss_fn, has_aux=has_aux)
-    losses_of = _per_example_losses(loss_fn)
 
     def fn(params: Any, key: torch.Tensor, *batch: Any) -> tuple[Any, Any]:
         grads, value = per_example(params, *batch)
-        # The clipped sum sum_i f_i * g_i is the gradient of sum_i f_i * loss_i for the fixed
-        # factors f_i: one ordinary backward pass over the batch, instead of weighting and
-        # summing the B materialized per-example gradients (measured 1.5x faster on the MLP
-        # of benchmarks/per_example.py and ~2x on its CNN, noise aside).
-        factor = _clip_factor(_norms(grads), l2_norm_clip).detach()
-
-        def weighted(p: Any) -> torch.Tensor:
-            out = losses_of(p, *batch)
-            return ((out[0] if has_aux else out) * factor).sum()
-
-        summed = torch.func.grad(weighted)(params)
-        n = factor.shape[0]
+        summed, _ = clip_per_example(grads, l2_norm_clip)
+        n = _tree.leaves(grads)[0].shape[0]
         noisy = add_noise(summed, key, l2_norm_clip=l2_norm_clip,
                           noise_multiplier=noise_multiplier, batch_size=n)
         if has_aux:

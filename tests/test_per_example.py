@@ -111,10 +111,9 @@ def test_clipped_sum_equals_opacus_grad_sample_module(clip):
 
 
 @pytest.mark.parametrize("has_aux", [False, True])
-def test_dp_grads_weighted_backward_equals_clipping_the_per_example_grads(has_aux):
-    """dp_grads sums the clipped gradients by one backward pass of the factor-weighted losses;
-    in float64 that equals weighting and summing the per-example gradients (clip 0.05: most
-    examples are clipped)."""
+def test_dp_grads_keeps_float64_and_equals_clipping_the_per_example_grads(has_aux):
+    """In float64, dp_grads without noise is the clipped per-example sum over B to 1e-12 (its
+    norms and noise sum were computed in float32 before); clip 0.05: most examples clip."""
     model = _cnn().double()
     params, _ = ft.split_module(model)
     x, y = _batch(dtype=torch.float64)
