@@ -11,9 +11,14 @@ mean, SGD update, on the same model and pre-made batches (cycled):
       compile="auto" (inductor on the CPU; one graph: per-example grads, clipping, keyed
       noise, update)
 
+  (c) the keyed noise draw of (b) alone: ``ft.random.normal(key, (P,))`` for the model's P
+      parameters, compiled (where (b)'s time goes: the rest, (b) - (c), is per-example
+      gradients, clipping and the update)
+
 Workloads: ``mlp`` (784-256-256-10, batch 64), ``cnn`` (conv 1-16-32 on 28x28 with GroupNorm,
-batch 64). Compilation is warm-up, reported apart. Rounds alternate the order; reported:
-median ms per step and the ratio (b)/(a) (goal <= 0.7).
+batch 64). Compilation is warm-up, reported apart. Rounds rotate the order; reported:
+median ms per step, the ratio (b)/(a) (goal <= 0.7) and (b - c)/(a), the ratio without the
+noise draw.
 """
 
 from __future__ import annotations
@@ -86,6 +91,19 @@ def functrain_runner(model: nn.Module):
     return run
 
 
+def draw_runner(model: nn.Module):
+    size = sum(p.numel() for p in model.parameters())
+    draw = torch.compile(lambda key: ft.random.normal(key, (size,)), fullgraph=True)
+    key = [ft.random.key(0)]
+
+    def run(batch):
+        del batch
+        key[0] = ft.random.fold_in(key[0], 1)
+        draw(key[0])
+
+    return run
+
+
 def timed(run, data, steps: int) -> float:
     t = time.perf_counter()
     for i in range(steps):
@@ -105,23 +123,26 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
           f"{args.steps} steps per round, {args.rounds} rounds, 8 pre-made batches cycled")
     print(f"{'workload':>8} {'compile s':>10} {'(a) opacus ms':>14} {'(b) functrain ms':>17} "
-          f"{'b/a':>6}")
+          f"{'(c) draw ms':>12} {'b/a':>6} {'(b-c)/a':>8}")
     for name in args.workloads.split(","):
         model, data = workload(name)
-        runners = {"a": opacus_runner(model), "b": functrain_runner(model)}
+        runners = {"a": opacus_runner(model), "b": functrain_runner(model),
+                   "c": draw_runner(model)}
         t = time.perf_counter()
         runners["b"](data[0])  # compile
         compile_s = time.perf_counter() - t
         for r in runners.values():
             for b in data[:3]:
                 r(b)  # warm-up
-        times: dict[str, list[float]] = {"a": [], "b": []}
+        times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+        order = ["a", "b", "c"]
         for r in range(args.rounds):
-            for k in (("a", "b") if r % 2 == 0 else ("b", "a")):
+            for k in order[r % 3:] + order[:r % 3]:
                 times[k].append(timed(runners[k], data, args.steps))
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"{name:>8} {compile_s:>10.1f} {med['a']:>14.2f} {med['b']:>17.2f} "
-              f"{med['b'] / med['a']:>6.2f}", flush=True)
+              f"{med['c']:>12.2f} {med['b'] / med['a']:>6.2f} "
+              f"{(med['b'] - med['c']) / med['a']:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

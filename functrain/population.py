@@ -351,9 +351,22 @@ def _member(m: _metrics.Metric, i: int) -> _metrics.Metric:
     return _tree.map(lambda x: x[i], m)
 
 
+def _over_members(fn: Callable[..., Any], *metrics: _metrics.Metric) -> Any:
+    """``fn(*member_metrics)`` for every member at once, by torch.func.vmap over the fields'
+    leading member axis: one op per field whatever N (a Python loop over members made the
+    graph, and its compile time, grow with N). Returns the stacked leaves of ``fn``'s result
+    (its fields' leaves for a metric)."""
+    template = metrics[0]
+
+    def one(*flats: list[torch.Tensor]) -> Any:
+        out = fn(*(_rebuild(template, f) for f in flats))
+        return _tree.leaves(out) if isinstance(out, _metrics.Metric) else out
+
+    return torch.func.vmap(one)(*(_tree.leaves(m) for m in metrics))
+
+
 def _computed(members: _metrics.Metric) -> torch.Tensor:
-    n = _tree.leaves(members)[0].shape[0]
-    return torch.stack([_member(members, i).compute() for i in range(n)])
+    return _over_members(lambda m: m.compute(), members)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -430,8 +443,7 @@ def _merge_members(a: _metrics.Metric, b: _metrics.Metric) -> _metrics.Metric:
             f"population metrics: expected {n} members (as in the metric window), got {m}. "
             "HINT: a population step's metric window is sized for the first population it ran "
             "on; build a new step with functrain.population.vmap(step) for another size.")
-    merged = [_member(a, i).merge(_member(b, i)) for i in range(n)]
-    return _tree.map(lambda *xs: torch.stack(xs), *merged)
+    return _rebuild(a, _over_members(lambda x, y: x.merge(y), a, b))
 
 
 def _higher_is_better(name: str) -> bool:

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -74,23 +75,39 @@ def clip_per_example(grads: Any, l2_norm_clip: float | torch.Tensor
         if not isinstance(l2_norm_clip, torch.Tensor):
             check_number("l2_norm_clip", l2_norm_clip, low=0, low_open=True)
         _check_per_example(grads)
-    leaves = _tree.leaves(grads)
-    norms = torch.stack([x.reshape(x.shape[0], -1).float().pow(2).sum(1) for x in leaves],
-                        1).sum(1).sqrt()
-    factor = (l2_norm_clip / (norms + _NORM_EPS)).clamp(max=1.0)
+    norms = _norms(grads)
+    factor = _clip_factor(norms, l2_norm_clip)
     summed = _tree.map(
         lambda x: torch.einsum("b,b...->...", factor.to(x.dtype), x), grads)
     return summed, norms
+
+
+def _norms(grads: Any) -> torch.Tensor:
+    """Per-example L2 norms over all leaves together, shape (B,), in float32 (float64 when a
+    leaf is float64)."""
+    leaves = _tree.leaves(grads)
+    dtype = functools.reduce(torch.promote_types, [x.dtype for x in leaves], torch.float32)
+    return torch.stack([x.reshape(x.shape[0], -1).to(dtype).pow(2).sum(1) for x in leaves],
+                       1).sum(1).sqrt()
+
+
+def _clip_factor(norms: torch.Tensor, l2_norm_clip: float | torch.Tensor) -> torch.Tensor:
+    """opacus' per-example scale, ``min(1, clip / (norm + 1e-6))``."""
+    return (l2_norm_clip / (norms + _NORM_EPS)).clamp(max=1.0)
 
 
 def add_noise(summed: Any, key: torch.Tensor, *, l2_norm_clip: float | torch.Tensor,
               noise_multiplier: float | torch.Tensor, batch_size: int | torch.Tensor) -> Any:
     """Add Gaussian noise to summed clipped gradients and divide by the batch size.
 
-    Each leaf gets ``noise_multiplier * l2_norm_clip * normal(fold_in(key, i), shape)``,
-    ``i`` the leaf's index in `functrain.tree.leaves` order, then is divided by
-    ``batch_size``: the DP-SGD update direction for a mean loss (opacus' ``DPOptimizer``
-    with ``loss_reduction="mean"``, ``expected_batch_size=batch_size``).
+    The noise is one draw for all leaves, ``z = normal(key, (P,))`` with P the total number
+    of elements, cut in `functrain.tree.leaves` order (each leaf takes the next
+    ``numel`` values, in its row-major order); a leaf gets
+    ``noise_multiplier * l2_norm_clip * z_leaf``, then is divided by ``batch_size``: the
+    DP-SGD update direction for a mean loss (opacus' ``DPOptimizer`` with
+    ``loss_reduction="mean"``, ``expected_batch_size=batch_size``). One draw instead of one
+    per leaf: the keyed draw is most of a DP-SGD step's time, and one call costs less than
+    many (see ``benchmarks/per_example.py``).
 
     Args:
         summed: the output of `clip_per_example`.
@@ -119,11 +136,13 @@ def add_noise(summed: Any, key: torch.Tensor, *, l2_norm_clip: float | torch.Ten
         if not isinstance(batch_size, torch.Tensor):
             check_int("batch_size", batch_size, minimum=1)
     std = noise_multiplier * l2_norm_clip
-    counter = iter(range(len(_tree.leaves(summed))))
+    sizes = [x.numel() for x in _tree.leaves(summed)]
+    pieces = iter(torch.split(_random.normal(key, (sum(sizes),)), sizes))
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
-        z = _random.normal(_random.fold_in(key, next(counter)), tuple(x.shape))
-        return ((x.float() + std * z) / batch_size).to(x.dtype)
+        z = next(pieces).view(x.shape)
+        wide = torch.promote_types(x.dtype, torch.float32)  # float64 grads stay float64
+        return ((x.to(wide) + std * z) / batch_size).to(x.dtype)
 
     return _tree.map(noisy, summed)
 
@@ -144,6 +163,11 @@ def dp_grads(
         l2_norm_clip: the largest per-example gradient norm (opacus' ``max_grad_norm``).
         noise_multiplier: noise std in units of ``l2_norm_clip`` (opacus' ``noise_multiplier``).
         has_aux: ``loss_fn`` returns ``(loss, aux)``.
+
+    Computed as `functrain.per_example_grads`, then `clip_per_example`, then `add_noise`
+    (one keyed draw for all leaves). Summing the clipped gradients instead as the gradient of
+    the factor-weighted losses (one more backward pass) was measured: 4% faster on the MLP of
+    ``benchmarks/per_example.py`` but 36% slower on its CNN, so it is not done.
 
     Returns:
         ``fn(params, key, *batch) -> (grads, loss)``: ``grads`` the noisy mean of the clipped

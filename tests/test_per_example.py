@@ -110,13 +110,39 @@ def test_clipped_sum_equals_opacus_grad_sample_module(clip):
         assert clipped == {0.05: 16, 100.0: 0}[clip]
 
 
-def test_noise_is_drawn_from_the_key_per_leaf():
+@pytest.mark.parametrize("has_aux", [False, True])
+def test_dp_grads_keeps_float64_and_equals_clipping_the_per_example_grads(has_aux):
+    """In float64, dp_grads without noise is the clipped per-example sum over B to 1e-12 (its
+    norms and noise sum were computed in float32 before); clip 0.05: most examples clip."""
+    model = _cnn().double()
+    params, _ = ft.split_module(model)
+    x, y = _batch(dtype=torch.float64)
+    plain = _loss_fn(model)
+
+    def loss_fn(p, x, y):
+        return (plain(p, x, y), x.sum()) if has_aux else plain(p, x, y)
+
+    grads, _ = ft.per_example_grads(plain)(params, x, y)
+    summed, norms = privacy.clip_per_example(grads, 0.05)
+    assert norms.dtype == torch.float64 and (norms > 0.05).sum() >= 6
+    got, value = privacy.dp_grads(loss_fn, l2_norm_clip=0.05, noise_multiplier=0.0,
+                                  has_aux=has_aux)(params, ft.random.key(0), x, y)
+    for k in params:
+        torch.testing.assert_close(got[k], summed[k] / 8, rtol=1e-12, atol=1e-14)
+    loss = value[0] if has_aux else value
+    torch.testing.assert_close(loss, plain(params, x, y), rtol=1e-12, atol=0)
+    if has_aux:
+        torch.testing.assert_close(value[1], x.sum((1, 2)))
+
+
+def test_noise_is_one_draw_from_the_key_cut_in_leaf_order():
     summed = {"a": torch.zeros(3, 4), "b": torch.ones(5)}
     key = ft.random.key(7)
     out = privacy.add_noise(summed, key, l2_norm_clip=0.5, noise_multiplier=2.0, batch_size=4)
-    # leaves in functrain.tree order: "a" (index 0), "b" (index 1)
-    ref_a = (1.0 * ft.random.normal(ft.random.fold_in(key, 0), (3, 4))) / 4
-    ref_b = (1 + 1.0 * ft.random.normal(ft.random.fold_in(key, 1), (5,))) / 4
+    # leaves in functrain.tree order: "a" takes the first 12 values, "b" the next 5
+    z = ft.random.normal(key, (17,))
+    ref_a = (1.0 * z[:12].reshape(3, 4)) / 4
+    ref_b = (1 + 1.0 * z[12:]) / 4
     torch.testing.assert_close(out["a"], ref_a)
     torch.testing.assert_close(out["b"], ref_b)
     again = privacy.add_noise(summed, key, l2_norm_clip=0.5, noise_multiplier=2.0, batch_size=4)

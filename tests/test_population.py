@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -305,3 +306,82 @@ def test_a_population_step_refuses_a_population_of_another_size():
     pop, _ = run(pop_lib.create(_make, _tx(), seeds=2), _data(1)[0])
     with pytest.raises(ValueError, match=r"expected 2 members .*got 3.*HINT: .*vmap\(step\)"):
         run(pop_lib.create(_make, _tx(), seeds=3), _data(1)[0])
+
+
+@pytest.fixture
+def vmap_fallback_warnings():
+    """Make torch.func.vmap warn whenever an op has no batching rule and falls back to a
+    per-member loop (torch only offers a private switch for it; off again afterwards)."""
+    switch = getattr(torch._C._functorch, "_set_vmap_fallback_warning_enabled", None)
+    if switch is None:
+        pytest.skip("this torch has no switch for vmap fallback warnings")
+    switch(True)
+    try:
+        yield
+    finally:
+        switch(False)
+
+
+def _fallbacks(caught) -> list[str]:
+    return sorted({str(w.message).split("aten::")[1].split(" ")[0].rstrip(".")
+                   for w in caught if "batching rule" in str(w.message)})
+
+
+_BATCHED_OPTIMIZERS = {
+    "adam": lambda: ft.optim.adam(1e-3), "adamw": lambda: ft.optim.adamw(1e-3),
+    "adam_nesterov": lambda: ft.optim.adam(1e-3, nesterov=True),
+    "injected_adam": lambda: ft.optim.inject_hyperparams(ft.optim.adam)(learning_rate=1e-3),
+    "sgd_nesterov": lambda: ft.optim.sgd(0.1, momentum=0.9, nesterov=True),
+    "rmsprop_centered": lambda: ft.optim.rmsprop(1e-3, centered=True, momentum=0.9),
+    "adagrad": lambda: ft.optim.adagrad(0.1), "lion": lambda: ft.optim.lion(1e-3),
+    "adabelief": lambda: ft.optim.adabelief(1e-3), "adadelta": lambda: ft.optim.adadelta(1.0),
+    "adafactor": lambda: ft.optim.adafactor(1e-3), "adamax": lambda: ft.optim.adamax(1e-3),
+    "adan": lambda: ft.optim.adan(1e-3), "amsgrad": lambda: ft.optim.amsgrad(1e-3),
+    "asgd": lambda: ft.optim.asgd(1e-2), "lamb": lambda: ft.optim.lamb(1e-3),
+    "lars": lambda: ft.optim.lars(1e-3), "nadamw": lambda: ft.optim.nadamw(1e-3),
+    "radam": lambda: ft.optim.radam(1e-3), "rprop": lambda: ft.optim.rprop(1e-3),
+    "signum": lambda: ft.optim.signum(1e-3), "sm3": lambda: ft.optim.sm3(1e-3),
+    "yogi": lambda: ft.optim.yogi(1e-3), "novograd": lambda: ft.optim.novograd(1e-3),
+    # Muon's bfloat16 iteration rounds batched and single matmuls apart: float32 here.
+    "muon": lambda: ft.optim.muon(1e-3, ns_dtype=None), "prodigy": lambda: ft.optim.prodigy(),
+    "schedule_free_adamw": lambda: ft.optim.schedule_free_adamw(1e-3),
+    "adopt": lambda: ft.optim.adopt(1e-3), "ademamix": lambda: ft.optim.ademamix(1e-3),
+    "clipped_adamw": lambda: ft.optim.chain(ft.optim.clip_by_global_norm(1.0),
+                                            ft.optim.adamw(1e-3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BATCHED_OPTIMIZERS))
+def test_optimizer_update_is_batched_by_vmap_without_per_member_fallback(
+        name, vmap_fallback_warnings):
+    """Every op of the update has a vmap batching rule (an in-place ``addcmul_`` had none, so
+    every Adam-family population step ran a per-member loop there)."""
+    opt = _BATCHED_OPTIMIZERS[name]()
+    g = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(3, 5, 4, generator=g), "b": torch.randn(3, 4, generator=g)}
+    grads = ft.tree.map(lambda p: torch.randn(p.shape, generator=g), params)
+
+    def two_updates(grads, params):
+        state = opt.init(params)
+        for _ in range(2):
+            updates, state = opt.update(grads, state, params)
+            params = ft.optim.apply_updates(params, updates)
+        return params
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batched = torch.func.vmap(two_updates)(grads, params)
+    assert _fallbacks(caught) == []
+    one = two_updates(ft.tree.map(lambda x: x[1], grads), ft.tree.map(lambda x: x[1], params))
+    _close(ft.tree.map(lambda x: x[1], batched), one, rtol=1e-6, atol=1e-7)
+
+
+def test_population_step_runs_without_vmap_fallback(vmap_fallback_warnings):
+    """The whole population step (keyed dropout, AdamW, metrics, freezing) is batched."""
+    pop = pop_lib.create(_make, ft.optim.adamw(1e-3, weight_decay=1e-2), seeds=SEEDS)
+    step = pop_lib.vmap(_step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for b in _data(2):
+            pop, _ = step(pop, b)
+    assert _fallbacks(caught) == [] and int(pop.step) == 2

@@ -108,7 +108,9 @@ def moment(g: torch.Tensor, m: torch.Tensor, decay: Any) -> torch.Tensor:
 def moment_sq(g: torch.Tensor, v: torch.Tensor, decay: Any) -> torch.Tensor:
     """``decay * v + (1 - decay) * g**2``."""
     if is_number(decay):
-        return (v * decay).addcmul_(g, g, value=1 - decay)
+        # Out of place: torch.func.vmap has no batching rule for the in-place addcmul_ (a
+        # population step would fall back to a per-member loop); same kernel, same bits.
+        return torch.addcmul(v * decay, g, g, value=1 - decay)
     return (g * g).mul_(1 - decay).add_(v * decay)
 
 
