@@ -31,7 +31,8 @@ __all__ = ["all_gather", "broadcast", "fold_in_rank", "pmean", "psum"]
 FIRST_BUCKET_BYTES = 1 << 20
 BUCKET_BYTES = 25 << 20
 # Measured (benchmarks/distributed.py's MLP, 2.7 MB of gradients, gloo, 2 processes on 2
-# loaded cores): one 2.7 MB bucket took ~2x the step time of a 1 MB + 1.7 MB split.
+# cores shared with other jobs): one 2.7 MB bucket made the step 1.6-2.2x slower than a
+# 1.05 + 1.6 MB split (cause not established; gloo alone takes as long for either).
 
 
 def _group(group: Any = None) -> Any:

@@ -133,7 +133,7 @@ def apply_gradients(state: Any, grads: dict[str, torch.Tensor], **changes: Any) 
     if isinstance(ls, NoOpLossScale):
         return new
     finite = all_finite(grads)
-    agree = getattr(state.tx, "agree_finite", None)
+    agree = getattr(getattr(state, "tx", None), "agree_finite", None)
     if agree is not None:  # gradients averaged across ranks: every rank skips alike
         finite = agree(finite)
     extras = dict(new.extras)
