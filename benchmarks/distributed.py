@@ -10,8 +10,9 @@ Workload: MLP 784-512-512-10, per-rank batch 128 (the global batch of 2 ranks is
 
   (a) functrain, 1 process: ``ft.compile_step`` of the README step (no collective)
   (b) plain PyTorch, 1 process: ``torch.compile(model)`` + ``torch.optim.AdamW(fused=True)``
-  (c) functrain, 2 processes: the same step with ``grads = pmean(grads)``, the all-reduce
-      traced into the one compiled graph
+  (c) functrain, 2 processes: the same step with ``grads = pmean(grads)``, the all-reduces
+      traced into the one compiled graph (the gradients in DDP-style flat buckets, last layer
+      first, 1 MiB then up to 25 MiB: here two all-reduces, 1.05 + 1.6 MB)
   (d) DistributedDataParallel, 2 processes, around the compiled model of (b):
       ``DDP(torch.compile(model))`` + fused AdamW (gradients bucketed and all-reduced by DDP's
       hooks during backward)

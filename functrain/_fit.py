@@ -281,8 +281,7 @@ class _Run:
         if dp is not None:
             loader = dp.shard_train(loader)
             eval_loader = None if eval_loader is None else dp.shard_eval(eval_loader)
-            if not isinstance(step_fn, CompiledStep):
-                step_fn = dp.wrap_step(step_fn)
+            step_fn = dp.wrap_step(step_fn)  # a CompiledStep too: the same semantics
             if not dp.is_main:  # one voice: rank 0 logs, shows progress and summarises
                 log = Logging.quiet(log.every)
             compile = dp.compile_backend(compile, device)

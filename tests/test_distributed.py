@@ -164,3 +164,17 @@ def test_launch_validates_its_arguments():
         fd.launch(print, 0)
     with pytest.raises(ValueError, match=r"start_method: expected one of"):
         fd.launch(print, 1, start_method="thread")
+
+
+def test_gradients_are_bucketed_last_leaf_first_like_ddp():
+    from functrain.distributed import _collectives as c
+
+    mib = 1 << 20
+    # float32 leaves of 0.5, 0.25, 2, 0.75 and 0.5 MiB, and one int64 leaf.
+    sizes = [mib // 8, mib // 16, mib // 2, 3 * mib // 16, mib // 8]
+    leaves = [torch.zeros(n) for n in sizes] + [torch.zeros(3, dtype=torch.int64)]
+    buckets = {(torch.float32, "cpu"): [0, 1, 2, 3, 4], (torch.int64, "cpu"): [5]}
+    got = [(key[0], idx) for key, idx in c._split(buckets, leaves)]
+    # The first bucket closes at 1 MiB (0.5 + 0.75), the next ones at 25 MiB.
+    assert got == [(torch.float32, [4, 3]), (torch.float32, [2, 1, 0]), (torch.int64, [5])]
+    assert (c.FIRST_BUCKET_BYTES, c.BUCKET_BYTES) == (mib, 25 * mib)

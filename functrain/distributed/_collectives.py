@@ -10,9 +10,11 @@ Outside compiled code they run eagerly and return ordinary tensors.
 With no process group, or a group of one rank, both are the identity: a step written with
 `pmean` runs unchanged in a single process.
 
-The leaves of one dtype and device are packed into one flat buffer and reduced with a single
-collective (as ``DistributedDataParallel`` buckets its gradients), so a model with hundreds of
-parameters costs one all-reduce, not hundreds.
+The leaves of one dtype and device are packed into flat buffers and each buffer is reduced
+with one collective, as ``DistributedDataParallel`` buckets its gradients: a model with
+hundreds of parameters costs a few all-reduces, not hundreds. Like DDP's, the buckets take the
+leaves last to first (the order in which a backward pass produces gradients), the first up to
+`FIRST_BUCKET_BYTES` (1 MiB), the others up to `BUCKET_BYTES` (25 MiB).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from .. import tree as _tree
 from .._errors import describe
 
 __all__ = ["all_gather", "broadcast", "fold_in_rank", "pmean", "psum"]
+
+FIRST_BUCKET_BYTES = 1 << 20
+BUCKET_BYTES = 25 << 20
+# Measured (benchmarks/distributed.py's MLP, 2.7 MB of gradients, gloo, 2 processes on 2
+# cores shared with other jobs): one 2.7 MB bucket made the step 1.6-2.2x slower than a
+# 1.05 + 1.6 MB split (cause not established; gloo alone takes as long for either).
 
 
 def _group(group: Any = None) -> Any:
@@ -57,7 +65,7 @@ def _reduce(tree: Any, op: str, group: Any, name: str) -> Any:
             _bad_leaf(tree, i, name)
         buckets.setdefault((x.dtype, x.device), []).append(i)
     out: list[Any] = list(leaves)
-    for (dtype, _), idx in buckets.items():
+    for (dtype, _), idx in _split(buckets, leaves):
         xs = [out[i] for i in idx]
         flat = torch.cat([x.reshape(-1) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1)
         floating = dtype.is_floating_point
@@ -75,6 +83,23 @@ def _reduce(tree: Any, op: str, group: Any, name: str) -> Any:
             out[i] = total[start:start + n].view(x.shape)
             start += n
     return _unflatten(tree, out)
+
+
+def _split(buckets: dict[Any, list[int]], leaves: list[Any]) -> list[tuple[Any, list[int]]]:
+    """Each dtype's leaves, last to first, cut into buckets of `FIRST_BUCKET_BYTES`, then
+    `BUCKET_BYTES` (a bucket closes once it reaches its size; one leaf may exceed it)."""
+    out = []
+    for key, idx in buckets.items():
+        cap, bucket, size = FIRST_BUCKET_BYTES, [], 0
+        for i in reversed(idx):
+            bucket.append(i)
+            size += leaves[i].numel() * leaves[i].element_size()
+            if size >= cap:
+                out.append((key, bucket))
+                cap, bucket, size = BUCKET_BYTES, [], 0
+        if bucket:
+            out.append((key, bucket))
+    return out
 
 
 def _bad_leaf(tree: Any, i: int, name: str) -> None:

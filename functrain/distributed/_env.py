@@ -175,13 +175,36 @@ def initialize(backend: str = "auto", *, timeout: float = DEFAULT_TIMEOUT) -> En
     if "nccl" in backend:
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
-                            timeout=datetime.timedelta(seconds=timeout))
+                            timeout=datetime.timedelta(seconds=timeout),
+                            store=_restart_store(env, timeout))
     global _STARTED_HERE
     _STARTED_HERE = True
     return env
 
 
 _STARTED_HERE = False
+
+
+def _restart_store(env: Environment, timeout: float) -> Any:
+    """Under torchrun, the agent's store seen through a prefix of this restart round; else None
+    (``init_process_group`` then builds its store from ``MASTER_ADDR``/``MASTER_PORT``).
+
+    torchrun's agent hosts one TCPStore for its workers and keeps it across restarts
+    (``--max-restarts``), while torch 2.14's workers connect to it without a per-round
+    prefix: the workers of a restarted round found the keys of the round before, and gloo's
+    ranks read each other's old addresses and connected to sockets of dead processes
+    ("Connection refused", or a hang when the port had been reused). Measured here: the
+    restarted round saw the 3 keys of the killed one before it wrote any. A prefix per round
+    (``TORCHELASTIC_RESTART_COUNT``) gives each round keys of its own.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if (restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or env.master_addr is None or env.master_port is None):
+        return None
+    dist = _dist()
+    store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False,
+                          timeout=datetime.timedelta(seconds=timeout))
+    return dist.PrefixStore(f"functrain/restart_{restart}/", store)
 
 
 def shutdown() -> None:

@@ -10,7 +10,8 @@ so fit's single-process path is untouched. On N ranks fit asks it to:
 * wrap the step: each rank runs it with ``state.rng`` folded with its rank (keyed dropout
   differs across ranks; the state keeps the run's key, so checkpoints are rank-independent),
   and the floating buffers it returns (BatchNorm statistics) are averaged, so they stay
-  identical on every rank;
+  identical on every rank; a `functrain.CompiledStep` is replaced by a runner with the same
+  settings around the wrapped step (`data_parallel_runner`);
 * shard the training loader (equal, padded shares) and the evaluation loader (exact shares);
 * reduce each metric window when it is read (one all-gather), and agree on stopping (one
   all-reduce of a flag per log window), so that every rank stops at the same step.
@@ -78,6 +79,36 @@ def data_parallel_step(step_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any
     return step
 
 
+_RUNNERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def data_parallel_runner(run: Any) -> Any:
+    """A `functrain.CompiledStep` like ``run`` (backend, device, precision, donation, checks,
+    steps per call) whose step is ``data_parallel_step`` of ``run``'s: a runner passed to fit
+    on several ranks then behaves as a plain step function does there (rank folded into the
+    key, floating buffers averaged; the gradients are averaged by the optimizer either way).
+
+    ``run`` itself is left as it is (its compile counts do not include fit's graph); the new
+    runner is made once per ``run``, so fitting with the same runner again does not recompile.
+    """
+    try:
+        return _RUNNERS[run]
+    except KeyError:
+        pass
+    from .._runner import CompiledStep
+
+    new = CompiledStep(run.step_fn, compile=run.backend, device=run.device, donate=run.donate,
+                       on_recompile=run.on_recompile, return_metrics=run.return_metrics,
+                       precision=run.policy, check_finite=run.check_finite,
+                       devices=run.devices, train=run.train, steps_per_call=run.steps_per_call)
+    # ``run.step_fn`` is the user's step already inside the precision policy (autocast, batch
+    # cast, loss-scale check); the rank's key and the buffer average go around it, as they do
+    # around the policy-wrapped step of a plain function. Read when the runner first traces.
+    new.step_fn = data_parallel_step(run.step_fn)
+    _RUNNERS[run] = new
+    return new
+
+
 class DataParallelRun:
     """fit's data-parallel helper for this process; build it with `detect`.
 
@@ -129,7 +160,13 @@ class DataParallelRun:
             state = state.replace(tx=wrapped)
         return state
 
-    def wrap_step(self, step_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def wrap_step(self, step_fn: Any) -> Any:
+        """``step_fn`` run data parallel (`data_parallel_step`); a `functrain.CompiledStep`
+        gives a runner with its settings whose step is wrapped the same way."""
+        from .._runner import CompiledStep
+
+        if isinstance(step_fn, CompiledStep):
+            return data_parallel_runner(step_fn)
         return data_parallel_step(step_fn)
 
     def compile_backend(self, compile: Any, device: Any) -> Any:

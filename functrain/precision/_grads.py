@@ -101,6 +101,11 @@ def apply_gradients(state: Any, grads: dict[str, torch.Tensor], **changes: Any) 
     The optimizer runs with autocast disabled, so a step wrapped in autocast (``-mixed``
     policies) updates in the params' dtype.
 
+    Data parallel: when ``state.tx`` averages the gradients across ranks
+    (`functrain.distributed.data_parallel`, as `functrain.fit` sets up on several ranks), it
+    also has an ``agree_finite(finite)`` method; the flag goes through it, so a step is skipped
+    on every rank as soon as one rank's gradients are not finite, and the loss scales agree.
+
     Args:
         state: a `functrain.TrainState`.
         grads: unscaled gradients (from `value_and_grad`), shaped like ``state.params``.
@@ -128,6 +133,9 @@ def apply_gradients(state: Any, grads: dict[str, torch.Tensor], **changes: Any) 
     if isinstance(ls, NoOpLossScale):
         return new
     finite = all_finite(grads)
+    agree = getattr(getattr(state, "tx", None), "agree_finite", None)
+    if agree is not None:  # gradients averaged across ranks: every rank skips alike
+        finite = agree(finite)
     extras = dict(new.extras)
     extras["loss_scale"] = ls.adjust(finite)
     return new.replace(params=_select(finite, new.params, state.params),

@@ -152,3 +152,90 @@ def sync_counts():
             step, st, train, max_steps=s, log=ft.Logging.quiet(every=5), compile="inductor"))
         counts.append(n)
     return counts
+
+
+INF_STEP = 2  # the step (from 0) at which rank 1's share of the batch holds an inf
+
+
+def _fp16_step(model):
+    from functrain import precision as mp
+
+    def loss_fn(params, state, x, y):
+        logits, _ = ft.call(model, params, state.buffers, x)
+        return nn.functional.cross_entropy(logits.float(), y)
+
+    def step(state, batch):
+        x, y = batch
+        loss, grads = mp.value_and_grad(loss_fn)(state.params, state, x, y,
+                                                 loss_scale=mp.get_loss_scale(state))
+        return mp.apply_gradients(state, grads), {"loss": loss}
+
+    return step
+
+
+def _bn_dropout_step(model):
+    def step(state, batch):
+        x, y = batch
+        key = ft.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            out, buffers = ft.call(model, params, state.buffers, x, rng=key, train=True)
+            return nn.functional.cross_entropy(out, y), buffers
+
+        grads, (loss, buffers) = torch.func.grad_and_value(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads, buffers=buffers), {"loss": loss}
+
+    return step
+
+
+def _snapshot(state):
+    out = {"params": {k: v.clone() for k, v in state.params.items()},
+           "buffers": {k: v.clone() for k, v in state.buffers.items()},
+           "opt_state": [t.clone() for t in ft.tree.leaves(state.opt_state)],
+           "step": int(state.step)}
+    ls = state.extras.get("loss_scale")
+    if ls is not None:
+        out["loss_scale"] = (float(ls.loss_scale), int(ls.skipped_steps))
+    return out
+
+
+def fp16_and_runner_runs(steps=8):
+    """fit on the ranks (1) with precision="16-mixed" where rank 1's share of the batch at
+    INF_STEP holds an inf, and (2) with BatchNorm and keyed dropout, once with the plain step
+    and once with the same step passed as an `ft.compile_step` runner. Rank 0 also runs the
+    one-process fp16 reference (global batch, eager, no fit)."""
+    torch.set_num_threads(1)
+    world = fd.world_size() if fd.environment() is None else fd.environment().world_size
+    x, y = _data(GLOBAL_BATCH * steps, seed=5)
+    x[INF_STEP * GLOBAL_BATCH + 1, 0] = float("inf")  # rank 1's (odd positions) at INF_STEP
+    out = {}
+
+    def fp16_state(model):
+        return ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=3)
+
+    torch.manual_seed(0)
+    model = _model(False)
+    loader = ft.data.ArrayLoader((x, y), GLOBAL_BATCH // world, shuffle=False)
+    state = ft.fit(_fp16_step(model), fp16_state(model), loader, max_steps=steps,
+                   precision="16-mixed", compile="inductor", log=False)
+    out["fp16"] = _snapshot(state)
+    if fd.rank() == 0:
+        run = ft.compile_step(_fp16_step(model), precision="16-mixed", compile="eager",
+                              device="cpu")
+        ref = fp16_state(model)
+        for batch in ft.data.ArrayLoader((x, y), GLOBAL_BATCH, shuffle=False):
+            ref, _ = run(ref, batch)
+        out["fp16_reference"] = _snapshot(ref)
+
+    x[INF_STEP * GLOBAL_BATCH + 1, 0] = 0.0
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Linear(10, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
+                       nn.Dropout(0.5), nn.Linear(32, 4))
+    step = _bn_dropout_step(bn)
+    for name, fn in (("plain", step), ("runner", ft.compile_step(step, compile="eager",
+                                                                  device="cpu"))):
+        state = ft.TrainState.create(bn, ft.optim.adamw(1e-2), seed=3)
+        state = ft.fit(fn, state, loader, max_steps=steps, log=False,
+                       **({"compile": "eager"} if name == "plain" else {}))
+        out[name] = _snapshot(state)
+    return out

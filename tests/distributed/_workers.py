@@ -220,8 +220,9 @@ def run_process_group(cmd, *, timeout, **kwargs):
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
+        out, err = proc.communicate()
+        raise AssertionError(f"{cmd[2:]} still running after {timeout} s, killed. Its output:\n"
+                             f"{(out + err)[-6000:]}") from None
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the session, if any

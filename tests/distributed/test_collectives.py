@@ -96,3 +96,31 @@ def test_torchrun_sees_the_environment_and_reports_a_crashing_rank(tmp_path):
     assert "boom on rank 1" in text
     assert "rank      : 1" in text or "rank: 1" in text, text[-3000:]
     assert time.monotonic() - start < 230
+
+
+def test_a_torchrun_restart_forms_a_new_group_not_one_with_the_dead_round(tmp_path):
+    # torchrun keeps its store across restarts: without a prefix per round, the restarted
+    # rank 0 read the killed round's gloo addresses and failed ("Connection refused") or hung.
+    # Rank 1 of the restarted round starts late, so rank 0 would find only the stale keys.
+    script = tmp_path / "restart.py"
+    script.write_text(
+        "import os, signal, time, torch\n"
+        "from functrain import distributed as fd\n"
+        "restart = os.environ['TORCHELASTIC_RESTART_COUNT']\n"
+        "if restart == '1' and os.environ['RANK'] == '1':\n"
+        "    time.sleep(2)\n"
+        "fd.initialize('gloo', timeout=60)\n"
+        "total = fd.psum(torch.tensor(fd.rank() + 1))\n"
+        "if restart == '0' and fd.rank() == 1:\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if restart == '1':\n"
+        "    print('ROUND', restart, 'RANK', fd.rank(), 'SUM', int(total), flush=True)\n"
+        "time.sleep(0.5 if restart == '1' else 30)\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "--max-restarts", "1", str(script)]
+    out = w.run_process_group(cmd, timeout=120, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert "ROUND 1 RANK 0 SUM 3" in text and "ROUND 1 RANK 1 SUM 3" in text, text[-4000:]
+    assert "Connection refused" not in text
