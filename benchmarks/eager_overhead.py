@@ -133,7 +133,7 @@ def make_variants(ex, batches, steps: int):
     def fit(n):
         fstate["state"] = ft.fit(step, fstate["state"], [batches[i % len(batches)]
                                                          for i in range(n)],
-                                 epochs=1, compile="eager", log=False)
+                                 epochs=1, compile="eager", callbacks=[ft.Logging.quiet()])
     variants["fit"] = fit
     return variants
 

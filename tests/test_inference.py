@@ -40,10 +40,10 @@ def _train(run_dir, callbacks=(), eval_every=4, checkpoint_every=None):
     loader = ft.data.ArrayLoader((x, y), 16, shuffle=True)
     state = ft.fit(step, state, loader, epochs=3, eval_fn=eval_fn,
                    eval_loader=ft.data.ArrayLoader((x, y), 64), eval_every=eval_every,
-                   callbacks=list(callbacks), run_dir=run_dir, compile="eager",
-                   checkpoint=(ft.Checkpointing(every=checkpoint_every, keep=None)
-                               if checkpoint_every else None),
-                   log=ft.Logging(progress=False, summary=False))
+                   callbacks=[*callbacks, ft.Logging(progress=False, summary=False),
+                              *([ft.Checkpointing(every=checkpoint_every, keep=None)]
+                                if checkpoint_every else [])],
+                   run_dir=run_dir, compile="eager")
     return state
 
 

@@ -26,6 +26,7 @@ class Loop:
         loggers: the run's `functrain.loggers.Logger` objects (`log` writes to them).
         total_steps: the step count at which the run ends, if known (``max_steps`` or
             epochs times a sized loader's length), counted like ``step``.
+        total_epochs: ``fit``'s ``epochs``, if given.
         compiles: graphs the training step has compiled so far (set before `on_run_end`).
         compile_time: seconds of the calls that compiled them (set with ``compiles``).
         nonfinite_step: with a `functrain.callbacks.NonFiniteGuard`, the first step of the
@@ -50,6 +51,7 @@ class Loop:
     callbacks: tuple[Any, ...] = ()
     loggers: tuple[Any, ...] = ()
     total_steps: int | None = None
+    total_epochs: int | None = None
     compiles: int = 0
     compile_time: float = 0.0
     nonfinite_step: int = 0
