@@ -8,8 +8,8 @@ Times, in rotated rounds (medians), one training step of:
 - ``opt``: only ``state.apply_gradients`` (functrain's Adam, eager) on fixed gradients
 - ``bare``: the example's step function called directly, no runner
 - ``runner``: ``ft.compile_step(step, compile="eager")``
-- ``fit``: ``ft.fit(..., compile="eager")`` (``log=False``: no loggers, progress bar or
-  summary), per step
+- ``fit``: ``ft.fit(..., compile="eager")`` (``ft.Logging.quiet()``: no loggers, progress bar
+  or summary), per step
 
 and counts, per step, the Python function calls (``sys.setprofile`` "call" events) and the
 C-function calls ("c_call") of each variant; ``--cprofile`` prints the top entries of a

@@ -118,12 +118,12 @@ def load_weights(path: str | os.PathLike[str], module: nn.Module, *,
     """Copy the params and buffers saved at ``path`` into ``module``'s own tensors; return it.
 
     For inference after training, with no optimizer and no train state to rebuild: ``path``
-    is a checkpoint directory (`functrain.checkpoint.save`, `functrain.fit`'s
-    ``checkpoint_every``, `functrain.callbacks.ModelCheckpoint`, `best`) or a weights-only
-    safetensors file (`functrain.checkpoint.export_params` of ``{**state.params,
-    **state.buffers}``). Names are the module's qualified names (``"0.weight"``,
-    ``"bn.running_mean"``), as `functrain.split` made them. Values are copied into the module's
-    tensors, keeping their device and dtype (a bfloat16 checkpoint loads into a float32 model).
+    is a checkpoint directory (`functrain.checkpoint.save`, `functrain.Checkpointing`,
+    `functrain.callbacks.ModelCheckpoint`, `best`) or a weights-only safetensors file
+    (`functrain.checkpoint.export_weights`). Names are the module's qualified names
+    (``"0.weight"``, ``"bn.running_mean"``), as `functrain.split_module` made them. Values are
+    copied into the module's tensors, keeping their device and dtype (a bfloat16 checkpoint
+    loads into a float32 model).
 
     A checkpoint directory is verified (checksums) and read whole, optimizer state included,
     then only its params and buffers are kept.
