@@ -96,7 +96,9 @@ def fit(
         max_steps: stop after this many steps in total (counting from ``state.step`` at the
             start of the run), even mid-epoch. At least one of the two is required.
         eval_fn: ``eval_fn(state, batch) -> metrics``, run over ``eval_loader`` (required with
-            it); training always ends with an evaluation.
+            it); training always ends with an evaluation. Compiled like the step, unless
+            marked ``ft.eager(eval_fn)`` (`functrain.eager`): then it runs eagerly while the
+            step stays compiled (torchmetrics, ``.item()``, ``print`` work in it).
         eval_loader: the evaluation batches.
         eval_every: evaluate every this many steps (an int), or this fraction of an epoch (a
             float in (0, 1), Lightning's ``val_check_interval``: ``0.25`` evaluates after each

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._errors import check_int, check_number, describe
-from ._evaluate import check_loader, runner_for
+from ._evaluate import check_loader, eager, runner_for
 from ._run_config import Checkpointing, Logging
 from ._runner import CompiledStep
 from .callbacks._protocol import Callback
@@ -134,6 +134,8 @@ def training_runner(step_fn: Any, device: Any, precision: Any, compile: Any,
     if not callable(step_fn):
         raise TypeError(f"step_fn: expected a callable step_fn(state, batch) -> (state, "
                         f"metrics), got {type(step_fn).__name__}.")
+    if isinstance(step_fn, eager):  # marked: runs eagerly, as compile="eager"
+        step_fn, compile = step_fn.fn, "eager"
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
     return runner_for(step_fn, compile=compile, device=device, donate=True, precision=policy,
                       check_finite=check_finite)
