@@ -14,6 +14,7 @@ import datetime
 import functools
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -287,6 +288,7 @@ class _Run:
             total = by_epochs if total is None else min(total, by_epochs)
         self.loop = Loop(state=state, step=start_step, epoch=pos.epoch, run_dir=self.run_dir,
                          callbacks=(*args.callbacks, *log.callbacks()), samples=pos.samples,
+                         run_start=self.run_start,
                          loggers=tuple(log.make_loggers(self.run_dir)), total_steps=total,
                          total_epochs=epochs)
         for cb in self.loop.callbacks:
@@ -369,6 +371,7 @@ class _Run:
                 self.guard.action != "skip" or loop.nonfinite_params_step):
             self.unsaveable = True  # the state is (or may be) poisoned: no more checkpoints
         values = {f"train/{k}": v for k, v in values.items()}
+        loop.log_time = time.perf_counter()  # the bar's and the summary's clock
         for k, v in values.items():
             self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v * self.window_steps
         self.epoch_steps += self.window_steps
