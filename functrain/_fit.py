@@ -339,7 +339,7 @@ class _Run:
                 raise
             e.add_note("functrain: raised by the sanity evaluation (eval_fn on the first "
                        f"{batches} batches of eval_loader, before training). "
-                       "Turn it off with log=ft.Logging(sanity_eval=0).")
+                       "Turn it off with callbacks=[ft.Logging(sanity_eval=0)].")
             raise
 
     # -- the loop's parts ------------------------------------------------------------------

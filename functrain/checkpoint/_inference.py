@@ -219,7 +219,7 @@ def best(run_dir: str | os.PathLike[str], monitor: str, mode: str = "min") -> Pa
     Looks at every complete checkpoint in ``run_dir/checkpoints`` (or in ``run_dir`` itself
     when it has no ``checkpoints`` folder). A checkpoint's value of ``monitor`` is the one it
     recorded (`functrain.callbacks.ModelCheckpoint` stores the loop's metrics with each
-    checkpoint) or, for a periodic checkpoint of `functrain.fit`'s ``checkpoint_every``, the
+    checkpoint) or, for a periodic checkpoint of `functrain.Checkpointing`, the
     value logged at its step in the run's ``metrics.jsonl``. NaN never wins; among ties the
     earliest step does. The winner is verified (checksums); a corrupt one is skipped with a
     warning.
