@@ -8,8 +8,8 @@ Times, in rotated rounds (medians), one training step of:
 - ``opt``: only ``state.apply_gradients`` (functrain's Adam, eager) on fixed gradients
 - ``bare``: the example's step function called directly, no runner
 - ``runner``: ``ft.compile_step(step, compile="eager")``
-- ``fit``: ``ft.fit(..., compile="eager")`` (``log=False``: no loggers, progress bar or
-  summary), per step
+- ``fit``: ``ft.fit(..., compile="eager")`` (``ft.Logging.quiet()``: no loggers, progress bar
+  or summary), per step
 
 and counts, per step, the Python function calls (``sys.setprofile`` "call" events) and the
 C-function calls ("c_call") of each variant; ``--cprofile`` prints the top entries of a
@@ -133,7 +133,7 @@ def make_variants(ex, batches, steps: int):
     def fit(n):
         fstate["state"] = ft.fit(step, fstate["state"], [batches[i % len(batches)]
                                                          for i in range(n)],
-                                 epochs=1, compile="eager", log=False)
+                                 epochs=1, compile="eager", callbacks=[ft.Logging.quiet()])
     variants["fit"] = fit
     return variants
 

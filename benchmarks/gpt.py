@@ -125,7 +125,8 @@ def make_variants(cfg, device, precision, total_steps, batches):
         def run(n, i0):
             data = [batches[(i0 + i) % len(batches)] for i in range(n)]
             holder["state"] = ft.fit(step, holder["state"], data, epochs=1, compile=compile,
-                                     device=device, precision=precision, log=False)
+                                     device=device, precision=precision,
+                                     callbacks=[ft.Logging.quiet()])
             return None
 
         return run

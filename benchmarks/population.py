@@ -86,7 +86,7 @@ def run_population(n: int, data: Cycle, optimizer) -> float:
     pop = ft.population.create(make, optimizer, seeds=n)
     t = time.perf_counter()
     pop_step = POP_STEPS.setdefault(n, ft.population.vmap(step, per_member=False))
-    pop = ft.fit(pop_step, pop, data, epochs=1, log=ft.Logging.quiet(len(data)), **FIT)
+    pop = ft.fit(pop_step, pop, data, epochs=1, callbacks=[ft.Logging.quiet(len(data))], **FIT)
     float(pop.members.step.sum())
     return time.perf_counter() - t
 
@@ -99,7 +99,7 @@ def run_sequential(n: int, data: Cycle, optimizer) -> float:
     states = [ft.population.select(init, i) for i in range(n)]
     t = time.perf_counter()
     for s in states:
-        s = ft.fit(step, s, data, epochs=1, log=ft.Logging.quiet(len(data)), **FIT)
+        s = ft.fit(step, s, data, epochs=1, callbacks=[ft.Logging.quiet(len(data))], **FIT)
         float(s.step)
     return time.perf_counter() - t
 

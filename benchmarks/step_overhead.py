@@ -207,7 +207,7 @@ def functrain_fit(model, batches, backend, device, precision="32"):
         nonlocal state
         cb, t0 = FitMarks(n, log_every), clock()
         state = ft.fit(step, state, cycle(batches, n), max_steps=n, compile=backend,
-                       device=device, log=ft.Logging.quiet(log_every), callbacks=[cb],
+                       device=device, callbacks=[ft.Logging.quiet(log_every), cb],
                        precision=precision)
         return t0, cb.marks, cb.loss
     run.step = step  # to look up the backend fit picked (fit_backend)

@@ -62,7 +62,8 @@ def main() -> None:
         holder = {"state": ft.TrainState.create(model, ft.optim.adamw(1e-3), seed=0)}
 
         def run(n, runner=runner, holder=holder):
-            holder["state"] = ft.fit(runner, holder["state"], data[:n], epochs=1, log=False)
+            holder["state"] = ft.fit(runner, holder["state"], data[:n], epochs=1,
+                                     callbacks=[ft.Logging.quiet()])
 
         t0 = time.perf_counter()
         run(2 * k)

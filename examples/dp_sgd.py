@@ -96,7 +96,7 @@ def main() -> None:
     state = ft.TrainState.create(model, ft.optim.sgd(args.lr), seed=0)
     state = ft.fit(step, state, PoissonBatches(x, y, rate, size, args.steps), epochs=1,
                    eval_fn=eval_fn, eval_loader=ft.data.ArrayLoader(test, 500),
-                   log=ft.Logging(every=max(1, args.steps // 20)), compile=args.compile,
+                   callbacks=[ft.Logging(every=max(1, args.steps // 20))], compile=args.compile,
                    run_dir=args.run_dir)
     acc = ft.evaluate(eval_fn, state, ft.data.ArrayLoader(test, 500), compile=args.compile)
     eps = ft.privacy.epsilon(noise_multiplier=args.noise, sample_rate=rate, steps=args.steps,

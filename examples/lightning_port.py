@@ -145,12 +145,12 @@ def main():
                                        shuffle=True, seed=args.seed)
     val_loader = ft.data.ArrayLoader((x[val_idx], y[val_idx]), 1000)
     test_loader = ft.data.ArrayLoader(test, 1000)
-    epochs, log = args.epochs, True
+    epochs, log = args.epochs, ft.Logging()
     if args.fast_dev_run:  # Trainer(fast_dev_run=True)
         train_loader, val_loader = ft.data.take(train_loader, 1), ft.data.take(val_loader, 1)
-        test_loader, epochs, log = ft.data.take(test_loader, 1), 1, False
+        test_loader, epochs, log = ft.data.take(test_loader, 1), 1, ft.Logging.quiet()
     state = ft.fit(step, state, train_loader, epochs=epochs, eval_fn=eval_fn,
-                   eval_loader=val_loader, compile=args.compile, log=log,
+                   eval_loader=val_loader, compile=args.compile, callbacks=[log],
                    run_dir=args.run_dir)
     result = ft.evaluate(eval_fn, state, test_loader, compile=args.compile)  # trainer.test()
     print(f"test accuracy: {result['acc']:.2%} (test loss {result['loss']:.4f})")

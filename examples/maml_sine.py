@@ -142,8 +142,8 @@ def main() -> None:
                       seed=args.seed)
     state = ft.fit(maml_step(model, inner_lr=args.inner_lr), state, tasks, epochs=1,
                    compile=args.compile, run_dir=args.run_dir,
-                   log=ft.Logging(every=max(1, args.steps // 20),
-                                  loggers=None if args.run_dir is not None else []))
+                   callbacks=[ft.Logging(every=max(1, args.steps // 20),
+                                         loggers=None if args.run_dir is not None else [])])
     after = evaluate(model, state.params, shots=args.shots, inner_lr=args.inner_lr)
     print(f"\n{args.shots}-shot sine regression, MSE on 200 held-out tasks (100 points each)")
     print(f"{'':22}{'pre-update':>12}{'1 step':>10}{'10 steps':>10}")

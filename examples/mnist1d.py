@@ -90,7 +90,7 @@ def main():
                                        drop_last=True)
     test_loader = ft.data.ArrayLoader(test, 500)
     state = ft.fit(step, state, train_loader, max_steps=args.steps, eval_fn=eval_fn,
-                   eval_loader=test_loader, eval_every=1000, log=ft.Logging(every=100),
+                   eval_loader=test_loader, eval_every=1000, callbacks=[ft.Logging(every=100)],
                    compile=args.compile, precision=args.precision, run_dir=args.run_dir)
     result = ft.evaluate(eval_fn, state, test_loader, compile=args.compile,
                          precision=args.precision)

@@ -82,9 +82,9 @@ def main() -> None:
     pop = ft.fit(ft.population.vmap(step), pop, loader, max_steps=args.steps,
                  eval_fn=pop_eval, eval_loader=test_loader,
                  eval_every=max(1, args.steps // 10),
-                 log=ft.Logging(every=max(1, args.steps // 30)),
-                 compile=args.compile, run_dir=args.run_dir,
-                 callbacks=[ft.population.EarlyStopping("val/loss", patience=args.patience)])
+                 callbacks=[ft.Logging(every=max(1, args.steps // 30)),
+                            ft.population.EarlyStopping("val/loss", patience=args.patience)],
+                 compile=args.compile, run_dir=args.run_dir)
     result = ft.evaluate(pop_eval, pop, test_loader, compile=args.compile)
     print(f"\n{'member':>6} {'learning rate':>14} {'test accuracy':>14} {'steps':>6}")
     steps = pop.members.step.tolist()

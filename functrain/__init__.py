@@ -28,6 +28,7 @@ from ._bridge import call as call
 from ._bridge import split as split
 from ._bridge import split_module as split_module
 from ._donation import DonatedStateError as DonatedStateError
+from ._evaluate import eager as eager
 from ._evaluate import evaluate as evaluate
 from ._fit import fit as fit
 from ._loop_state import LoopState as LoopState
@@ -68,6 +69,7 @@ __all__ = [
     "compile_step",
     "data",
     "distributed",
+    "eager",
     "evaluate",
     "fit",
     "loggers",

@@ -1,7 +1,9 @@
-"""`evaluate`, and the cache of runners that `fit` and `evaluate` build per step function."""
+"""`evaluate`, `eager` (an evaluation that runs eagerly while training is compiled), and the
+cache of runners that `fit` and `evaluate` build per step function."""
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -13,7 +15,7 @@ from ._placement import resolve_device
 from ._runner import CompiledStep
 from ._window import MetricWindow
 
-__all__ = ["Evaluator", "check_loader", "evaluate", "runner_for"]
+__all__ = ["Evaluator", "check_loader", "eager", "evaluate", "runner_for"]
 
 # Runners built by fit/evaluate, per step function and options, so that calling fit again
 # with the same step (more epochs, a notebook re-run, evaluate after fit) reuses the compiled
@@ -64,6 +66,53 @@ def check_loader(loader: Any, name: str) -> None:
                          "size and the batch size (drop_last=True drops a lone partial batch).")
 
 
+class eager:  # noqa: N801 - a marker used like a function: eval_fn=ft.eager(eval_fn)
+    """Mark ``fn`` to run eagerly (plain Python on real tensors), whatever the compile setting.
+
+    For an evaluation that needs what a compiled graph cannot do, while training stays
+    compiled: torchmetrics (a stateful metric's ``update``, functional metrics built on
+    ``bincount``), ``.item()``, ``print``, Python branches on values. `functrain.fit` runs a
+    marked ``eval_fn`` eagerly (the sanity evaluation too) on the training device and under
+    its precision policy, while the training step compiles as ``compile=`` says;
+    `functrain.evaluate` runs a marked function eagerly whatever its ``compile=``. Metrics
+    are merged as in a compiled evaluation (return ``{}`` when a torchmetrics object keeps
+    them).
+
+    Args:
+        fn: ``fn(state, batch) -> metrics``.
+
+    Example:
+        >>> import torch, functrain as ft
+        >>> seen = []
+        >>> def eval_fn(state, batch):
+        ...     seen.append(batch.sum().item())  # a host read: fine eagerly
+        ...     return {"mean": batch.mean()}
+        >>> ft.evaluate(ft.eager(eval_fn), None, [torch.ones(2), torch.zeros(2)],
+        ...             compile="inductor")
+        {'mean': 0.5}
+        >>> seen
+        [2.0, 0.0]
+    """
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"eager: expected a callable fn(state, batch) -> metrics, got "
+                            f"{type(fn).__name__}.")
+        self.fn = fn.fn if isinstance(fn, eager) else fn
+        functools.update_wrapper(self, self.fn)
+
+    def __call__(self, state: Any, batch: Any) -> Any:
+        return self.fn(state, batch)
+
+    def __repr__(self) -> str:
+        return f"functrain.eager({self.fn!r})"
+
+
+def _unmark(fn: Any, compile: Any) -> tuple[Any, Any]:
+    """``(fn, compile)``, or for an `eager`-marked function ``(the function, "eager")``."""
+    return (fn.fn, "eager") if isinstance(fn, eager) else (fn, compile)
+
+
 def _eval_step(eval_fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], tuple[Any, Any]]:
     def step(state: Any, batch: Any) -> tuple[Any, Any]:
         return state, eval_fn(state, batch)
@@ -75,14 +124,15 @@ class Evaluator:
     """Runs ``eval_fn`` compiled over a loader, its metrics merged in a window on the device.
 
     ``like`` is the training runner whose device, backend, precision and recompile policy the
-    evaluation shares.
+    evaluation shares; an `eager`-marked ``eval_fn`` runs eagerly whatever its backend.
     """
 
     def __init__(self, eval_fn: Callable[[Any, Any], Any], like: CompiledStep) -> None:
         if not callable(eval_fn):
             raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
                             f"got {type(eval_fn).__name__}.")
-        self.runner = runner_for(eval_fn, compile=like.backend, device=like.device,
+        eval_fn, compile = _unmark(eval_fn, like.backend)
+        self.runner = runner_for(eval_fn, compile=compile, device=like.device,
                                  donate=False, on_recompile=like.on_recompile,
                                  precision=like.policy, train=False, devices=like.devices)
         self.window: MetricWindow | None = None  # kept across evaluations (fixed addresses)
@@ -121,7 +171,8 @@ def evaluate(
         state: the state to evaluate.
         loader: an iterable of batches.
         device: where to run (see `functrain.compile_step`).
-        compile: the backend (see `functrain.compile_step`).
+        compile: the backend (see `functrain.compile_step`); an `eager`-marked ``eval_fn``
+            runs eagerly whatever this says.
         precision: the precision policy (see `functrain.fit`).
         devices: XLA only: split batches across all devices (see `functrain.compile_step`).
 
@@ -147,6 +198,7 @@ def evaluate(
     if not callable(eval_fn):
         raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
                         f"got {type(eval_fn).__name__}.")
+    eval_fn, compile = _unmark(eval_fn, compile)
     runner = runner_for(eval_fn, compile=compile, device=device, donate=False,
                         precision=precision, train=False, devices=devices)
     window = None

@@ -1,18 +1,20 @@
 """`fit`: the training loop around the compiled-step runner.
 
 The loop body is `fit` itself; what surrounds it lives elsewhere: `_Run` here (set-up, the log
-window, evaluation, checkpoints, the end of a run), `functrain._signals` (Ctrl-C / SIGTERM),
-`functrain._evaluate` (evaluation), `functrain.callbacks` (progress bar, summary,
-non-finite guard), `functrain._run_config` (`Logging`, `Checkpointing`) and
-`functrain._loop_state` (the position saved in checkpoints).
+window, evaluation, checkpoints, the end of a run), `functrain._fit_args` (checking fit's
+arguments, the settings among its callbacks), `functrain._resume` (continuing from a
+checkpoint), `functrain._signals` (Ctrl-C / SIGTERM), `functrain._evaluate` (evaluation),
+`functrain.callbacks` (progress bar, summary, non-finite guard), `functrain._run_config`
+(`Logging`, `Checkpointing`) and `functrain._loop_state` (the position saved in checkpoints).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import os
-import warnings
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -20,26 +22,38 @@ import torch
 
 from . import _rng_state
 from ._donation import is_donated
-from ._errors import check_int, check_number, describe
-from ._evaluate import Evaluator, check_loader, runner_for
+from ._evaluate import Evaluator
+from ._fit_args import check_fit_args, loader_len, moved_keyword, training_runner
 from ._loader_state import LoaderOrder
 from ._loop_state import LoopState
 from ._multistep import group_batches, stacked_batch_size
-from ._placement import batch_size, prefetch
-from ._run_config import Checkpointing, Logging
+from ._placement import batch_size
+from ._resume import EpochBatches, resume_from, warn_if_inexact
+from ._run_config import Logging
 from ._runner import NONFINITE, NONFINITE_PARAMS, CompiledStep, nonfinite_steps
 from ._signals import Preempted, StopSignal
 from ._state import TrainState
 from ._window import MetricWindow
 from .callbacks._protocol import Callback, Loop
 from .callbacks._run import NonFiniteGuard, ProgressBar
-from .precision import Policy
 
 STOP_FLAG = "__stop__"  # on several ranks: a stop signal, gathered with the metric window
 
 __all__ = ["fit"]
 
 
+def _refuse_moved_keywords(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fit(..., log=...)`` / ``checkpoint=...``: a TypeError saying where they went."""
+
+    @functools.wraps(fn)
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        moved_keyword(kwargs)
+        return fn(*args, **kwargs)
+
+    return fit
+
+
+@_refuse_moved_keywords
 def fit(
     step_fn: Callable[[Any, Any], tuple[Any, Any]] | CompiledStep,
     state: Any,
@@ -56,13 +70,11 @@ def fit(
     callbacks: Sequence[Callback] = (),
     run_dir: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
-    log: Logging | bool = True,
-    checkpoint: Checkpointing | None = None,
 ) -> Any:
     """Train: run ``step_fn`` over ``loader`` through the compiled-step runner.
 
-    Metric windows are read once every ``log.every`` steps (one host transfer per window) and
-    go to the loggers (JSONL and CSV under ``run_dir``, TensorBoard when installed), the
+    Metric windows are read once every ``Logging.every`` steps (one host transfer per window)
+    and go to the loggers (JSONL and CSV under ``run_dir``, TensorBoard when installed), the
     progress bar and the callbacks. Ctrl-C / SIGTERM stop cleanly at the next step boundary.
 
     Started by ``torchrun`` on several ranks, the same call trains data parallel: each rank
@@ -85,12 +97,14 @@ def fit(
         max_steps: stop after this many steps in total (counting from ``state.step`` at the
             start of the run), even mid-epoch. At least one of the two is required.
         eval_fn: ``eval_fn(state, batch) -> metrics``, run over ``eval_loader`` (required with
-            it); training always ends with an evaluation.
+            it); training always ends with an evaluation. Compiled like the step, unless
+            marked ``ft.eager(eval_fn)`` (`functrain.eager`): then it runs eagerly while the
+            step stays compiled (torchmetrics, ``.item()``, ``print`` work in it).
         eval_loader: the evaluation batches.
         eval_every: evaluate every this many steps (an int), or this fraction of an epoch (a
             float in (0, 1), Lightning's ``val_check_interval``: ``0.25`` evaluates after each
             quarter of every epoch); ``None``: at the end of every epoch. Besides the
-            ``log.every`` windows, each epoch's end logs the epoch's training means as
+            ``Logging.every`` windows, each epoch's end logs the epoch's training means as
             ``train/<name>_epoch`` (each window weighted by its steps; after a mid-epoch
             resume, the resumed part of that epoch).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"xla"``,
@@ -99,8 +113,11 @@ def fit(
             `functrain.precision.Policy` (see `functrain.precision`).
         compile: ``"auto"``, ``"inductor"``, ``"cudagraphs"``, ``"openxla"``, ``"eager"`` (see
             `functrain.compile_step`).
-        callbacks: `functrain.Callback` objects, called in order (before the defaults that
-            ``log`` adds: progress bar, summary).
+        callbacks: `functrain.Callback` objects, called in order, and the run's settings
+            (at most one of each): a `functrain.Logging` (log interval, loggers, hparams,
+            progress bar, summary; default ``Logging()``, ``Logging.quiet()`` for none; its
+            progress bar and summary run after the user's callbacks) and a
+            `functrain.Checkpointing` (every N steps, how many to keep; default: none).
         run_dir: where logs and checkpoints go; default ``runs/<date>-<time>`` (only created
             if something is written).
         resume: ``"auto"``: continue from the newest intact checkpoint in
@@ -113,10 +130,6 @@ def fit(
             a ``DataLoader`` over a map-style dataset with its default sampler, or torchdata's
             ``StatefulDataLoader``; the global random generators are restored too. Otherwise
             every resume warns why it may not be.
-        log: a `functrain.Logging` (log interval, loggers, hparams, progress bar, summary);
-            ``True``: the defaults; ``False``: no loggers, progress bar or summary.
-        checkpoint: a `functrain.Checkpointing` (every N steps, how many to keep); ``None``:
-            no checkpoints.
 
     Gradient accumulation and skipping non-finite updates are optimizer wrappers
     (`functrain.optim.MultiSteps`, `functrain.optim.apply_if_finite`) around ``state.tx``;
@@ -128,7 +141,8 @@ def fit(
         ``state.stop_reason``: ``None`` when the run went to its end, else the reason.
 
     Raises:
-        ValueError / TypeError: for bad arguments, naming the argument, before any step.
+        ValueError / TypeError: for bad arguments, naming the argument, before any step
+            (``log=`` / ``checkpoint=`` are refused: they are callbacks now).
         KeyboardInterrupt: at a second Ctrl-C, at once (the first one stops at the next step
             boundary and returns); checkpoints already written are intact.
         functrain.Preempted: after a SIGTERM, once the checkpoint is written and the logs are
@@ -147,14 +161,15 @@ def fit(
         ...     return state.apply_gradients(grads), {"loss": loss}
         >>> data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
         >>> state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-        >>> state = ft.fit(step, state, data, epochs=2, compile="eager", log=False)
+        >>> state = ft.fit(step, state, data, epochs=2, compile="eager",
+        ...                callbacks=[ft.Logging.quiet()])
         >>> int(state.step)
         8
     """
     run = _Run(step_fn, state, loader, epochs=epochs, max_steps=max_steps, eval_fn=eval_fn,
                eval_loader=eval_loader, eval_every=eval_every, device=device,
                precision=precision, compile=compile, callbacks=callbacks, run_dir=run_dir,
-               resume=resume, log=log, checkpoint=checkpoint)
+               resume=resume)
     loop, runner, pos, every = run.loop, run.runner, run.position, run.every
     window: MetricWindow | None = None
     done = run.end_step is not None and loop.step >= run.end_step  # e.g. a finished run
@@ -212,63 +227,15 @@ class _Run:
     checkpoints and the end of the run (a context manager around the loop)."""
 
     def __init__(self, step_fn: Any, state: Any, loader: Iterable[Any], *, epochs: int | None,
-                 max_steps: int | None, eval_fn: Any, eval_loader: Any, eval_every: int | None,
+                 max_steps: int | None, eval_fn: Any, eval_loader: Any, eval_every: Any,
                  device: Any, precision: Any, compile: Any, callbacks: Sequence[Callback],
-                 run_dir: Any, resume: Any, log: Logging | bool,
-                 checkpoint: Checkpointing | None) -> None:
-        # -- validate everything before the first step ------------------------------------
-        if epochs is None and max_steps is None:
-            raise ValueError("fit needs epochs or max_steps (or both); got neither. "
-                             "HINT: fit(step, state, loader, epochs=10).")
-        check_int("epochs", epochs, minimum=1, allow_none=True)
-        check_int("max_steps", max_steps, minimum=1, allow_none=True)
-        check_loader(loader, "loader")
-        self.eval_steps, self.eval_in_epoch = _eval_every(eval_every, loader)
-        if (eval_fn is None) != (eval_loader is None):
-            raise ValueError("eval_fn and eval_loader go together: got "
-                             f"eval_fn={'set' if eval_fn else None}, "
-                             f"eval_loader={'set' if eval_loader is not None else None}.")
-        if eval_loader is not None:
-            check_loader(eval_loader, "eval_loader")
-        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
-            raise TypeError(f"callbacks: expected a list of functrain.Callback objects, got "
-                            f"{describe(callbacks)}. HINT: callbacks=[cb] for one.")
-        if eval_fn is None:
-            if eval_every is not None:
-                raise ValueError(f"eval_every={eval_every}: expected eval_fn and eval_loader to "
-                                 "evaluate with, got neither. HINT: pass eval_fn=..., "
-                                 "eval_loader=..., or drop eval_every.")
-            for i, cb in enumerate(callbacks):
-                monitor = getattr(cb, "monitor", None)
-                if isinstance(monitor, str) and monitor.startswith("val/"):
-                    raise ValueError(
-                        f"callbacks[{i}]: {type(cb).__name__} monitors {monitor!r}, expected an "
-                        "evaluation to produce it, got no eval_fn. HINT: pass eval_fn and "
-                        "eval_loader, or monitor a training metric ('train/loss').")
-        if run_dir is not None and (not isinstance(run_dir, (str, os.PathLike))
-                                    or not os.fspath(run_dir)):
-            raise ValueError(f"run_dir: expected a directory path or None, got "
-                             f"{describe(run_dir)}. HINT: run_dir='runs/exp1'; None picks "
-                             "runs/<date>-<time>.")
-        if resume is not None and (isinstance(resume, bool) or not (
-                resume == "auto" or isinstance(resume, (str, os.PathLike)))):
-            raise TypeError(f"resume: expected 'auto', a checkpoint path or None, got "
-                            f"{describe(resume)}. HINT: resume='auto' continues from the newest "
-                            "intact checkpoint in run_dir/checkpoints.")
-        for i, cb in enumerate(callbacks):
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks[{i}]: expected a functrain.Callback, "
-                                f"got {type(cb).__name__}.")
-        log = _logging(log)
-        if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
-            raise TypeError(f"checkpoint: expected a functrain.Checkpointing or None, got "
-                            f"{type(checkpoint).__name__}. HINT: "
-                            "checkpoint=ft.Checkpointing(every=1000).")
-        if resume == "auto" and run_dir is None:
-            raise ValueError("resume='auto' needs run_dir: it looks for checkpoints in "
-                             "run_dir/checkpoints. HINT: fit(..., run_dir='runs/exp1', "
-                             "resume='auto').")
-        self.guard = next((cb for cb in callbacks if isinstance(cb, NonFiniteGuard)), None)
+                 run_dir: Any, resume: Any) -> None:
+        args = check_fit_args(loader, epochs=epochs, max_steps=max_steps, eval_fn=eval_fn,
+                              eval_loader=eval_loader, eval_every=eval_every,
+                              callbacks=callbacks, run_dir=run_dir, resume=resume)
+        log, checkpoint = args.log, args.checkpoint
+        self.eval_steps, self.eval_in_epoch = args.eval_steps, args.eval_in_epoch
+        self.guard = next((cb for cb in args.callbacks if isinstance(cb, NonFiniteGuard)), None)
         self.unsaveable = False  # a guard saw a step whose state must not become a checkpoint
         check_finite = self.guard is not None
         # Several ranks (torchrun): join the group, shard the data, average in the step.
@@ -285,7 +252,7 @@ class _Run:
             if not dp.is_main:  # one voice: rank 0 logs, shows progress and summarises
                 log = Logging.quiet(log.every)
             compile = dp.compile_backend(compile, device)
-        self.runner = _training_runner(step_fn, device, precision, compile, check_finite)
+        self.runner = training_runner(step_fn, device, precision, compile, check_finite)
         self.evaluator = Evaluator(eval_fn, self.runner) if eval_fn is not None else None
         self.eval_loader = eval_loader
         # -- the run's parts ----------------------------------------------------------------
@@ -302,29 +269,30 @@ class _Run:
             self.manager = CheckpointManager(os.path.join(self.run_dir, "checkpoints"),
                                              keep=checkpoint.keep if checkpoint else None,
                                              process_group=None if dp is None else dp.group)
-        self.loader, self.every = loader, log.every
+        self.every = log.every
         self.user_tx = getattr(state, "tx", None)
-        state, self.position = self._resume(state, resume)
-        self.resumed = self.position is not None
+        state, position = resume_from(self.manager, resume, state, self.runner.policy, dp)
+        self.resumed = position is not None
         if dp is not None:  # rank 0's state everywhere, gradients averaged by the optimizer
             state = dp.prepare_state(state, resumed=self.resumed)
-        pos = self.position or LoopState()
+        self.position = pos = position or LoopState()
         start_step = int(state.step) if hasattr(state, "step") else 0  # one sync, at start
         self.start_step = start_step
         self.run_start = pos.run_start if self.resumed else start_step
         self.end_step = None if max_steps is None else self.run_start + max_steps
         total = self.end_step
-        n_batches = _len(loader)
+        n_batches = loader_len(loader)
         if epochs is not None and n_batches is not None:
             by_epochs = self.run_start + epochs * n_batches
             total = by_epochs if total is None else min(total, by_epochs)
         self.loop = Loop(state=state, step=start_step, epoch=pos.epoch, run_dir=self.run_dir,
-                         callbacks=(*callbacks, *log.callbacks()), samples=pos.samples,
-                         loggers=tuple(log.make_loggers(self.run_dir)), total_steps=total)
+                         callbacks=(*args.callbacks, *log.callbacks()), samples=pos.samples,
+                         run_start=self.run_start,
+                         loggers=tuple(log.make_loggers(self.run_dir)), total_steps=total,
+                         total_epochs=epochs)
         for cb in self.loop.callbacks:
             if cb.state_key in pos.callbacks:
                 cb.load_state_dict(pos.callbacks[cb.state_key])
-        self.position = pos
         self.batch_in_epoch = pos.batch_in_epoch
         self.window_steps, self.window_samples = pos.window_steps, pos.window_samples
         self.saved_window = pos.window or None  # merged into the first step's window
@@ -337,9 +305,9 @@ class _Run:
         self.evaluated_at: int | None = None
         seed = pos.data_seed if pos.data_seed is not None else torch.initial_seed()
         self.order = LoaderOrder(loader, seed=seed)
-        self.resume_rng, self.loader_state = pos.rng, pos.loader
+        self.batches = EpochBatches(loader, self.order, self.runner, pos)
         if self.resumed and not (self.end_step is not None and start_step >= self.end_step):
-            _warn_if_inexact(self.order, pos.batch_in_epoch, pos.rng)
+            warn_if_inexact(self.order, pos.batch_in_epoch, pos.rng)
         hparams = {**(log.hparams or {}), "epochs": epochs, "max_steps": max_steps,
                    "log_every": log.every, "compile": self.runner.backend,
                    "device": str(self.runner.device), "precision": str(precision),
@@ -370,67 +338,10 @@ class _Run:
                 raise
             e.add_note("functrain: raised by the sanity evaluation (eval_fn on the first "
                        f"{batches} batches of eval_loader, before training). "
-                       "Turn it off with log=ft.Logging(sanity_eval=0).")
+                       "Turn it off with callbacks=[ft.Logging(sanity_eval=0)].")
             raise
 
-    def _resume(self, state: Any, resume: Any) -> tuple[Any, LoopState | None]:
-        """The state and loop position of the checkpoint ``resume`` names, if any."""
-        manager = self.manager
-        if not resume:
-            if manager is not None and manager.all() and (self.dp is None or self.dp.is_main):
-                aside = manager.set_aside(-1, "a new run started here with resume=None")
-                warnings.warn(f"fit: {str(manager.directory)!r} held checkpoints of an earlier "
-                              "run; this run starts afresh (resume=None), so they were moved, "
-                              f"untouched, to {str(aside)!r}. HINT: resume='auto' continues a "
-                              "run.", stacklevel=4)
-            return state, None
-        from . import checkpoint
-
-        # Every checkpoint corrupt: refuse (listing them) rather than start afresh over them.
-        path = manager.latest(strict=True) if resume == "auto" else resume
-        if self.dp is not None:  # every rank resumes from the checkpoint rank 0 found
-            path = self.dp.broadcast_object(None if path is None else str(path))
-        if path is None:
-            return state, None
-        # A run under "16-mixed" saved a loss scale in extras: prepare `like` the same way.
-        position = LoopState.from_meta(checkpoint.load_meta(path))
-        like = self.runner.policy.prepare_state(state)
-        state = checkpoint.restore(path, like=like)
-        if manager is not None and hasattr(state, "step"):
-            # This run continues the checkpoint it resumed from: newer ones (a branch abandoned
-            # by a rollback, or corrupt ones skipped above) must not count as its newest, nor
-            # be overwritten or evicted by its saves.
-            aside = manager.set_aside(int(state.step), f"the run resumed from {str(path)!r}; "
-                                      "these are newer, from another branch or corrupt")
-            if aside is not None:
-                warnings.warn(f"fit: resumed from {str(path)!r}; the newer checkpoints there "
-                              f"were moved, untouched, to {str(aside)!r}, so that "
-                              "resume='auto' finds this run's own newest.", stacklevel=4)
-        return state, position
-
     # -- the loop's parts ------------------------------------------------------------------
-    def batches(self, epoch: int, skip: int) -> Iterator[Any]:
-        """The epoch's batches, prefetched to an accelerator, the first ``skip`` skipped."""
-        order, runner = self.order, self.runner
-        order.start_epoch(epoch)
-        if self.resume_rng is not None and not skip:
-            # at an epoch boundary: as the uninterrupted run was before iter(loader)
-            _restore_rng(self.resume_rng)
-            self.resume_rng = None
-        if self.loader_state is not None:  # a stateful loader continues by itself
-            order.load_state_dict(self.loader_state)
-            self.loader_state = None
-        # A stateful loader's state must not run ahead of the step: no prefetch.
-        batches = iter(prefetch(self.loader, runner.place_batch)
-                       if runner.device.type in ("cuda", "xla") and order.kind != "stateful"
-                       else self.loader)
-        if skip and order.skips_batches:  # resuming mid-epoch: the batches already trained on
-            next(itertools.islice(batches, skip - 1, None), None)
-        if self.resume_rng is not None:  # mid-epoch: as the uninterrupted run was at the save
-            _restore_rng(self.resume_rng)
-            self.resume_rng = None
-        return batches
-
     def step_batches(self, epoch: int, skip: int) -> Iterator[tuple[int, Any]]:
         """``(k, batch)`` pairs: ``k`` steps per call over ``k`` stacked batches when the
         runner has ``steps_per_call=k``, else (and for the rest of an epoch, or the steps left
@@ -459,6 +370,7 @@ class _Run:
                 self.guard.action != "skip" or loop.nonfinite_params_step):
             self.unsaveable = True  # the state is (or may be) poisoned: no more checkpoints
         values = {f"train/{k}": v for k, v in values.items()}
+        loop.log_time = time.perf_counter()  # the bar's and the summary's clock
         for k, v in values.items():
             self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v * self.window_steps
         self.epoch_steps += self.window_steps
@@ -590,87 +502,7 @@ class _Run:
         return kind is KeyboardInterrupt and not second
 
 
-def _warn_if_inexact(order: LoaderOrder, skip: int, rng: Any) -> None:
-    """At every resume, say so when it may not repeat the uninterrupted run exactly."""
-    problems = []
-    why = order.why_not_mid_epoch if skip else order.why_not
-    if why is not None:
-        problems.append(why)
-    if rng is None:
-        problems.append("the checkpoint holds no global random state (written by an older "
-                        "functrain), so unkeyed randomness (nn.Dropout without a key, "
-                        "torch.rand) draws other numbers")
-    if problems:
-        where = f"mid-epoch (after {skip} batches)" if skip else "at an epoch boundary"
-        warnings.warn(f"resume {where}: not guaranteed to be exact: " + "; ".join(problems)
-                      + ".", stacklevel=3)
-
-
-def _restore_rng(state: Any) -> None:
-    missing = _rng_state.restore(state)
-    if missing:
-        warnings.warn("resume: not guaranteed to be exact: could not restore "
-                      + ", ".join(missing) + ".", stacklevel=3)
-
-
 def _crossed(before: int, after: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in ``(before, after]`` (a K-step call may pass
     one without landing on it)."""
     return after // every > before // every
-
-
-def _logging(log: Any) -> Logging:
-    if log is True:
-        return Logging()
-    if log is False:
-        return Logging.quiet()
-    if not isinstance(log, Logging):
-        raise TypeError(f"log: expected True, False or a functrain.Logging, got "
-                        f"{type(log).__name__}. HINT: log=ft.Logging(every=10).")
-    return log
-
-
-def _training_runner(step_fn: Any, device: Any, precision: Any, compile: Any,
-                     check_finite: bool) -> CompiledStep:
-    if isinstance(step_fn, CompiledStep):
-        given = [name for name, value, default in (("device", device, "auto"),
-                 ("precision", precision, "32"), ("compile", compile, "auto"))
-                 if value != default]
-        if given:
-            raise ValueError(f"{', '.join(given)}: set them on the runner passed as step_fn, "
-                             "not on fit. HINT: ft.compile_step(step, device=..., precision="
-                             "..., compile=...).")
-        if check_finite and not step_fn.check_finite:
-            raise ValueError("callbacks: a NonFiniteGuard needs a runner that checks each step "
-                             "for inf/NaN. HINT: ft.compile_step(step, check_finite=True).")
-        return step_fn
-    if not callable(step_fn):
-        raise TypeError(f"step_fn: expected a callable step_fn(state, batch) -> (state, "
-                        f"metrics), got {type(step_fn).__name__}.")
-    policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
-    return runner_for(step_fn, compile=compile, device=device, donate=True, precision=policy,
-                      check_finite=check_finite)
-
-
-def _eval_every(eval_every: Any, loader: Any) -> tuple[int | None, int | None]:
-    """``(every this many steps, every this many batches of an epoch)`` from ``eval_every``:
-    an int is steps; a float in (0, 1) is a fraction of an epoch (``len(loader)``)."""
-    if isinstance(eval_every, float):
-        check_number("eval_every", eval_every, low=0.0, high=1.0, low_open=True,
-                     high_open=True, hint="an int is a number of steps; a float in (0, 1) a "
-                     "fraction of an epoch, e.g. 0.25 evaluates four times per epoch.")
-        n = _len(loader)
-        if n is None:
-            raise TypeError(f"eval_every: a fraction of an epoch ({eval_every!r}) needs a loader "
-                            "with a length. HINT: pass a number of steps (an int).")
-        return None, max(1, round(eval_every * n))
-    return check_int("eval_every", eval_every, minimum=1, allow_none=True,
-                     hint="an int is a number of steps; a float in (0, 1) a fraction of an "
-                     "epoch."), None
-
-
-def _len(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None

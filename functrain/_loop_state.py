@@ -67,7 +67,7 @@ class LoopState:
             raise ValueError(f"resume: expected a checkpoint written by functrain.fit "
                              f"(meta format {_FORMAT!r}), got meta format "
                              f"{meta.get('format')!r}. HINT: resume from a checkpoint saved "
-                             "by fit(..., checkpoint=ft.Checkpointing(every=N)).")
+                             "by fit(..., callbacks=[ft.Checkpointing(every=N)]).")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in meta.items() if k in names}
         values["window"] = tuple(values.get("window", ()))

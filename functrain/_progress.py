@@ -54,6 +54,11 @@ def _check_host(metrics: Mapping[str, Any]) -> None:
 class ProgressBar:
     """A training progress bar: step, epoch, metrics, samples/s and ETA.
 
+    samples/s is the steady rate: the samples since the first update over the time since it.
+    The first update's interval (in `functrain.fit`: the first log window, which holds the
+    compile and the first step) is left out, so the figure is not an average over compile
+    time; the end-of-run summary (`functrain.callbacks.Summary`) reports the same figure.
+
     Args:
         total: the number of steps, or ``None`` if unknown (no percentage or ETA then).
         enabled: ``True``/``False`` to force it on/off; ``None`` shows it only when ``file`` is
@@ -61,6 +66,7 @@ class ProgressBar:
         desc: the label in front of the bar.
         file: the stream to write to; default ``sys.stderr`` (looked up when created).
         min_interval: the fallback (non-tqdm) bar prints at most once per this many seconds.
+        epochs: the number of epochs, if known: the bar shows ``epoch=2/10``.
 
     Example:
         >>> bar = ProgressBar(total=100, enabled=False)
@@ -77,6 +83,7 @@ class ProgressBar:
         desc: str = "train",
         file: TextIO | None = None,
         min_interval: float = 10.0,
+        epochs: int | None = None,
     ) -> None:
         self.total = total
         self.desc = desc
@@ -86,9 +93,12 @@ class ProgressBar:
         self.min_interval = min_interval
         self.n = 0
         self.epoch: int | None = None
+        self.epochs = epochs
         self.metrics: dict[str, Any] = {}
         self._samples_per_s: float | None = None
-        self._last_t: float | None = None  # time of the previous update, for samples/s
+        self._last_t: float | None = None  # time of the previous update
+        self._rate_start: float | None = None  # the first update: the steady rate's start
+        self._rate_samples = 0  # samples since then
         self._start = time.perf_counter()
         self._last_print = -math.inf
         self._closed = False
@@ -108,6 +118,7 @@ class ProgressBar:
         metrics: Mapping[str, float] | None = None,
         samples: int | None = None,
         epoch: int | None = None,
+        now: float | None = None,
     ) -> None:
         """Advance by ``n_steps`` steps, showing the latest ``metrics``.
 
@@ -116,6 +127,7 @@ class ProgressBar:
             metrics: ``{name: float}`` to display (kept until replaced).
             samples: examples processed in those steps, for the samples/s readout.
             epoch: the current epoch, if known.
+            now: the ``time.perf_counter()`` of this update (default: read now).
 
         Raises:
             TypeError: if a metric value is a tensor.
@@ -133,12 +145,14 @@ class ProgressBar:
             self.metrics.update(metrics)
         if epoch is not None:
             self.epoch = epoch
-        now = time.perf_counter()
-        if samples is not None and self._last_t is not None and now > self._last_t:
-            rate = samples / (now - self._last_t)
-            # Smooth like tqdm; the first interval (which includes compilation) is not measured.
-            self._samples_per_s = (rate if self._samples_per_s is None
-                                   else 0.3 * rate + 0.7 * self._samples_per_s)
+        now = time.perf_counter() if now is None else now
+        if samples is not None:
+            if self._rate_start is None:  # the first interval (with the compile) is left out
+                self._rate_start = now
+            else:
+                self._rate_samples += samples
+                if now > self._rate_start:
+                    self._samples_per_s = self._rate_samples / (now - self._rate_start)
         self._last_t = now
         self.n += n_steps
         if not self.enabled or self._closed:
@@ -149,10 +163,22 @@ class ProgressBar:
         elif now - self._last_print >= self.min_interval:
             self._print_line(now)
 
+    @property
+    def samples_per_s(self) -> float | None:
+        """The steady rate shown (samples since the first update over the time since it);
+        ``None`` before the second update.
+
+        Example:
+            >>> bar = ProgressBar(total=None, enabled=False)
+            >>> bar.update(1, samples=8); bar.samples_per_s is None
+            True
+        """
+        return self._samples_per_s
+
     def _postfix(self) -> str:
         parts = []
         if self.epoch is not None:
-            parts.append(f"epoch={self.epoch}")
+            parts.append(f"epoch={self.epoch}" + (f"/{self.epochs}" if self.epochs else ""))
         parts += [f"{k}={_fmt_value(v)}" for k, v in self.metrics.items()]
         if self._samples_per_s is not None:
             parts.append(f"{self._samples_per_s:,.1f} samples/s")

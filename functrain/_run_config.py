@@ -1,4 +1,6 @@
-"""`Logging` and `Checkpointing`: the rarely changed settings of a `fit` run, each as one value."""
+"""`Logging` and `Checkpointing`: the rarely changed settings of a `fit` run, each as one value
+passed among its callbacks (``fit(..., callbacks=[ft.Logging(every=10), ft.Checkpointing(100)])``,
+as Lightning users pass ``ModelCheckpoint``)."""
 
 from __future__ import annotations
 
@@ -7,16 +9,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._errors import check_int
+from .callbacks._protocol import Callback
 
 __all__ = ["Checkpointing", "Logging"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Logging:
-    """How `functrain.fit` reports a run: ``fit(..., log=ft.Logging(every=10))``.
+class Logging(Callback):
+    """How `functrain.fit` reports a run: ``fit(..., callbacks=[ft.Logging(every=10)])``.
 
-    ``log=True`` (the default) is ``Logging()``; ``log=False`` turns off loggers, progress bar
-    and summary (metric windows are still read every 50 steps, for callbacks).
+    A setting passed among the callbacks (at most one): without one, `fit` uses ``Logging()``;
+    ``ft.Logging.quiet()`` turns off loggers, progress bar and summary (metric windows are
+    still read every 50 steps, for callbacks). `fit` replaces it by the callbacks it stands
+    for (progress bar, summary) after the user's.
 
     Args:
         every: read, log and show the training metrics every this many steps (one host
@@ -67,7 +72,14 @@ class Logging:
 
     @classmethod
     def quiet(cls, every: int = 50) -> Logging:
-        """No loggers, progress bar or summary: what ``log=False`` means."""
+        """No loggers, progress bar or summary (metric windows still read every ``every`` steps,
+        for callbacks).
+
+        Example:
+            >>> import functrain as ft
+            >>> ft.Logging.quiet().loggers
+            []
+        """
         return cls(every=every, loggers=[], progress=False, summary=False)
 
     def make_loggers(self, run_dir: str | None) -> list[Any]:
@@ -88,8 +100,11 @@ class Logging:
 
 
 @dataclasses.dataclass(frozen=True)
-class Checkpointing:
-    """When `functrain.fit` saves checkpoints: ``fit(..., checkpoint=ft.Checkpointing(100))``.
+class Checkpointing(Callback):
+    """When `functrain.fit` saves checkpoints: ``fit(..., callbacks=[ft.Checkpointing(100)])``.
+
+    A setting passed among the callbacks (at most one); without one, `fit` writes no
+    checkpoints (``resume=`` still reads them).
 
     A checkpoint is saved every ``every`` steps (asynchronously: the loop waits only for a host
     copy), at the end of the run, and on SIGTERM/SIGINT, under

@@ -12,10 +12,11 @@ __all__ = ["Preempted", "StopSignal"]
 class Preempted(SystemExit):
     """`functrain.fit` was stopped by SIGTERM (a scheduler's pre-emption) and has saved.
 
-    Raised by `fit` after the stop: the checkpoint (with ``checkpoint=``) is written and the logs
-    are closed. Uncaught, it ends the process with status 143 (128 + SIGTERM), as a process
-    killed by SIGTERM reports, so a scheduler can tell a pre-empted run from a finished one. A
-    script that wants to go on instead catches it (that is the opt-out) and takes ``state``.
+    Raised by `fit` after the stop: the checkpoint (with a ``Checkpointing`` callback) is
+    written and the logs are closed. Uncaught, it ends the process with status 143 (128 +
+    SIGTERM), as a process killed by SIGTERM reports, so a scheduler can tell a pre-empted run
+    from a finished one. A script that wants to go on instead catches it (that is the opt-out)
+    and takes ``state``.
 
     Attributes:
         state: the last complete step's state.

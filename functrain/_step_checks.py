@@ -116,8 +116,9 @@ _ADVICE = (
     "HINT: to debug, run the step with compile='eager' (plain Python on real tensors: print, "
     "pdb and .item() work). To keep the step compiled: move the computation out of the step "
     "(compute it from the metrics fit returns or logs), compute it in an evaluation that runs "
-    "eagerly, or express it as a functrain.metrics value (Accuracy, Mean, Sum...), which "
-    "accumulates on the device and is read once per log window."
+    "eagerly (fit(..., eval_fn=ft.eager(eval_fn)): training stays compiled), or express it "
+    "as a functrain.metrics value (Accuracy, Mean, Sum...), which accumulates on the device "
+    "and is read once per log window."
 )
 
 

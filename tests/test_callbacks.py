@@ -548,9 +548,6 @@ def _step(model, extra=None):
     return step
 
 
-QUIET = dict(log=False, compile="eager")
-
-
 def test_fit_stops_at_the_expected_evaluation_and_keeps_the_best(tmp_path, events):
     # the validation loss at evaluation i (step 2i) is scripted, read from the state's step
     def eval_fn(state, batch):
@@ -564,9 +561,9 @@ def test_fit_stops_at_the_expected_evaluation_and_keeps_the_best(tmp_path, event
                                  script=torch.tensor([1.0, 0.8, 0.9, 0.85, 0.81, 0.1, 0.1]))
     # the script has no entry for step 0: no sanity evaluation
     state = ft.fit(_step(model), state, _data(4), epochs=20, eval_fn=eval_fn,
-                   eval_loader=_data(1), eval_every=2, callbacks=[stopper, ckpt],
-                   run_dir=tmp_path, compile="eager", log=ft.Logging(
-                       loggers=[], progress=False, summary=False, sanity_eval=0))
+                   eval_loader=_data(1), eval_every=2, callbacks=[stopper, ckpt, ft.Logging(
+                       loggers=[], progress=False, summary=False, sanity_eval=0)],
+                   run_dir=tmp_path, compile="eager")
     assert int(state.step) == 10 and stopper.stopped_step == 10
     assert stopper.reason == ("EarlyStopping: val/loss did not improve in the last 3 checks "
                               "(best 0.8 at step 4).")
@@ -580,8 +577,9 @@ def _count_fit(tmp_path, callbacks, extra=None):
     state = ft.TrainState.create(
         model, ft.optim.inject_hyperparams(ft.optim.adamw)(learning_rate=1e-3))
     with count_host_syncs() as counts:
-        ft.fit(_step(model, extra), state, _data(40), epochs=1, callbacks=callbacks,
-               run_dir=tmp_path, compile="eager", log=ft.Logging.quiet(10))
+        ft.fit(_step(model, extra), state, _data(40), epochs=1, callbacks=[*callbacks,
+                                                                           ft.Logging.quiet(10)],
+               run_dir=tmp_path, compile="eager")
     return counts
 
 
@@ -625,8 +623,8 @@ def _scripted_run(run_dir, stop_at=None, resume=None):
     state = ft.TrainState.create(model, ft.optim.sgd(0.1), evals=torch.zeros(()))
     ft.fit(step, state, [torch.ones(2)] * 4, epochs=12, eval_fn=eval_fn,
            eval_loader=[torch.ones(1)], compile="eager", run_dir=run_dir,
-           checkpoint=ft.Checkpointing(4), resume=resume, callbacks=[early, best, StopAt()],
-           log=ft.Logging(progress=False, summary=False))
+           callbacks=[ft.Checkpointing(4), early, best, StopAt(),
+                      ft.Logging(progress=False, summary=False)], resume=resume)
     return early, best
 
 
@@ -657,7 +655,7 @@ def test_eval_every_steps_and_hparams(tmp_path):
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
     ft.fit(step, state, [torch.ones(2)] * 3, epochs=7, eval_fn=lambda s, b: {"y": b.sum()},
            eval_loader=[torch.ones(1)], eval_every=9, compile="eager",  # every 3 epochs
-           run_dir=tmp_path, callbacks=[Count()],
-           log=ft.Logging(hparams={"lr": 0.1, "width": 64}, progress=False, summary=False))
+           run_dir=tmp_path, callbacks=[Count(), ft.Logging(hparams={"lr": 0.1, "width": 64},
+                                                            progress=False, summary=False)])
     assert evals == [9, 18, 21]  # after epochs 3 and 6, and at the end of training
     assert json.load(open(tmp_path / "hparams.json"))["width"] == 64

@@ -526,7 +526,8 @@ def test_export_and_load_params(tmp_path):
     w = torch.randn(3, 4)
     params = {"emb.weight": w, "head.weight": w, "b": torch.ones(2, dtype=torch.bfloat16),
               "t": torch.randn(4, 3).t()}  # tied and non-contiguous tensors
-    path = ckpt.export_params(tmp_path / "sub" / "model.safetensors", params)
+    path = tmp_path / "sub" / "model.safetensors"
+    ckpt.export_weights({"params": params}, path)
     back = ckpt.load_params(path)
     assert list(back) == sorted(back) or set(back) == set(params)
     for k, v in params.items():
@@ -537,8 +538,11 @@ def test_export_and_load_params(tmp_path):
         ckpt.load_params(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError):
         ckpt.load_params(tmp_path / "none.safetensors")
-    with pytest.raises(TypeError, match=r"params\['x'\]: expected a tensor"):
-        ckpt.export_params(tmp_path / "y.safetensors", {"x": 1.0})
+    with pytest.raises(TypeError, match=r"state.params\['x'\]: expected a tensor"):
+        ckpt.export_weights({"params": {"x": 1.0}}, tmp_path / "y.safetensors")
+    with pytest.warns(DeprecationWarning, match="export_weights"):
+        old = ckpt.export_params(tmp_path / "old.safetensors", params)
+    assert set(ckpt.load_params(old)) == set(params)
     with pytest.raises(ckpt.CheckpointError, match="load_params"):
         ckpt.restore(path, small(0.0))
 
@@ -547,7 +551,7 @@ def test_export_params_without_safetensors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match="HINT: pip install safetensors"):
-        ckpt.export_params(tmp_path / "m.safetensors", {"w": torch.ones(1)})
+        ckpt.export_weights({"params": {"w": torch.ones(1)}}, tmp_path / "m.safetensors")
     with pytest.raises(ImportError, match="HINT: pip install safetensors"):
         ckpt.load_params(tmp_path / "m.safetensors")
 

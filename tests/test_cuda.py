@@ -39,7 +39,7 @@ DEV = "cuda"
 AUTO_BACKEND = "cudagraphs"  # what compile="auto" picks on DEV
 N, BATCH, EPOCHS = 160, 16, 2  # 10 batches per epoch, 20 steps
 STEPS = N // BATCH * EPOCHS
-QUIET = dict(log=False)
+QUIET = dict(callbacks=[ft.Logging.quiet()])
 
 
 def _runner(step, **options):
@@ -291,8 +291,8 @@ def test_fit_auto_on_cuda_matches_cpu_eager_step_by_step(monkeypatch):
     rec, hp = _Record(), _HParams()
     with _cudagraph_skips() as skips:
         state = ft.fit(_runner(step, compile="auto"), _state(model), loader, epochs=EPOCHS,
-                       callbacks=[rec],
-                       log=ft.Logging(every=1, loggers=[hp], progress=False, summary=False))
+                       callbacks=[rec, ft.Logging(every=1, loggers=[hp], progress=False,
+                                                  summary=False)])
     assert hp.params.get("compile") == AUTO_BACKEND, hp.params
     assert hp.params.get("device", "").startswith(DEV), hp.params
     assert compiles == [(AUTO_BACKEND, hp.params["device"])], (
@@ -377,7 +377,7 @@ def test_fit_on_cuda_with_a_torch_dataloader_sees_every_batch(pin_memory):
     ref, ref_states = _reference(step, _state(model), _batches(loader))
     rec = _Record()
     state = ft.fit(_runner(step, compile="auto"), _state(model), loader, epochs=EPOCHS,
-                   callbacks=[rec], log=ft.Logging.quiet(1))
+                   callbacks=[rec, ft.Logging.quiet(1)])
     _assert_series("train/ycheck (exact batch fingerprint)", rec.series("train/ycheck"),
                    [m["ycheck"] for m in ref], rel=0, abs=0)
     _assert_series("train/xsum", rec.series("train/xsum"), [m["xsum"] for m in ref],
@@ -395,7 +395,7 @@ def test_fit_on_cuda_reads_the_device_once_per_log_window():
     with count_host_syncs() as counts:
         rec = _Record(counts)
         ft.fit(_runner(step, compile="auto"), _state(model), loader, epochs=EPOCHS,
-               callbacks=[rec], log=ft.Logging.quiet(5))
+               callbacks=[rec, ft.Logging.quiet(5)])
     assert [s for s, _ in rec.logs] == [5, 10, 15, 20]
     # between the first and the last log (the compile is before the first): 3 windows
     first, last = rec.sync_snapshots[0], rec.sync_snapshots[-1]
@@ -415,8 +415,7 @@ def test_bf16_mixed_on_cuda_trains_close_to_fp32():
     ref_windows = [sum(m["loss"] for m in ref[i:i + 10]) / 10 for i in range(0, len(ref), 10)]
     rec = _Record()
     state = ft.fit(_runner(_mp_step(model), compile="auto", precision="bf16-mixed"),
-                   _state(model), loader, epochs=epochs, callbacks=[rec],
-                   log=ft.Logging.quiet(10))
+                   _state(model), loader, epochs=epochs, callbacks=[rec, ft.Logging.quiet(10)])
     losses = rec.series("train/loss")
     assert rec.series("train/low_precision_forward") == [1.0] * len(losses), (
         "the forward did not run in bfloat16: autocast is not active inside the CUDA step")
@@ -508,7 +507,7 @@ def test_fit_on_cuda_checkpoints_while_training_and_resumes_exactly(tmp_path):
     step = _step(model)
     _, ref_states = _reference(step, _state(model), _batches(loader))
     run = _runner(step, compile="auto")
-    common = dict(checkpoint=ft.Checkpointing(5), run_dir=tmp_path, **QUIET)
+    common = dict(callbacks=[ft.Checkpointing(5), ft.Logging.quiet()], run_dir=tmp_path)
     first = ft.fit(run, _state(model), loader, epochs=1, **common)
     ckpts = tmp_path / "checkpoints"
     # step 5 was saved without blocking while step 6 overwrote the (donated) state in place

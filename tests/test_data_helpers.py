@@ -66,7 +66,8 @@ def test_fit_runs_every_epoch_over_a_taken_loader():
         return state.apply_gradients(grads), {"loss": loss}
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-    state = ft.fit(step, state, take(loader, 3), epochs=3, compile="eager", log=False)
+    state = ft.fit(step, state, take(loader, 3), epochs=3, compile="eager",
+                   callbacks=[ft.Logging.quiet()])
     assert int(state.step) == 9
 
 

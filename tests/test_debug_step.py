@@ -49,18 +49,20 @@ def test_an_eager_step_sees_real_tensors_from_the_first_call_and_runs_once_per_b
         print(f"loss {float(loss):.3f}")
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-    state = ft.fit(_grad_step(model, body), state, _data(), epochs=2, compile="eager", log=False)
+    state = ft.fit(_grad_step(model, body), state, _data(), epochs=2, compile="eager",
+                   callbacks=[ft.Logging.quiet()])
     assert len(seen) == 8 and int(state.step) == 8  # no extra dry-run call
 
 
 def test_an_eager_step_is_still_checked_on_its_first_call():
     state = ft.TrainState.create(_model(), ft.optim.sgd(0.1))
     with pytest.raises(TypeError, match=r"step_fn must return a pair \(state, metrics\)"):
-        ft.fit(lambda s, b: s, state, _data(), epochs=1, compile="eager", log=False)
+        ft.fit(lambda s, b: s, state, _data(), epochs=1, compile="eager",
+               callbacks=[ft.Logging.quiet()])
     state = ft.TrainState.create(_model(), ft.optim.sgd(0.1))
     bad = lambda s, b: (s.replace(step=s.step.float()), {})  # noqa: E731
     with pytest.raises(ft.tree.TreeMismatchError, match="the same tree, shapes and dtypes"):
-        ft.fit(bad, state, _data(), epochs=1, compile="eager", log=False)
+        ft.fit(bad, state, _data(), epochs=1, compile="eager", callbacks=[ft.Logging.quiet()])
 
 
 def test_a_compiled_step_with_item_gets_functrains_explanation_before_compiling():
@@ -132,5 +134,6 @@ def test_a_step_that_returns_the_new_buffers_does_not_warn():
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        state = ft.fit(_grad_step(model), state, _data(), epochs=1, compile="eager", log=False)
+        state = ft.fit(_grad_step(model), state, _data(), epochs=1, compile="eager",
+                       callbacks=[ft.Logging.quiet()])
     assert not torch.equal(state.buffers["1.running_mean"], torch.zeros(4))

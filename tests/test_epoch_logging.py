@@ -20,7 +20,7 @@ def _state():
 def test_each_epoch_logs_the_mean_of_its_steps(tmp_path):
     data = [torch.tensor([float(i)]) for i in range(5)]  # v = 0..4 each epoch
     ft.fit(_step, _state(), data, epochs=2, compile="eager", run_dir=tmp_path,
-           log=ft.Logging(every=2, progress=False, summary=False))
+           callbacks=[ft.Logging(every=2, progress=False, summary=False)])
     rows = ft.loggers.read_jsonl(tmp_path / "metrics.jsonl")
     epoch_rows = [(r["step"], r["train/v_epoch"]) for r in rows if "train/v_epoch" in r]
     assert epoch_rows == [(5, 2.0), (10, 2.0)]  # mean of 0..4, over windows of 2, 2 and 1
@@ -36,7 +36,8 @@ def test_a_fractional_eval_every_evaluates_within_each_epoch():
         return {"n": x.sum()}
 
     ft.fit(_step, _state(), [torch.ones(1)] * 8, epochs=2, eval_fn=eval_fn,
-           eval_loader=[torch.ones(1)], eval_every=0.25, compile="eager", log=False)
+           eval_loader=[torch.ones(1)], eval_every=0.25, compile="eager",
+           callbacks=[ft.Logging.quiet()])
     assert seen == [0, 2, 4, 6, 8, 10, 12, 14, 16]  # 0: the sanity evaluation
 
 
@@ -49,4 +50,5 @@ def test_a_fractional_eval_every_evaluates_within_each_epoch():
 def test_bad_eval_every_is_named(bad, error, match):
     with pytest.raises(error, match=match):
         ft.fit(_step, _state(), [torch.ones(1)], epochs=1, eval_fn=lambda s, b: {},
-               eval_loader=[torch.ones(1)], eval_every=bad, compile="eager", log=False)
+               eval_loader=[torch.ones(1)], eval_every=bad, compile="eager",
+               callbacks=[ft.Logging.quiet()])

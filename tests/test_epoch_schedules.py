@@ -60,7 +60,7 @@ def test_training_with_step_lr_follows_torch_sgd_with_step_lr_in_float64():
 
     sched = step_lr(0.2, steps_per_epoch=len(xs), step_size=2, gamma=0.5)
     state = ft.TrainState.create(model, ft.optim.sgd(sched, momentum=0.9))
-    state = ft.fit(step, state, xs, epochs=5, compile="eager", log=False)
+    state = ft.fit(step, state, xs, epochs=5, compile="eager", callbacks=[ft.Logging.quiet()])
     for name, p in ref.named_parameters():
         # schedules compute the learning rate in float32 (0.2 is not exact there)
         torch.testing.assert_close(state.params[name], p.detach(), rtol=1e-5, atol=1e-7)

@@ -235,8 +235,8 @@ SCRIPT = textwrap.dedent("""
         loader = torch.utils.data.DataLoader(Noisy(), batch_size=8, shuffle=True, num_workers=2)
     state = ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=3)
     ft.fit(step, state, loader, epochs=3, run_dir=run_dir, resume="auto", compile=compile,
-           callbacks=[Kill()], log=ft.Logging(every=2, progress=False, summary=False),
-           checkpoint=ft.Checkpointing(every=4, keep=None))
+           callbacks=[Kill(), ft.Logging(every=2, progress=False, summary=False),
+                      ft.Checkpointing(every=4, keep=None)])
 """)
 
 
@@ -312,8 +312,8 @@ def test_resume_warns_at_every_resume_when_the_loader_cannot_be_replayed(tmp_pat
         grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
         return state.apply_gradients(grads), {"loss": loss}
 
-    kwargs = dict(run_dir=tmp_path, checkpoint=ft.Checkpointing(every=4), resume="auto",
-                  log=False, compile="eager")
+    kwargs = dict(run_dir=tmp_path, callbacks=[ft.Checkpointing(every=4), ft.Logging.quiet()],
+                  resume="auto", compile="eager")
     def state():
         return ft.TrainState.create(torch.nn.Linear(3, 1), ft.optim.sgd(0.1))
 

@@ -51,12 +51,12 @@ def _eval(model):
     return eval_fn
 
 
-QUIET = dict(log=False)
+QUIET = dict(callbacks=[ft.Logging.quiet()])
 
 
 def quiet(every):
     """No loggers, progress bar or summary; metric windows of ``every`` steps."""
-    return dict(log=ft.Logging.quiet(every))
+    return dict(callbacks=[ft.Logging.quiet(every)])
 
 
 def test_fit_matches_hand_written_pytorch_loop():
@@ -93,7 +93,7 @@ def test_fit_logs_window_means_and_evaluates(tmp_path):
     state = ft.TrainState.create(model, ft.optim.sgd(0.05))
     state = ft.fit(step, state, data, epochs=2, eval_fn=_eval(model),
                    eval_loader=val, compile="eager", run_dir=tmp_path,
-                   log=ft.Logging(every=4, progress=False, summary=False))
+                   callbacks=[ft.Logging(every=4, progress=False, summary=False)])
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     train = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train] == [4, 8, 12, 16]
@@ -121,7 +121,8 @@ def test_resume_counts_max_steps_from_the_original_start(tmp_path):
     from the original run's first step (not from the checkpoint)."""
     model = _model()
     loader = ft.data.ArrayLoader(_data(1, batch=64)[0], 16, shuffle=True, seed=2)
-    common = dict(compile="eager", run_dir=tmp_path, checkpoint=ft.Checkpointing(4), **QUIET)
+    common = dict(compile="eager", run_dir=tmp_path, callbacks=[ft.Checkpointing(4),
+                                                                ft.Logging.quiet()])
     state = ft.fit(_step(model), ft.TrainState.create(model, ft.optim.sgd(0.1)), loader,
                    max_steps=6, **common)
     assert int(state.step) == 6
@@ -150,7 +151,7 @@ def test_fit_host_syncs_once_per_log_window():
     state = ft.TrainState.create(model, ft.optim.adamw(1e-3))
     with count_host_syncs() as counts:
         ft.fit(_step(model), state, _data(40), epochs=1, compile="inductor",
-               callbacks=[Snap()], **quiet(10))
+               callbacks=[Snap(), ft.Logging.quiet(10)])
     # between the first and the last log (steps 10 -> 40: 30 steps) exactly 3 reads happened
     first, last = snapshots[0], snapshots[-1]
     diff = {k: last[k] - first[k] for k in counts}
@@ -167,7 +168,7 @@ def test_callback_stop_and_sigint_return_last_good_state():
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
     state = ft.fit(_step(model), state, _data(8), epochs=3, compile="eager",
-                   callbacks=[StopAt()], **quiet(3))
+                   callbacks=[StopAt(), ft.Logging.quiet(3)])
     assert int(state.step) == 6
 
     class Interrupt(ft.Callback):
@@ -177,7 +178,7 @@ def test_callback_stop_and_sigint_return_last_good_state():
 
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
     state = ft.fit(_step(model), state, _data(8), epochs=3, compile="eager",
-                   callbacks=[Interrupt()], **quiet(2))
+                   callbacks=[Interrupt(), ft.Logging.quiet(2)])
     assert int(state.step) == 4  # stopped at the step boundary after the signal
     assert torch.isfinite(state.params["0.weight"]).all()
 
@@ -202,9 +203,43 @@ def test_fit_bad_arguments():
     with pytest.raises(TypeError, match=r"loader: expected an iterable"):
         ft.fit(step, state(), 3, epochs=1, **QUIET)
     with pytest.raises(TypeError, match=r"callbacks\[0\]: expected a functrain.Callback"):
-        ft.fit(step, state(), _data(2), epochs=1, callbacks=[print], **QUIET)
+        ft.fit(step, state(), _data(2), epochs=1, callbacks=[print, ft.Logging.quiet()])
     with pytest.raises(ValueError, match="loader yielded no batches in epoch 0"):
         ft.fit(step, state(), iter([]), epochs=1, **QUIET)
+
+
+def test_settings_are_callbacks_and_the_old_keywords_say_where_they_went(tmp_path):
+    import inspect
+
+    model = _model()
+    step = _step(model)
+
+    def state():
+        return ft.TrainState.create(model, ft.optim.sgd(0.1))
+
+    assert len(inspect.signature(ft.fit).parameters) == 14
+    assert isinstance(ft.Logging(), ft.Callback) and isinstance(ft.Checkpointing(2), ft.Callback)
+    with pytest.raises(TypeError, match=r"log=False: expected it among the callbacks\. "
+                       r"HINT: callbacks=\[ft\.Logging\(every=10\)\]"):
+        ft.fit(step, state(), _data(2), epochs=1, log=False)
+    with pytest.raises(TypeError, match=r"checkpoint=.*HINT: callbacks=\[ft\.Checkpointing"):
+        ft.fit(step, state(), _data(2), epochs=1, checkpoint=ft.Checkpointing(1))
+    with pytest.raises(ValueError, match=r"callbacks: expected at most one functrain\.Logging, "
+                       r"got 2 \(callbacks\[0\] and callbacks\[2\]\)"):
+        ft.fit(step, state(), _data(2), epochs=1,
+               callbacks=[ft.Logging.quiet(), ft.Checkpointing(1), ft.Logging()])
+    # Among the callbacks, wherever they stand, the settings act: 4 steps, every 2 saved.
+    seen = []
+
+    class Record(ft.Callback):
+        def on_log(self, loop, metrics):
+            seen.append(loop.step)
+
+    ft.fit(step, state(), _data(4), epochs=1, compile="eager", run_dir=tmp_path,
+           callbacks=[ft.Checkpointing(2, keep=None), Record(), ft.Logging.quiet(every=2)])
+    assert seen == [2, 4]
+    saved = ft.checkpoint.CheckpointManager(tmp_path / "checkpoints").all()
+    assert [p.name for p in saved] == ["step_000000002", "step_000000004"]
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
@@ -235,7 +270,7 @@ def test_fit_mixed_precision_trains_compiled(precision):
 
     state = ft.TrainState.create(model, ft.optim.adam(1e-2))
     run = ft.compile_step(step, compile="inductor", precision=precision, on_recompile="raise")
-    state = ft.fit(run, state, data, epochs=6, callbacks=[Record()], **quiet(8))
+    state = ft.fit(run, state, data, epochs=6, callbacks=[Record(), ft.Logging.quiet(8)])
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.dtype == torch.float32 for p in state.params.values())
     if precision == "16-mixed":
@@ -291,20 +326,20 @@ def test_nonfinite_guard_raise_stop_skip(tmp_path):
     guard = ft.callbacks.NonFiniteGuard
     with pytest.raises(FloatingPointError, match=r"at step 6: metric train/loss = nan.*HINT"):
         ft.fit(_exploding_step(model, 6), new(), data, epochs=2,
-               compile="inductor", callbacks=[guard("raise")], run_dir=tmp_path,
-               checkpoint=ft.Checkpointing(2), **quiet(4))
+               compile="inductor", callbacks=[guard("raise"), ft.Checkpointing(2),
+                                              ft.Logging.quiet(4)], run_dir=tmp_path)
     # nothing already saved is lost: the checkpoint before the bad step restores, finite
     saved = ft.checkpoint.restore(tmp_path / "checkpoints" / "step_000000004", like=new())
     assert int(saved.step) == 4
     assert all(bool(torch.isfinite(p).all()) for p in saved.params.values())
     state = ft.fit(_exploding_step(model, 6), new(), data, epochs=2,
-                   compile="eager", callbacks=[guard("stop")], **quiet(4))
+                   compile="eager", callbacks=[guard("stop"), ft.Logging.quiet(4)])
     assert int(state.step) == 8  # stopped at the log window holding step 6
     with pytest.warns(UserWarning, match="skipped the update of a step with non-finite"):
         skipping = ft.TrainState.create(  # skipping the update is an optimizer wrapper
             model, ft.optim.apply_if_finite(ft.optim.adam(1e-2), 10))
         state = ft.fit(_exploding_step(model, 6), skipping, data, epochs=2,
-                       compile="inductor", callbacks=[guard("skip")], **quiet(4))
+                       compile="inductor", callbacks=[guard("skip"), ft.Logging.quiet(4)])
     assert int(state.step) == 16 and state.tx is not None
     assert all(bool(torch.isfinite(p).all()) for p in state.params.values())
     unchecked = ft.fit(_exploding_step(model, 6), new(), data, epochs=2,
@@ -314,7 +349,7 @@ def test_nonfinite_guard_raise_stop_skip(tmp_path):
         guard("ignore")
     with pytest.raises(ValueError, match="NonFiniteGuard needs a runner that checks"):
         ft.fit(ft.compile_step(_exploding_step(model, 6)), new(), data, epochs=1,
-               callbacks=[guard()], **QUIET)
+               callbacks=[guard(), ft.Logging.quiet()])
 
 
 def test_nonfinite_guard_adds_no_host_sync_per_step():
@@ -334,7 +369,7 @@ def test_nonfinite_guard_adds_no_host_sync_per_step():
         with count_host_syncs() as counts:
             ft.fit(_step(model), ft.TrainState.create(model, ft.optim.adamw(1e-3)),
                    _data(40), epochs=1, compile="inductor",
-                   callbacks=[Snap(snapshots)] + guards, **quiet(10))
+                   callbacks=[*[Snap(snapshots)] + guards, ft.Logging.quiet(10)])
         counts_by_mode[mode] = {k: snapshots[-1][k] - snapshots[0][k] for k in counts}
     assert counts_by_mode[None] == counts_by_mode["raise"] == {
         **dict.fromkeys(counts_by_mode[None], 0), "tolist": 3}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -40,10 +41,10 @@ def _train(run_dir, callbacks=(), eval_every=4, checkpoint_every=None):
     loader = ft.data.ArrayLoader((x, y), 16, shuffle=True)
     state = ft.fit(step, state, loader, epochs=3, eval_fn=eval_fn,
                    eval_loader=ft.data.ArrayLoader((x, y), 64), eval_every=eval_every,
-                   callbacks=list(callbacks), run_dir=run_dir, compile="eager",
-                   checkpoint=(ft.Checkpointing(every=checkpoint_every, keep=None)
-                               if checkpoint_every else None),
-                   log=ft.Logging(progress=False, summary=False))
+                   callbacks=[*callbacks, ft.Logging(progress=False, summary=False),
+                              *([ft.Checkpointing(every=checkpoint_every, keep=None)]
+                                if checkpoint_every else [])],
+                   run_dir=run_dir, compile="eager")
     return state
 
 
@@ -147,6 +148,63 @@ def test_load_weights_reads_an_exported_safetensors_file(tmp_path):
     pytest.importorskip("safetensors")
     src = _net()
     params, buffers = ft.split_module(src)
-    path = ft.checkpoint.export_params(tmp_path / "w.safetensors", {**params, **buffers})
+    path = tmp_path / "w.safetensors"
+    ft.checkpoint.export_weights({"params": params, "buffers": buffers}, path)
     model = load_weights(path, _net())
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+
+
+def test_export_weights_keeps_batchnorm_statistics_for_a_plain_module(tmp_path):
+    state = _train(tmp_path)  # BatchNorm statistics moved off their initial values
+    assert not torch.equal(state.buffers["1.running_mean"], torch.zeros(8))
+    weights = ft.checkpoint.export_weights(state)
+    model = _net()
+    assert list(weights) == list(model.state_dict())  # names and order of a state_dict
+    model.load_state_dict(weights)  # strict
+    x = torch.randn(16, 4)
+    want, _ = ft.call(state.module, state.params, state.buffers, x, train=False)
+    torch.testing.assert_close(model.eval()(x), want, rtol=0, atol=0)
+    assert all(w.device.type == "cpu" and not w.requires_grad for w in weights.values())
+    # params alone (what export_params wrote) would leave the statistics at their initial
+    # values: eval outputs differ
+    plain = _net()
+    plain.load_state_dict({**plain.state_dict(), **state.params})
+    assert not torch.allclose(plain.eval()(x), want)
+    if importlib.util.find_spec("safetensors"):  # the same weights through a file
+        ft.checkpoint.export_weights(state, tmp_path / "w.safetensors")
+        back = load_weights(tmp_path / "w.safetensors", _net()).eval()
+        torch.testing.assert_close(back(x), want, rtol=0, atol=0)
+
+
+def test_export_weights_names_tied_weights_frozen_params_and_skips_nonpersistent_buffers():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, 3)
+            self.head = nn.Linear(3, 5, bias=False)
+            self.head.weight = self.emb.weight  # tied
+            self.frozen = nn.Linear(3, 3)
+            self.frozen.requires_grad_(False)
+            self.register_buffer("scratch", torch.ones(2), persistent=False)
+
+    torch.manual_seed(0)
+    model = Tied()
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+    state = state.replace(params={k: v + 1 for k, v in state.params.items()})
+    weights = ft.checkpoint.export_weights(state)
+    assert list(weights) == list(model.state_dict())  # both tied names, no "scratch"
+    fresh = Tied()
+    fresh.load_state_dict(weights)  # strict
+    torch.testing.assert_close(fresh.head.weight, model.emb.weight + 1)
+    torch.testing.assert_close(fresh.frozen.weight, model.frozen.weight)
+    with pytest.raises(TypeError, match=r"state: expected a TrainState or a dict with "
+                       r"'params'.*HINT"):
+        ft.checkpoint.export_weights(torch.ones(2))
+
+
+def test_export_params_is_a_deprecated_alias(tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"export_params is deprecated.*export_weights"):
+        try:
+            ft.checkpoint.export_params(tmp_path / "w.safetensors", {"w": torch.ones(2)})
+        except ImportError:  # without safetensors: the warning came first
+            pass

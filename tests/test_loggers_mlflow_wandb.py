@@ -36,9 +36,9 @@ def _fit(loggers, steps=6, log_every=2):
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
     return ft.fit(step, state, ft.data.ArrayLoader(x, 4), max_steps=steps,
                   eval_fn=eval_fn, eval_loader=ft.data.ArrayLoader(x, 12), eval_every=3,
-                  compile="eager", log=ft.Logging(every=log_every, loggers=loggers,
+                  compile="eager", callbacks=[ft.Logging(every=log_every, loggers=loggers,
                                                   hparams={"lr": 0.1, "layers": [2, 1]},
-                                                  progress=False, summary=False))
+                                                  progress=False, summary=False)])
 
 
 # -- MLflow ------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_maml_with_fit_equals_hand_written_torch_func_maml(shots, inner_steps, c
     rec = _Record()
     step = ft.compile_step(ex.maml_step(model, inner_lr=0.01, inner_steps=inner_steps),
                            compile=compile, on_recompile="raise")
-    state = ft.fit(step, state, tasks, epochs=1, log=ft.Logging.quiet(1), callbacks=[rec])
+    state = ft.fit(step, state, tasks, epochs=1, callbacks=[ft.Logging.quiet(1), rec])
     assert len(rec.logs) == steps
     for (post, pre), (ref_post, ref_pre) in zip(rec.logs, ref_losses):
         assert post == pytest.approx(ref_post, rel=1e-5, abs=1e-5)

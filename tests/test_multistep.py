@@ -73,8 +73,8 @@ def test_fit_with_k_steps_per_call_equals_single_steps_and_logs_on_k_boundaries(
         losses = Losses()
         state = ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=3)
         runner = ft.compile_step(step, compile="inductor", steps_per_call=k)
-        runs[k] = (ft.fit(runner, state, batches, epochs=2, callbacks=[losses],
-                          log=ft.Logging(every=4, loggers=[], progress=False, summary=False)),
+        log = ft.Logging(every=4, loggers=[], progress=False, summary=False)
+        runs[k] = (ft.fit(runner, state, batches, epochs=2, callbacks=[losses, log]),
                    losses.logged, runner)
     _assert_same_state(runs[1][0], runs[4][0])
     # Windows close at the first K-boundary at or after each multiple of 4, and at epoch ends;
@@ -97,7 +97,7 @@ def test_fit_k_steps_stops_at_max_steps_and_evaluates_at_the_first_k_boundary_af
     runner = ft.compile_step(step, compile="eager", steps_per_call=4)
     state = ft.fit(runner, state, batches, max_steps=7, eval_every=3,
                    eval_fn=lambda s, b: {"n": torch.tensor(1.0)}, eval_loader=batches[:1],
-                   callbacks=[Evals()], log=False)
+                   callbacks=[Evals(), ft.Logging.quiet()])
     assert int(state.step) == 7
     assert evals[:2] == [4, 6] and evals[-1] == 7  # 3 falls inside the first call: after it
 
@@ -143,7 +143,7 @@ def test_fit_summary_reports_compile_time(capsys):
     model, step, batches = _setup()
     state = ft.TrainState.create(model, ft.optim.sgd(0.1))
     ft.fit(step, state, batches, epochs=1, compile="inductor",
-           log=ft.Logging(loggers=[], progress=False))
+           callbacks=[ft.Logging(loggers=[], progress=False)])
     out = capsys.readouterr().out
     assert "compiles" in out and "compile time" in out
     line = next(x for x in out.splitlines() if "compile time" in x)

@@ -96,7 +96,7 @@ def test_member_equals_member_trained_alone_compiled_once():
     pop = pop_lib.create(_make, tx, seeds=SEEDS, hparams={"learning_rate": LRS})
     rec = _Record()
     step = ft.compile_step(pop_lib.vmap(_step), compile="auto", on_recompile="raise")
-    pop = ft.fit(step, pop, data, epochs=2, log=ft.Logging.quiet(5), callbacks=[rec])
+    pop = ft.fit(step, pop, data, epochs=2, callbacks=[ft.Logging.quiet(5), rec])
     assert int(pop.step) == 10
     for i, (seed, lr) in enumerate(zip(SEEDS, LRS)):
         run = ft.compile_step(_step, compile="eager")
@@ -144,8 +144,8 @@ def test_per_member_early_stopping_freezes_a_member_and_stops_when_all_are_froze
     start = pop_lib.select(pop, 0)
     stopper = pop_lib.EarlyStopping("val/loss", patience=2)
     pop = ft.fit(pop_lib.vmap(_step), pop, data, epochs=6, compile="eager",
-                 eval_fn=pop_lib.vmap_eval(_eval), eval_loader=data[:2], log=False,
-                 callbacks=[stopper])
+                 eval_fn=pop_lib.vmap_eval(_eval), eval_loader=data[:2],
+                 callbacks=[ft.Logging.quiet(), stopper])
     assert 0 in stopper.frozen and pop.active[0].item() is False
     # evaluations at steps 4 (best), 8 and 12 (no improvement twice): frozen at step 12;
     # with learning rate 0 its params are still the initial ones
@@ -171,11 +171,11 @@ def test_checkpoint_and_resume_with_a_population(tmp_path):
     def fresh():
         return pop_lib.create(_make, tx, seeds=SEEDS, hparams={"learning_rate": LRS})
 
-    kw = dict(compile="eager", log=False)
+    kw = dict(compile="eager", callbacks=[ft.Logging.quiet()])
     full = ft.fit(pop_lib.vmap(_step), fresh(), loader, max_steps=10, **kw)
     step = pop_lib.vmap(_step)
     ft.fit(step, fresh(), loader, max_steps=4, run_dir=tmp_path,
-           checkpoint=ft.Checkpointing(every=2), **kw)
+           **{**kw, "callbacks": [ft.Logging.quiet(), ft.Checkpointing(every=2)]})
     resumed = ft.fit(step, fresh(), loader, max_steps=10, run_dir=tmp_path, resume="auto",
                      **kw)
     assert int(resumed.step) == 10

@@ -403,7 +403,7 @@ def test_fit_with_a_prepared_state_and_a_wrapped_step():
     state = policy.prepare_state(ft.TrainState.create(model, ft.optim.adam(1e-2)))
     data = _batches(6, bad={3})
     state = ft.fit(policy.wrap_step(_mp_step(model), "cpu"), state, data, epochs=1,
-                   compile="eager", log=False)
+                   compile="eager", callbacks=[ft.Logging.quiet()])
     assert int(state.step) == 6 and _ls(state).skipped_steps.item() == 1
 
 

@@ -50,9 +50,9 @@ SCRIPT = textwrap.dedent("""
 
     state = ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=3)
     loader = ft.data.ArrayLoader((x, y), 8, shuffle=True, seed=5)
-    ft.fit(step, state, loader, max_steps=36, checkpoint=ft.Checkpointing(5, keep=2),
-           run_dir=run_dir, resume="auto", compile=compile, callbacks=[Kill()],
-           log=ft.Logging(every=3, progress=False, summary=False))
+    ft.fit(step, state, loader, max_steps=36, run_dir=run_dir, resume="auto", compile=compile,
+           callbacks=[Kill(), ft.Checkpointing(5, keep=2),
+                      ft.Logging(every=3, progress=False, summary=False)])
 """)
 
 

@@ -47,7 +47,8 @@ def test_a_whole_run_with_dropout_and_a_shuffling_dataloader_is_a_function_of_th
             return state.apply_gradients(grads), {"loss": loss}
 
         state = ft.TrainState.create(model, ft.optim.sgd(0.05), seed=seed)
-        return ft.fit(step, state, loader, epochs=2, compile="eager", log=False).params
+        return ft.fit(step, state, loader, epochs=2, compile="eager",
+                      callbacks=[ft.Logging.quiet()]).params
 
     a, b, c = run(7), run(7), run(8)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -86,10 +86,10 @@ def test_fit_prints_the_model_summary_at_the_start(capsys):
         return state.replace(step=state.step + 1), {}
 
     ft.fit(step, state, [torch.zeros(2, 3)], epochs=1, compile="eager",
-           log=ft.Logging(loggers=[], progress=False))
+           callbacks=[ft.Logging(loggers=[], progress=False)])
     out = capsys.readouterr().out
     assert out.startswith(want + "\n")
     assert "Run summary" in out
     ft.fit(step, ft.TrainState.create(model, ft.optim.sgd(0.1)), [torch.zeros(2, 3)],
-           epochs=1, compile="eager", log=False)
-    assert capsys.readouterr().out == ""  # log=False: no summaries
+           epochs=1, compile="eager", callbacks=[ft.Logging.quiet()])
+    assert capsys.readouterr().out == ""  # Logging.quiet(): no summaries

@@ -34,7 +34,7 @@ def test_xla_device_without_torch_xla_says_what_to_install(device):
 def test_fit_with_xla_fails_before_touching_the_state():
     state = {"w": torch.ones(2)}
     with pytest.raises(ImportError, match="needs torch_xla"):
-        ft.fit(step, state, [torch.ones(3)], epochs=1, device="xla", log=False)
+        ft.fit(step, state, [torch.ones(3)], epochs=1, device="xla", callbacks=[ft.Logging.quiet()])
     assert state["w"].tolist() == [1.0, 1.0]  # not donated
 
 
@@ -89,7 +89,7 @@ def test_devices_must_be_all_or_a_positive_int(devices):
         ft.compile_step(step, device="cpu", devices=devices)
     with pytest.raises(TypeError, match=r"devices: expected None, 'all' or a positive int"):
         ft.fit(ft.compile_step(step, device="cpu", devices=devices), {"w": torch.ones(2)},
-               [torch.ones(3)], epochs=1, log=False)
+               [torch.ones(3)], epochs=1, callbacks=[ft.Logging.quiet()])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -34,7 +34,7 @@ Example:
     >>> stopper = EarlyStopping("val/loss", patience=2)
     >>> state = ft.fit(step, ft.TrainState.create(model, ft.optim.sgd(0.1)), data, epochs=10,
     ...                eval_fn=eval_fn, eval_loader=data, eval_every=2, compile="eager",
-    ...                callbacks=[stopper], log=False)
+    ...                callbacks=[stopper, ft.Logging.quiet()])
     >>> int(state.step), stopper.stopped_step  # evaluations at steps 2 (best), 4, 6: stop
     (6, 6)
 """

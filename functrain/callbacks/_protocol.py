@@ -20,17 +20,24 @@ class Loop:
         run_dir: the run directory, or ``None``.
         metrics: the latest logged values, ``{"train/loss": ..., "val/accuracy": ...}``.
         stop_reason: set by `request_stop`; the loop stops at the next step boundary.
-        samples: examples processed so far in this run (from the batches' first dimension).
+        samples: examples trained on since the run began (from the batches' first dimension);
+            a resumed run continues the count of the checkpoint it resumed from.
+        run_start: the step at which the run began (``state.step`` at the first `fit` call of
+            the run; a resumed run keeps its original start), so ``step - run_start`` steps
+            trained on ``samples`` examples.
         error: the exception ending the run, if one is propagating (seen by `on_run_end`).
         callbacks: the run's callbacks (for savers that store every callback's state).
         loggers: the run's `functrain.loggers.Logger` objects (`log` writes to them).
         total_steps: the step count at which the run ends, if known (``max_steps`` or
             epochs times a sized loader's length), counted like ``step``.
+        total_epochs: ``fit``'s ``epochs``, if given.
         compiles: graphs the training step has compiled so far (set before `on_run_end`).
         compile_time: seconds of the calls that compiled them (set with ``compiles``).
         nonfinite_step: with a `functrain.callbacks.NonFiniteGuard`, the first step of the
             window just logged whose metrics or params held inf/NaN (0: none).
         nonfinite_params_step: the same, for the params alone (0: none).
+        log_time: ``time.perf_counter()`` when the window just logged was read (set by `fit`
+            before ``on_log``; one clock for the bar's and the summary's rates).
 
     Example:
         >>> loop = Loop(state=None, step=10, epoch=0)
@@ -46,14 +53,17 @@ class Loop:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     stop_reason: str | None = None
     samples: int = 0
+    run_start: int = 0
     error: BaseException | None = None
     callbacks: tuple[Any, ...] = ()
     loggers: tuple[Any, ...] = ()
     total_steps: int | None = None
+    total_epochs: int | None = None
     compiles: int = 0
     compile_time: float = 0.0
     nonfinite_step: int = 0
     nonfinite_params_step: int = 0
+    log_time: float | None = None
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop at the next step boundary, recording why."""

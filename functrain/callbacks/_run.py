@@ -21,10 +21,13 @@ __all__ = ["NonFiniteGuard", "ProgressBar", "Summary"]
 
 
 class ProgressBar(Callback):
-    """A progress bar of the run's steps, epoch (counted from 1, as users count them), latest
-    training and validation metrics, samples/s and ETA.
+    """A progress bar of the run's steps, epoch (counted from 1, as users count them, out of
+    ``epochs`` when given: ``epoch=2/10``), latest training and validation metrics, samples/s
+    and ETA.
 
-    Updated once per log window (no extra host syncs); evaluations print a line under it.
+    Updated once per log window (no extra host syncs); evaluations print a line under it and
+    their values stay in the bar. samples/s is the steady rate after the first log window
+    (which holds the compile): the figure the end-of-run `Summary` reports.
 
     Args:
         enabled: ``True``/``False`` to force it on/off; ``None`` shows it only when stderr is a
@@ -45,7 +48,7 @@ class ProgressBar(Callback):
 
     def on_run_start(self, loop: Loop) -> None:
         total = None if loop.total_steps is None else max(loop.total_steps - loop.step, 0)
-        self._bar = _Bar(total=total, enabled=self.enabled)
+        self._bar = _Bar(total=total, enabled=self.enabled, epochs=loop.total_epochs)
         self._step, self._samples = loop.step, loop.samples
 
     def on_log(self, loop: Loop, metrics: dict[str, float]) -> None:
@@ -53,7 +56,8 @@ class ProgressBar(Callback):
             return
         self._bar.update(loop.step - self._step,
                          {k.removeprefix("train/"): v for k, v in metrics.items()},
-                         samples=loop.samples - self._samples, epoch=loop.epoch + 1)
+                         samples=loop.samples - self._samples, epoch=loop.epoch + 1,
+                         now=loop.log_time)
         self._step, self._samples = loop.step, loop.samples
 
     def show_status(self, text: str | None) -> None:
@@ -92,6 +96,13 @@ class Summary(Callback):
     of every metric, why the run stopped, the compile count and the time the compiles took
     (first calls included).
 
+    Counted as users count them: steps and samples since the run began (a resumed run
+    continues the counts of its checkpoint, and says at which step it resumed), the epoch
+    from 1 (out of ``epochs``). samples/s is the steady rate, the progress bar's figure: the
+    samples after the first log window over the time from its end to the last log window
+    (the first window holds the compile, reported on its own); with a single window, the
+    whole run's rate, said so.
+
     The best evaluation values are part of its checkpointed state, so a resumed run reports
     the best over the whole run. Nothing is printed when the run ends with an error.
 
@@ -105,8 +116,9 @@ class Summary(Callback):
 
     def __init__(self) -> None:
         self.best: dict[str, float] = {}
-        self._start_step = 0
+        self._start_step = self._start_samples = 0
         self._t0 = time.perf_counter()
+        self._windows: list[tuple[float, int]] = []  # (time, samples) of the first, last log
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": dict(self.best)}
@@ -117,12 +129,17 @@ class Summary(Callback):
     def on_run_start(self, loop: Loop) -> None:
         """Print the model summary (`functrain.model_summary`) of a state with a module."""
         self._start_step, self._t0 = loop.step, time.perf_counter()
+        self._start_samples, self._windows = loop.samples, []
         state = loop.state
         if getattr(state, "module", None) is not None and isinstance(
                 getattr(state, "params", None), dict):
             from .._summary import model_summary
 
             print(model_summary(state))
+
+    def on_log(self, loop: Loop, metrics: dict[str, float]) -> None:
+        now = time.perf_counter() if loop.log_time is None else loop.log_time
+        self._windows[1:] = [(now, loop.samples)]  # keep the first and the last
 
     def on_eval(self, loop: Loop, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
@@ -135,10 +152,20 @@ class Summary(Callback):
             return
         wall = time.perf_counter() - self._t0
         report: dict[str, Any] = {
-            "steps": loop.step - self._start_step, "epochs": loop.epoch + 1,
-            "samples": loop.samples, "wall_time": wall,
-            "samples_per_s": loop.samples / wall if wall > 0 else 0.0,
-            "last": dict(loop.metrics), "best": self.best}
+            "steps": loop.step - loop.run_start,
+            "epochs": f"{loop.epoch + 1}" + (f" of {loop.total_epochs}"
+                                             if loop.total_epochs else ""),
+            "samples": loop.samples, "wall_time": wall}
+        if self._start_step > loop.run_start:
+            report["resumed at step"] = self._start_step
+        if len(self._windows) == 2 and self._windows[1][0] > self._windows[0][0]:
+            (t0, n0), (t1, n1) = self._windows
+            report["samples/s"] = (f"{(n1 - n0) / (t1 - t0):,.1f} (after the first log window, "
+                                   "which holds the compile)")
+        elif wall > 0:
+            session = loop.samples - self._start_samples
+            report["samples/s"] = f"{session / wall:,.1f} (the whole run, compile included)"
+        report.update(last=dict(loop.metrics), best=self.best)
         if loop.stop_reason:
             report["stopped"] = loop.stop_reason
         if loop.compiles:

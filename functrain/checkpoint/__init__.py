@@ -5,8 +5,9 @@ state, RNG key, extras such as a loss scale) plus a ``meta`` dict for the loop's
 (epoch, position in the epoch, data-order seed, metric windows, callback state). `restore`
 reads it back into the structure of a ``like`` state, bit for bit, after checking every leaf's
 path, shape and dtype. `CheckpointManager` keeps the last few checkpoints of a run and finds
-the newest intact one. `export_params` / `load_params` write and read a single weights-only
-safetensors file for inference and sharing.
+the newest intact one. `export_weights` gives a state's params and buffers as a
+``state_dict`` (and writes them as one safetensors file), `load_params` reads such a file,
+`load_weights` loads a checkpoint or such a file into a plain module.
 
 The tensors go through `torch.distributed.checkpoint` (DCP), the format in which many
 processes write the shards of one state and a different number of processes read it back.
@@ -73,6 +74,7 @@ Example:
 """
 
 from ._export import export_params as export_params
+from ._export import export_weights as export_weights
 from ._export import load_params as load_params
 from ._format import FORMAT_VERSION as FORMAT_VERSION
 from ._format import CheckpointError as CheckpointError
@@ -90,6 +92,7 @@ __all__ = [
     "CheckpointManager",
     "best",
     "export_params",
+    "export_weights",
     "load_meta",
     "load_params",
     "load_weights",

@@ -118,12 +118,12 @@ def load_weights(path: str | os.PathLike[str], module: nn.Module, *,
     """Copy the params and buffers saved at ``path`` into ``module``'s own tensors; return it.
 
     For inference after training, with no optimizer and no train state to rebuild: ``path``
-    is a checkpoint directory (`functrain.checkpoint.save`, `functrain.fit`'s
-    ``checkpoint_every``, `functrain.callbacks.ModelCheckpoint`, `best`) or a weights-only
-    safetensors file (`functrain.checkpoint.export_params` of ``{**state.params,
-    **state.buffers}``). Names are the module's qualified names (``"0.weight"``,
-    ``"bn.running_mean"``), as `functrain.split` made them. Values are copied into the module's
-    tensors, keeping their device and dtype (a bfloat16 checkpoint loads into a float32 model).
+    is a checkpoint directory (`functrain.checkpoint.save`, `functrain.Checkpointing`,
+    `functrain.callbacks.ModelCheckpoint`, `best`) or a weights-only safetensors file
+    (`functrain.checkpoint.export_weights`). Names are the module's qualified names
+    (``"0.weight"``, ``"bn.running_mean"``), as `functrain.split_module` made them. Values are
+    copied into the module's tensors, keeping their device and dtype (a bfloat16 checkpoint
+    loads into a float32 model).
 
     A checkpoint directory is verified (checksums) and read whole, optimizer state included,
     then only its params and buffers are kept.
@@ -219,7 +219,7 @@ def best(run_dir: str | os.PathLike[str], monitor: str, mode: str = "min") -> Pa
     Looks at every complete checkpoint in ``run_dir/checkpoints`` (or in ``run_dir`` itself
     when it has no ``checkpoints`` folder). A checkpoint's value of ``monitor`` is the one it
     recorded (`functrain.callbacks.ModelCheckpoint` stores the loop's metrics with each
-    checkpoint) or, for a periodic checkpoint of `functrain.fit`'s ``checkpoint_every``, the
+    checkpoint) or, for a periodic checkpoint of `functrain.Checkpointing`, the
     value logged at its step in the run's ``metrics.jsonl``. NaN never wins; among ties the
     earliest step does. The winner is verified (checksums); a corrupt one is skipped with a
     warning.

@@ -98,11 +98,10 @@ def fit_run(run_dir, world, *, compile="inductor", max_steps=None, epochs=2, res
                       eval_fn=eval_fn if evaluate else None,
                       eval_loader=held if evaluate else None, compile=compile,
                       run_dir=run_dir, resume=resume,
-                      checkpoint=ft.Checkpointing(every=checkpoint_every)
-                      if checkpoint_every else None,
-                      log=ft.Logging(every=5, progress=False,
-                                     loggers=None if run_dir else []),
-                      callbacks=CALLBACKS)
+                      callbacks=[*([ft.Checkpointing(every=checkpoint_every)]
+                                   if checkpoint_every else []),
+                                 ft.Logging(every=5, progress=False,
+                                            loggers=None if run_dir else []), *CALLBACKS])
 
     state, syncs = _count_syncs(run) if count_syncs else (run(), None)
     return {"syncs": syncs, "tx_is_original": state.tx is tx, "rank": fd.rank(),
@@ -133,7 +132,7 @@ def fit_iterable():
     step, _ = _step(model)
     state = ft.TrainState.create(model, ft.optim.adamw(1e-2))
     ft.fit(step, state, torch.utils.data.DataLoader(Stream(), batch_size=8), epochs=1,
-           log=False, compile="eager")
+           callbacks=[ft.Logging.quiet()], compile="eager")
 
 
 def sync_counts():
@@ -149,7 +148,8 @@ def sync_counts():
     counts = []
     for steps in (5, 10, 30):
         state, n = _count_syncs(lambda s=steps, st=state: ft.fit(
-            step, st, train, max_steps=s, log=ft.Logging.quiet(every=5), compile="inductor"))
+            step, st, train, max_steps=s, callbacks=[ft.Logging.quiet(every=5)],
+            compile="inductor"))
         counts.append(n)
     return counts
 

@@ -15,7 +15,7 @@ import test_xla_spmd as T  # noqa: E402
 out = sys.argv[1]
 run = ft.compile_step(T.step, device="xla", devices="all")
 state = ft.fit(run, T.fresh_state(), T.loader(),
-               epochs=2, log=ft.Logging(every=4, loggers=[T.ListLogger()], summary=False))
+               epochs=2, callbacks=[ft.Logging(every=4, loggers=[T.ListLogger()], summary=False)])
 batch = run.place_batch(next(iter(T.loader())))
 torch.save({"state": ft.tree.leaves_with_path(T.on_cpu(state), "state"),
             "sharding": torch_xla._XLAC._get_xla_sharding_spec(batch[0]),

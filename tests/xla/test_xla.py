@@ -129,7 +129,7 @@ def test_fit_on_xla_logs_the_cpu_losses(tmp_path):
         loader = ft.data.ArrayLoader((x, y), 64, shuffle=True, seed=3)
         log = ListLogger()
         state = ft.fit(step, fresh_state(), loader, epochs=3, device=device,
-                       log=ft.Logging(every=4, loggers=[log], summary=False),
+                       callbacks=[ft.Logging(every=4, loggers=[log], summary=False)],
                        run_dir=tmp_path / device)
         return state, [(s, m["train/loss"]) for s, m in log.rows if "train/loss" in m]
 
@@ -202,10 +202,13 @@ def test_resume_on_cpu_a_run_checkpointed_on_xla(tmp_path):
     def loader():
         return ft.data.ArrayLoader((x, y), 32, shuffle=True, seed=5)
 
-    straight = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu", log=False)
-    ft.fit(step, fresh_state(), loader(), max_steps=8, device="xla", log=False,
-           run_dir=tmp_path, checkpoint=ft.Checkpointing(8))
-    resumed = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu", log=False,
+    straight = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu",
+                      callbacks=[ft.Logging.quiet()])
+    ft.fit(step, fresh_state(), loader(), max_steps=8, device="xla",
+           callbacks=[ft.Logging.quiet(), ft.Checkpointing(8)],
+           run_dir=tmp_path)
+    resumed = ft.fit(step, fresh_state(), loader(), max_steps=16, device="cpu",
+                     callbacks=[ft.Logging.quiet()],
                      run_dir=tmp_path, resume="auto")
     assert int(resumed.step) == 16
     assert_close_trees(resumed, straight)
@@ -281,10 +284,10 @@ def test_fit_on_xla_syncs_once_per_step_and_reads_once_per_log_window(monkeypatc
     x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
     loader = ft.data.ArrayLoader((x, y), 32, shuffle=True, seed=1)
     ft.fit(step, fresh_state(), loader, epochs=1, device="xla",
-           log=ft.Logging.quiet(2))  # warm-up: compiles the step and the window's graphs
+           callbacks=[ft.Logging.quiet(2)])  # warm-up: compiles the step and the window's graphs
     syncs.clear()
     before = transfers()
-    ft.fit(step, fresh_state(), loader, epochs=4, device="xla", log=ft.Logging.quiet(8))
+    ft.fit(step, fresh_state(), loader, epochs=4, device="xla", callbacks=[ft.Logging.quiet(8)])
     windows = 4  # 32 steps, a window read every 8
     resets = windows  # fit empties the window after each read (the first step makes the
     # first window); each reset is synced as a small graph of its own

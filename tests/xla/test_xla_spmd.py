@@ -70,7 +70,7 @@ def test_two_devices_equal_one_device_on_the_whole_batch(tmp_path):
 
     log = ListLogger()
     ref = ft.fit(step, fresh_state(), loader(), epochs=2, device="xla",
-                 log=ft.Logging(every=4, loggers=[log], summary=False))
+                 callbacks=[ft.Logging(every=4, loggers=[log], summary=False)])
     want = ft.tree.leaves_with_path(on_cpu(ref), "state")
     assert [p for p, _ in got["state"]] == [p for p, _ in want]
     for (path, a), (_, b) in zip(got["state"], want):
