@@ -259,8 +259,8 @@ def test_fit_with_remat_equals_fit_without(compile):
         state = ft.TrainState.create(model, ft.optim.adamw(1e-2), seed=0)
         step = ft.compile_step(_fit_step(model, use_remat), compile=compile,
                                on_recompile="raise")
-        finals[use_remat] = ft.fit(step, state, batches, epochs=1, log=ft.Logging.quiet(1),
-                                   callbacks=[]).params
+        finals[use_remat] = ft.fit(step, state, batches, epochs=1,
+                                   callbacks=[ft.Logging.quiet(1)]).params
         if compile != "eager":
             assert step.compiles == 1
     _assert_trees_close(finals[True], finals[False], rtol=1e-5, atol=1e-6)

@@ -24,7 +24,7 @@ def export_full_params(checkpoint: str | os.PathLike[str],
     Args:
         checkpoint: a checkpoint directory (`functrain.checkpoint.save`, or one of
             ``fit``'s under ``run_dir/checkpoints``).
-        out: also write them to this safetensors file (`functrain.checkpoint.export_params`;
+        out: also write them to this safetensors file (as `functrain.checkpoint.export_weights` writes;
             needs the ``safetensors`` package).
 
     Returns:
@@ -44,7 +44,8 @@ def export_full_params(checkpoint: str | os.PathLike[str],
         >>> model.load_state_dict(weights)
         <All keys matched successfully>
     """
-    from ..checkpoint import CheckpointError, export_params
+    from ..checkpoint import CheckpointError
+    from ..checkpoint._export import _write_safetensors
     from ..checkpoint._dcp import _dcp_load
     from ..checkpoint._inference import _WEIGHT_PATH
     from ..checkpoint._restore import _dtype, verify
@@ -71,5 +72,5 @@ def export_full_params(checkpoint: str | os.PathLike[str],
     loaded: dict[str, Any] = _dcp_load(path, like, manifest)
     weights = {names[p]: loaded[p] for p in like}
     if out is not None:
-        export_params(out, weights)
+        _write_safetensors(out, weights)
     return weights

@@ -217,7 +217,8 @@ def fp16_and_runner_runs(steps=8):
     model = _model(False)
     loader = ft.data.ArrayLoader((x, y), GLOBAL_BATCH // world, shuffle=False)
     state = ft.fit(_fp16_step(model), fp16_state(model), loader, max_steps=steps,
-                   precision="16-mixed", compile="inductor", log=False)
+                   precision="16-mixed", compile="inductor",
+                   callbacks=[ft.Logging.quiet()])
     out["fp16"] = _snapshot(state)
     if fd.rank() == 0:
         run = ft.compile_step(_fp16_step(model), precision="16-mixed", compile="eager",
@@ -235,7 +236,7 @@ def fp16_and_runner_runs(steps=8):
     for name, fn in (("plain", step), ("runner", ft.compile_step(step, compile="eager",
                                                                   device="cpu"))):
         state = ft.TrainState.create(bn, ft.optim.adamw(1e-2), seed=3)
-        state = ft.fit(fn, state, loader, max_steps=steps, log=False,
+        state = ft.fit(fn, state, loader, max_steps=steps, callbacks=[ft.Logging.quiet()],
                        **({"compile": "eager"} if name == "plain" else {}))
         out[name] = _snapshot(state)
     return out

@@ -210,8 +210,8 @@ def fit_run(run_dir, max_steps, resume=None, mode="fsdp"):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         state = ft.fit(step_for(m), state, loader, max_steps=max_steps, run_dir=run_dir,
-                       checkpoint=ft.Checkpointing(every=5), resume=resume, compile="eager",
-                       log=ft.Logging(every=5, loggers=[]))
+                       resume=resume, compile="eager",
+                       callbacks=[ft.Checkpointing(every=5), ft.Logging(every=5, loggers=[])])
     return {"view": full_view(state), "step": int(state.step), "world": fd.world_size(),
             "sharded": layout_of(state) is not None,
             "warnings": [str(w.message) for w in caught if "rank(s)" in str(w.message)]}
