@@ -34,6 +34,7 @@ from ._fit import fit as fit
 from ._loop_state import LoopState as LoopState
 from ._multistep import stack_batches as stack_batches
 from ._predict import predict as predict
+from ._remat import remat as remat
 from ._run_config import Checkpointing as Checkpointing
 from ._run_config import Logging as Logging
 from ._runner import CompiledStep as CompiledStep
@@ -48,7 +49,6 @@ from ._window import MetricWindow as MetricWindow
 from .callbacks import Callback as Callback
 from .callbacks import Loop as Loop
 from .per_example import per_example_grads as per_example_grads
-from ._remat import remat as remat
 
 __all__ = [
     "Callback",

@@ -24,8 +24,8 @@ def export_full_params(checkpoint: str | os.PathLike[str],
     Args:
         checkpoint: a checkpoint directory (`functrain.checkpoint.save`, or one of
             ``fit``'s under ``run_dir/checkpoints``).
-        out: also write them to this safetensors file (as `functrain.checkpoint.export_weights` writes;
-            needs the ``safetensors`` package).
+        out: also write them to this safetensors file (as
+            `functrain.checkpoint.export_weights` writes; needs the ``safetensors`` package).
 
     Returns:
         ``{name: tensor}`` on the CPU: ``model.load_state_dict(export_full_params(path))``.
@@ -45,8 +45,8 @@ def export_full_params(checkpoint: str | os.PathLike[str],
         <All keys matched successfully>
     """
     from ..checkpoint import CheckpointError
-    from ..checkpoint._export import _write_safetensors
     from ..checkpoint._dcp import _dcp_load
+    from ..checkpoint._export import _write_safetensors
     from ..checkpoint._inference import _WEIGHT_PATH
     from ..checkpoint._restore import _dtype, verify
 
