@@ -84,17 +84,18 @@ def register_inductor_pointwise(op: Any, dtype: torch.dtype,
                                 element: Callable[..., Any]) -> bool:
     """Lower the custom operator ``op(key, n, *args)`` in Inductor to one fusable elementwise node.
 
-    The node has shape ``(n,)`` and ``dtype``; its element ``j`` is ``element(ops, k0, k1, j,
+    The node has shape ``(n,)`` and ``dtype``; its element is ``element(ops, k0, k1, index, n,
     *args)``, where ``ops`` is Inductor's op namespace (``ops.add``, ``ops.bitwise_xor``, ...),
-    ``k0, k1`` the two words of the int64 tensor ``key`` (shape ``(2,)``) and ``j`` the index as
-    an int64 value. Inductor then fuses the node with its consumers, as it does its own
-    pointwise ops. Used by `functrain.random` so that the Threefry hash of a dropout mask runs
-    inside the mask's kernel. Missing public API: a custom operator cannot tell Inductor how to
-    generate (and fuse) its code on the CPU; ``torch.library.triton_op`` covers Triton kernels
-    only, and opaquely. Uses ``torch._inductor.lowering.register_lowering``,
-    ``torch._inductor.ir.Pointwise``, ``torch._inductor.virtualized.ops`` and the input's
-    ``make_loader``. Returns False, registering nothing, where this torch lacks them (the
-    operator then runs its eager kernels: the same values, unfused).
+    ``k0, k1`` the two words of the int64 tensor ``key`` (shape ``(2,)``) and ``index(dtype)``
+    the element's index as an integer value of that dtype. Inductor then fuses the node with its
+    consumers, as it does its own pointwise ops. Used by `functrain.random` so that the Threefry
+    hash of a dropout mask runs inside the mask's kernel. Missing public API: a custom operator
+    cannot tell Inductor how to generate (and fuse) its code on the CPU;
+    ``torch.library.triton_op`` covers Triton kernels only, and opaquely. Uses
+    ``torch._inductor.lowering.register_lowering``, ``torch._inductor.ir.Pointwise``,
+    ``torch._inductor.virtualized.ops`` and the input's ``make_loader``. Returns False,
+    registering nothing, where this torch lacks them (the operator then runs its eager kernels:
+    the same values, unfused).
     """
     try:
         register_lowering = _private("torch._inductor.lowering", "register_lowering")
@@ -109,7 +110,7 @@ def register_inductor_pointwise(op: Any, dtype: torch.dtype,
 
         def inner_fn(index: Any) -> Any:
             k0, k1 = load([sympy.Integer(0)]), load([sympy.Integer(1)])
-            return element(ops, k0, k1, ops.index_expr(index[0], torch.int64), *args)
+            return element(ops, k0, k1, lambda dt: ops.index_expr(index[0], dt), n, *args)
 
         return pointwise.create(device=key.get_device(), dtype=dtype, inner_fn=inner_fn,
                                 ranges=[n])

@@ -52,8 +52,10 @@ def _dropout_impl(scope, /, x, p, training, inplace, *, feature=False, alpha=Fal
         return x.mul_(0.0) if inplace else x * 0.0
     keep = bernoulli(scope.next_key(x.device), 1.0 - p, shape).to(x.dtype)
     if not alpha:
-        noise = keep * (1.0 / (1.0 - p))
-        return x.mul_(noise) if inplace else x * noise
+        # Scale first, then mask: the one rounding (of x * scale) is the same eager and under
+        # Inductor, which keeps 16-bit intermediates in float32 (multiplying by 0/1 is exact).
+        scale = 1.0 / (1.0 - p)
+        return x.mul_(scale).mul_(keep) if inplace else x * scale * keep
     a = 1.0 / math.sqrt((_SELU_ALPHA**2 * p + 1.0) * (1.0 - p))
     b = (keep - 1.0) * (_SELU_ALPHA * a) + _SELU_ALPHA * a * p
     noise = keep * a
@@ -101,7 +103,7 @@ def _native_dropout(scope, /, input, p, train):
         return input.clone(), torch.ones_like(input, dtype=torch.bool)
     keep = bernoulli(scope.next_key(input.device), 1.0 - p, tuple(input.shape))
     scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-    return input * (keep.to(input.dtype) * scale), keep
+    return input * scale * keep.to(input.dtype), keep
 
 
 def _sdpa(

@@ -175,6 +175,17 @@ _ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844,
                 0.00573950773, -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
 
 
+def _round_bf16(x: Tensor) -> Tensor:
+    """Finite float32 ``x`` rounded to bfloat16 (to nearest, ties to even) in integer ops.
+
+    ``x.to(torch.bfloat16)`` between float32 ops is skipped by Inductor, which keeps 16-bit
+    intermediates in float32 unless told to emulate eager casts; integer ops it cannot skip.
+    """
+    b = x.view(torch.int32)
+    b = (b + (0x7FFF + ((b >> 16) & 1))) & -65536  # the bits of the nearest bfloat16
+    return b.view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
+
+
 def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """``a * b + c`` in the inputs' dtype, rounded as XLA's CPU code rounds it.
 
@@ -182,8 +193,10 @@ def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     values is exact in float64, so adding there and rounding once gives the fused result.
     bfloat16 is not fused there; float64 is, but is not emulated here (no wider type).
     """
-    if a.dtype in (torch.float64, torch.bfloat16):
+    if a.dtype == torch.float64:
         return a * b + c
+    if a.dtype == torch.bfloat16:  # each op rounded to bfloat16, as eager code rounds it
+        return _round_bf16(_round_bf16(a.float() * b.float()).float() + c.float())
     return (a.double() * b.double() + c.double()).to(a.dtype)
 
 
