@@ -9,10 +9,12 @@ through ``torch.func.functional_call`` plus an SGD update, compiled with Inducto
 - ``keyed``: the same ``nn.Dropout`` inside ``functrain.random.keyed(fold_in(rng, step))``
 
 Printed per workload: median step time of each variant (interleaved, rotated rounds, fresh
-``step`` each call, the same pre-made batch), the dropouts' share (step minus ``none``) and the
-keyed/native ratios of share and of step, then the cold compile time of each variant, each in
-its own process with an empty Inductor cache (so no variant reuses another's kernels), and
-whether the keyed step equals the eager step bit for bit.
+``step`` each call, the same pre-made batch), as wall time and as the thread's CPU time (which
+other processes on a loaded machine inflate far less), the dropouts' share (step minus
+``none``) and the keyed/native ratios of share and of step; then the cold compile time of each
+variant, each in its own process with an empty Inductor cache (so no variant reuses another's
+kernels); and whether the keyed masks of the workload's dropout shapes are the same compiled
+and eager, bit for bit.
 
 Workloads: ``mlp`` (784-512-512-10, batch 128, two dropouts after the ReLUs); ``block`` (a
 pre-LayerNorm transformer block, d 128, 4 heads, T 64, batch 16: dropout on the attention
@@ -125,8 +127,19 @@ def cold_compile(workload: str, variant: str, p: float, threads: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+# The shapes each workload's dropouts see, for the eager == compiled mask check.
+SITES = {"mlp": [(128, 512), (128, 512)],
+         "block": [(16, 4, 64, 64), (16, 64, 128), (16, 64, 128)]}
+
+
+def masks(key: torch.Tensor, workload: str, p: float) -> list[torch.Tensor]:
+    """The keyed dropout of ones at each of the workload's dropout shapes (mask * scale)."""
+    with ft.random.keyed(key):
+        return [F.dropout(torch.ones(s), p) for s in SITES[workload]]
+
+
 def time_steps(workload: str, p: float, rounds: int, steps: int) -> dict:
-    """Median µs per compiled step of each variant, and eager == compiled for ``keyed``."""
+    """Median wall and CPU µs per compiled step of each variant; keyed masks eager == compiled."""
     fns, states = {}, {}
     for variant in VARIANTS:
         model, x, y = make(workload, variant, p)
@@ -134,15 +147,14 @@ def time_steps(workload: str, p: float, rounds: int, steps: int) -> dict:
         fns[variant] = torch.compile(make_step(model, variant), fullgraph=True, dynamic=False)
         states[variant] = (params, x, y)
         fns[variant](params, x, y, ft.random.key(0), torch.tensor(0))  # compile (warm cache)
-    # keyed: compiled == eager, bit for bit, on three steps.
-    model, x, y = make(workload, "keyed", p)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    eager = make_step(model, "keyed")
+    compiled_masks = torch.compile(masks, fullgraph=True, dynamic=False)
     same = all(
-        torch.equal(eager(params, x, y, ft.random.key(s), torch.tensor(s))[1],
-                    fns["keyed"](params, x, y, ft.random.key(s), torch.tensor(s))[1])
-        for s in range(3))
-    times = {v: [] for v in VARIANTS}
+        torch.equal(a, b)
+        for s in range(3)
+        for a, b in zip(masks(ft.random.key(s), workload, p),
+                        compiled_masks(ft.random.key(s), workload, p), strict=True))
+    wall = {v: [] for v in VARIANTS}
+    cpu = {v: [] for v in VARIANTS}
     rng = ft.random.key(0)
     counter = 1
     for r in range(rounds):
@@ -150,12 +162,15 @@ def time_steps(workload: str, p: float, rounds: int, steps: int) -> dict:
             params, x, y = states[variant]
             step_ids = [torch.tensor(counter + i) for i in range(steps)]
             counter += steps
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for s in step_ids:
                 params, _ = fns[variant](params, x, y, rng, s)
-            times[variant].append((time.perf_counter() - t0) / steps * 1e6)
+            cpu[variant].append((time.thread_time() - c0) / steps * 1e6)
+            wall[variant].append((time.perf_counter() - t0) / steps * 1e6)
             states[variant] = (params, x, y)
-    return {"us": {v: statistics.median(t) for v, t in times.items()}, "eager_equal": same}
+    return {"wall_us": {v: statistics.median(t) for v, t in wall.items()},
+            "cpu_us": {v: statistics.median(t) for v, t in cpu.items()},
+            "masks_equal": same}
 
 
 def main() -> None:
@@ -179,22 +194,29 @@ def main() -> None:
     results = {}
     for workload in args.workloads.split(","):
         res = time_steps(workload, args.p, args.rounds, args.steps)
-        us = res["us"]
-        share = {v: us[v] - us["none"] for v in ("native", "keyed")}
-        res["share_ratio"] = share["keyed"] / share["native"]
-        res["step_ratio"] = us["keyed"] / us["native"]
+        for clock in ("wall_us", "cpu_us"):
+            us = res[clock]
+            res[clock + "_share"] = {v: us[v] - us["none"] for v in ("native", "keyed")}
+            res[clock + "_share_ratio"] = res[clock + "_share"]["keyed"] / res[clock + "_share"]["native"]
+            res[clock + "_step_ratio"] = us["keyed"] / us["native"]
         if not args.no_compile_times:
             res["compile_s"] = {v: cold_compile(workload, v, args.p, args.threads)
                                 for v in VARIANTS}
         results[workload] = res
-        print(f"\n{workload}: compiled step, us (median); load now {os.getloadavg()[0]:.1f}")
+        print(f"\n{workload}: compiled step, median us per step (wall | thread CPU time); "
+              f"load now {os.getloadavg()[0]:.1f}")
         for v in VARIANTS:
-            extra = f"   dropouts' share {share[v]:.0f} us" if v in share else ""
-            comp = (f"   cold compile {res['compile_s'][v]:.1f} s" if "compile_s" in res
-                    else "")
-            print(f"  {v:<7}{us[v]:>9.0f}{extra}{comp}")
-        print(f"  keyed / native: share {res['share_ratio']:.2f}x, step {res['step_ratio']:.3f}x;"
-              f" keyed compiled == eager bit for bit: {res['eager_equal']}")
+            line = f"  {v:<7}{res['wall_us'][v]:>9.0f} | {res['cpu_us'][v]:>7.0f}"
+            if v != "none":
+                line += (f"   dropouts' share {res['wall_us_share'][v]:>6.0f} | "
+                         f"{res['cpu_us_share'][v]:>6.0f}")
+            if "compile_s" in res:
+                line += f"   cold compile {res['compile_s'][v]:.1f} s"
+            print(line)
+        print(f"  keyed / native: share {res['wall_us_share_ratio']:.2f}x | "
+              f"{res['cpu_us_share_ratio']:.2f}x, step {res['wall_us_step_ratio']:.3f}x | "
+              f"{res['cpu_us_step_ratio']:.3f}x; keyed masks compiled == eager: "
+              f"{res['masks_equal']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

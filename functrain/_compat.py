@@ -80,11 +80,11 @@ def inductor_compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
     return compile_fx(gm, example_inputs, config_patches=config_patches or {})
 
 
-def register_inductor_pointwise(op: Any, dtype: torch.dtype,
+def register_inductor_pointwise(op: Any, dtype: torch.dtype | Callable[..., torch.dtype],
                                 element: Callable[..., Any]) -> bool:
     """Lower the custom operator ``op(key, n, *args)`` in Inductor to one fusable elementwise node.
 
-    The node has shape ``(n,)`` and ``dtype``; its element is ``element(ops, k0, k1, index, n,
+    The node has shape ``(n,)`` and ``dtype`` (or ``dtype(n, *args)``); its element is ``element(ops, k0, k1, index, n,
     *args)``, where ``ops`` is Inductor's op namespace (``ops.add``, ``ops.bitwise_xor``, ...),
     ``k0, k1`` the two words of the int64 tensor ``key`` (shape ``(2,)``) and ``index(dtype)``
     the element's index as an integer value of that dtype. Inductor then fuses the node with its
@@ -112,7 +112,8 @@ def register_inductor_pointwise(op: Any, dtype: torch.dtype,
             k0, k1 = load([sympy.Integer(0)]), load([sympy.Integer(1)])
             return element(ops, k0, k1, lambda dt: ops.index_expr(index[0], dt), n, *args)
 
-        return pointwise.create(device=key.get_device(), dtype=dtype, inner_fn=inner_fn,
+        out = dtype(n, *args) if callable(dtype) else dtype
+        return pointwise.create(device=key.get_device(), dtype=out, inner_fn=inner_fn,
                                 ranges=[n])
 
     register_lowering(op, type_promotion_kind=None)(lower)

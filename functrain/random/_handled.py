@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .._compat import calculate_correct_fan
 from ._draws import bernoulli, normal, permutation, randint, uniform
+from ._threefry import _bernoulli32
 
 _PASS = object()  # a handler's answer for "run the original function"
 
@@ -50,7 +51,7 @@ def _dropout_impl(scope, /, x, p, training, inplace, *, feature=False, alpha=Fal
         shape = tuple(x.shape)
     if p == 1.0:  # as ATen: everything dropped, no draw
         return x.mul_(0.0) if inplace else x * 0.0
-    keep = bernoulli(scope.next_key(x.device), 1.0 - p, shape).to(x.dtype)
+    keep = _bernoulli32(scope.next_key(x.device), shape, 1.0 - p, x.dtype)  # 0/1
     if not alpha:
         # Scale first, then mask: the one rounding (of x * scale) is the same eager and under
         # Inductor, which keeps 16-bit intermediates in float32 (multiplying by 0/1 is exact).

@@ -97,9 +97,10 @@ def _bits32_element(ops: Any, k0: Any, k1: Any, index: Any, n: Any) -> Any:
     return ops.bitwise_and(v, ops.constant(_MASK32, torch.int64)) if w.dtype == torch.int32 else v
 
 
-def _bernoulli_element(ops: Any, k0: Any, k1: Any, index: Any, n: Any, threshold: int) -> Any:
-    m = _bits32(ops, k0, k1, index, n) >> 9  # below 2**23 in either dtype
-    return ops.lt(m.v, m._of(threshold)) if threshold < 2**31 else ops.constant(True, torch.bool)
+def _bernoulli_element(ops: Any, k0: Any, k1: Any, index: Any, n: Any, threshold: int,
+                       dtype: torch.dtype) -> Any:
+    m = _bits32(ops, k0, k1, index, n) >> 9  # below 2**23 in either dtype; threshold <= 2**23
+    return ops.to_dtype(ops.lt(m.v, m._of(threshold)), dtype)
 
 
 def register() -> bool:
@@ -108,5 +109,5 @@ def register() -> bool:
     return register_inductor_pointwise(
         ops.threefry_bits32.default, torch.int64, _bits32_element
     ) and register_inductor_pointwise(
-        ops.threefry_bernoulli.default, torch.bool, _bernoulli_element
+        ops.threefry_bernoulli.default, lambda n, threshold, dtype: dtype, _bernoulli_element
     )

@@ -151,19 +151,21 @@ def _bits32_fake(key, n):
     return key.new_empty(n)
 
 
-def _bernoulli_impl(key: Tensor, n: int, threshold: int) -> Tensor:
-    """``(bits32 >> 9) < threshold`` for the counters ``0 .. n-1``: bool, ``(n,)``.
+def _bernoulli_impl(key: Tensor, n: int, threshold: int, dtype: torch.dtype) -> Tensor:
+    """``(bits32 >> 9) < threshold`` for the counters ``0 .. n-1``: ``(n,)``, 0/1 in ``dtype``.
 
     With ``threshold = ceil(float32(p) * 2**23)`` this is ``uniform(key, (n,)) < p`` in float32
-    (the uniform is ``(bits32 >> 9) * 2**-23``, exactly), without the float.
+    (the uniform is ``(bits32 >> 9) * 2**-23``, exactly), without the float. A dropout asks for
+    its input's dtype: Inductor's CPU kernels store a float mask (kept for the backward pass)
+    at no cost, a bool one at several times the cost of the hash.
     """
     return _chunked(
-        key, n, torch.bool, lambda x0, x1: x0.bitwise_xor_(x1).bitwise_right_shift_(9) < threshold
-    )
+        key, n, dtype,
+        lambda x0, x1: (x0.bitwise_xor_(x1).bitwise_right_shift_(9) < threshold).to(dtype))
 
 
-def _bernoulli_fake(key, n, threshold):
-    return key.new_empty(n, dtype=torch.bool)
+def _bernoulli_fake(key, n, threshold, dtype):
+    return key.new_empty(n, dtype=dtype)
 
 
 # XLA's float32 erfinv (Giles' single-precision approximation, as jax.lax.erf_inv lowers on
@@ -334,11 +336,11 @@ def _bits32_op(key: Tensor, n: int) -> Tensor:
     return torch.ops.functrain.threefry_bits32(key, n)
 
 
-def _bernoulli_op(key: Tensor, n: int, threshold: int) -> Tensor:
+def _bernoulli_op(key: Tensor, n: int, threshold: int, dtype: torch.dtype) -> Tensor:
     register_ops()
     if torch.compiler.is_compiling():
         register_lowerings()
-    return torch.ops.functrain.threefry_bernoulli(key, n, threshold)
+    return torch.ops.functrain.threefry_bernoulli(key, n, threshold, dtype)
 
 
 def _normal_op(key: Tensor, n: int, dtype: torch.dtype) -> Tensor:
@@ -376,12 +378,16 @@ def _threshold(p: float) -> int:
     return math.ceil(p32 * 2**23) if 0.0 <= p32 <= 1.0 else -1
 
 
-def _bernoulli32(key: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
-    """``uniform(key, shape) < p`` in float32 (``p`` a Python float), fusable when compiled."""
+def _bernoulli32(key: Tensor, shape: tuple[int, ...], p: float,
+                 dtype: torch.dtype = torch.bool) -> Tensor:
+    """``uniform(key, shape) < p`` in float32 (``p`` a Python float) as 0/1 in ``dtype``.
+
+    Fusable when compiled (see `_bernoulli_impl`).
+    """
     threshold = _threshold(p)
     if threshold < 0:
-        return _unit(key, shape, torch.float32) < p
-    return _bernoulli_op(key, _count(shape), threshold).reshape(shape)
+        return (_unit(key, shape, torch.float32) < p).to(dtype)
+    return _bernoulli_op(key, _count(shape), threshold, dtype).reshape(shape)
 
 
 def _unit_from_bits(bits: Tensor, dtype: torch.dtype) -> Tensor:
