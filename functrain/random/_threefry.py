@@ -203,19 +203,24 @@ def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
 
 
 def _erfinv32(x: Tensor) -> Tensor:
-    """erfinv in float32, computed as XLA computes it (not bit-exact: see `normal`)."""
+    """erfinv in float32, computed as XLA computes it (not bit-exact: see `normal`).
+
+    Each polynomial step is XLA's fused multiply-add in float32: the product of two float32
+    values is exact in float64, so one float64 ``addcmul`` then rounding to float32 is it
+    (3 passes a step, against 7 for the spelled-out `_fma`).
+    """
     w = -torch.log1p(-x * x)
     central = w < 5.0
-    w = torch.where(central, w - 2.5, torch.sqrt(w) - 3.0)
+    w = torch.where(central, w - 2.5, torch.sqrt(w) - 3.0).double()
+    table = torch.tensor([_ERFINV_CENTRAL, _ERFINV_TAIL], dtype=torch.float32).double()
 
-    def coefficient(i: int) -> Tensor:
-        return torch.where(central, torch.tensor(_ERFINV_CENTRAL[i], dtype=x.dtype),
-                           torch.tensor(_ERFINV_TAIL[i], dtype=x.dtype))
+    def coefficient(i: int) -> Tensor:  # the float32 coefficients, as float64
+        return torch.where(central, table[0, i].to(x.device), table[1, i].to(x.device))
 
     p = coefficient(0)
     for i in range(1, len(_ERFINV_CENTRAL)):
-        p = _fma(p, w, coefficient(i))
-    return torch.where(x.abs() == 1, x * math.inf, p * x)
+        p = torch.addcmul(coefficient(i), p, w).float().double()
+    return torch.where(x.abs() == 1, x * math.inf, p.float() * x)
 
 
 def _scaled(u: Tensor, low: float, high: float) -> Tensor:
@@ -234,24 +239,47 @@ def _scaled_unit(key: Tensor, shape: tuple[int, ...], dtype: torch.dtype, low: f
     return _scaled(_unit(key, shape, dtype), low, high)
 
 
+def _normal_low(dtype: torch.dtype) -> float:
+    """The float after -1 towards 0 in ``dtype``: normals use ``u`` uniform in ``(-1, 1)``."""
+    return -1.0 + 2.0 ** -(_FLOAT_BITS[dtype][1] + 1)
+
+
+def _normal_from_uniform(u: Tensor) -> Tensor:
+    """``sqrt(2) * erfinv(u)`` in ``u``'s dtype (16-bit dtypes: erfinv in float32, rounded)."""
+    if u.dtype == torch.float64:
+        return torch.erfinv(u) * math.sqrt(2.0)
+    return _erfinv32(u.float()).to(u.dtype).mul_(torch.tensor(math.sqrt(2.0), dtype=u.dtype))
+
+
 def _normal_impl(key: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     """``n`` standard normals: ``sqrt(2) * erfinv(u)``, ``u`` uniform in ``(-1, 1)``."""
-    _, nmant = _FLOAT_BITS[dtype]
-    low = -1.0 + 2.0 ** -(nmant + 1)  # the float after -1 towards 0
+    low = _normal_low(dtype)
     if dtype == torch.float64:
-        return torch.erfinv(_scaled_unit(key, (n,), dtype, low, 1.0)) * math.sqrt(2.0)
-    sqrt2 = torch.tensor(math.sqrt(2.0), dtype=dtype)
+        return _normal_from_uniform(_scaled_unit(key, (n,), dtype, low, 1.0))
 
     def chunk(x0: Tensor, x1: Tensor) -> Tensor:
         u = _scaled(_unit_from_bits(x0.bitwise_xor_(x1), dtype), low, 1.0)
-        z = _erfinv32(u.float()).to(dtype)  # 16-bit dtypes: erfinv in float32, then round
-        return z.mul_(sqrt2)
+        return _normal_from_uniform(u)
 
     return _chunked(key, n, dtype, chunk)
 
 
 def _normal_fake(key, n, dtype):
     return key.new_empty(n, dtype=dtype)
+
+
+def _normal_from_uniform_impl(u: Tensor) -> Tensor:
+    """`_normal_from_uniform` of a flat ``u``, on the CPU chunk by chunk (in cache)."""
+    if u.device.type != "cpu" or u.numel() <= _CPU_CHUNK:
+        return _normal_from_uniform(u)
+    out = torch.empty_like(u)
+    for s in range(0, u.numel(), _CPU_CHUNK):
+        out[s:s + _CPU_CHUNK] = _normal_from_uniform(u[s:s + _CPU_CHUNK])
+    return out
+
+
+def _normal_from_uniform_fake(u):
+    return torch.empty_like(u)
 
 
 def _vmap_by_loop(op):
@@ -278,6 +306,7 @@ _OPERATORS = (
     ("threefry_bits32", _bits32_impl, _bits32_fake),
     ("threefry_bernoulli", _bernoulli_impl, _bernoulli_fake),
     ("normal", _normal_impl, _normal_fake),
+    ("normal_from_uniform", _normal_from_uniform_impl, _normal_from_uniform_fake),
 )
 _registered = False
 _lowered = False
@@ -286,7 +315,7 @@ _lowered = False
 @torch.compiler.assume_constant_result
 def register_ops() -> bool:
     """Register ``torch.ops.functrain.{threefry2x32, threefry2x32_iota, threefry_bits32,
-    threefry_bernoulli, normal}`` once.
+    threefry_bernoulli, normal, normal_from_uniform}`` once.
 
     Called by every draw, so the operators exist from the first draw on and ``import
     functrain`` registers nothing. Under torch.compile the call runs while tracing and leaves
@@ -344,7 +373,13 @@ def _bernoulli_op(key: Tensor, n: int, threshold: int, dtype: torch.dtype) -> Te
 
 
 def _normal_op(key: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """``n`` normals. Compiled: the uniform from the fused hash, the transform opaque."""
     register_ops()
+    if torch.compiler.is_compiling() and dtype != torch.float64:
+        # The uniform is integers and exact float ops, so Inductor computes eager's values;
+        # the erfinv polynomial (log1p, sqrt) stays eager code, where its bits are pinned.
+        u = _scaled_unit(key, (n,), dtype, _normal_low(dtype), 1.0)
+        return torch.ops.functrain.normal_from_uniform(u)
     return torch.ops.functrain.normal(key, n, dtype)
 
 
