@@ -196,3 +196,25 @@ def test_python_int_path_equals_tensor_path():
     big = R._threefry._threefry2x32_(key, ctr0.clone(), ctr1.clone())  # tensor path
     assert torch.equal(torch.cat([s[0] for s in small]), big[0])
     assert torch.equal(torch.cat([s[1] for s in small]), big[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_compiled_normal_equals_eager(dtype):
+    # Compiled, the uniform comes from the fused hash and the transform runs opaque; eagerly
+    # both run chunk by chunk. 40000 elements: more than one CPU chunk.
+    key = R.key(8)
+    compiled = _inductor(lambda k: R.normal(k, (200, 200), dtype))(key)
+    assert torch.equal(compiled, R.normal(key, (200, 200), dtype))
+
+
+def test_normal_transform_matches_the_spelled_out_fma():
+    # The erfinv polynomial's float64 addcmul equals XLA's float32 FMA as `_fma` spells it.
+    u = R.uniform(R.key(1), (5000,), torch.float32, -1.0 + 2.0**-24, 1.0)
+    w = -torch.log1p(-u * u)
+    central = w < 5.0
+    w = torch.where(central, w - 2.5, torch.sqrt(w) - 3.0)
+    t = R._threefry
+    p = torch.where(central, torch.tensor(t._ERFINV_CENTRAL[0]), torch.tensor(t._ERFINV_TAIL[0]))
+    for c, tail in zip(t._ERFINV_CENTRAL[1:], t._ERFINV_TAIL[1:], strict=True):
+        p = t._fma(p, w, torch.where(central, torch.tensor(c), torch.tensor(tail)))
+    assert torch.equal(t._erfinv32(u), torch.where(u.abs() == 1, u * math.inf, p * u))
