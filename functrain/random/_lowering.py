@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from .._compat import register_inductor_pointwise
-from ._threefry import _MASK32, threefry2x32
+
+_MASK32 = 0xFFFFFFFF
 
 
 # Draws of at most this many elements hash in 32-bit lanes (their counters fit an int32).
@@ -76,6 +77,9 @@ class _Word:
         return self._new(self.ops.bitwise_left_shift(self.v, self._of(s)))
 
 
+_threefry2x32: Any = None  # `functrain.random._threefry.threefry2x32`, given to `register`
+
+
 def _bits32(ops: Any, k0: Any, k1: Any, index: Any, n: Any) -> _Word:
     """``x0 ^ x1`` of Threefry of the counter ``j`` (high word ``j >> 32``, as eager code)."""
     # n: an int, a sympy Integer (a static size) or a symbolic size (dynamic shapes: int64).
@@ -87,7 +91,7 @@ def _bits32(ops: Any, k0: Any, k1: Any, index: Any, n: Any) -> _Word:
         dt = torch.int64
         j = _Word(ops, index(dt), dt)
         hi, lo = j >> 32, j & _MASK32
-    x0, x1 = threefry2x32(_Word(ops, k0, dt), _Word(ops, k1, dt), hi, lo)
+    x0, x1 = _threefry2x32(_Word(ops, k0, dt), _Word(ops, k1, dt), hi, lo)
     return x0 ^ x1
 
 
@@ -103,8 +107,15 @@ def _bernoulli_element(ops: Any, k0: Any, k1: Any, index: Any, n: Any, threshold
     return ops.to_dtype(ops.lt(m.v, m._of(threshold)), dtype)
 
 
-def register() -> bool:
-    """Register both lowerings; False (and the operators stay opaque) if this torch cannot."""
+def register(threefry2x32: Any) -> bool:
+    """Register both lowerings; False (and the operators stay opaque) if this torch cannot.
+
+    ``threefry2x32`` is `functrain.random._threefry.threefry2x32`, passed in rather than
+    imported so that this module, which `_threefry` imports when compiling, imports nothing
+    of it.
+    """
+    global _threefry2x32
+    _threefry2x32 = threefry2x32
     ops = torch.ops.functrain
     return register_inductor_pointwise(
         ops.threefry_bits32.default, torch.int64, _bits32_element

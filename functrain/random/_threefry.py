@@ -343,7 +343,7 @@ def register_lowerings() -> bool:
     if not _lowered:
         from ._lowering import register  # here, not at import: it imports torch._inductor
 
-        register()
+        register(threefry2x32)
         _lowered = True
     return True
 
