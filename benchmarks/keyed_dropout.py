@@ -22,6 +22,7 @@ weights, after the attention projection and after the MLP, written out with ``F.
 both variants run the same attention).
 
     python benchmarks/keyed_dropout.py [--rounds 9] [--steps 10] [--threads 1] [--p 0.1]
+        [--workloads mlp,block] [--no-compile-times] [--json PATH]
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ def main() -> None:
     parser.add_argument("--compile-only", nargs=2, metavar=("WORKLOAD", "VARIANT"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Inductor's FX graph cache does not hash custom lowerings: never reuse a kernel compiled
+    # by an older functrain.
+    torch._inductor.config.fx_graph_cache = False
     if args.compile_only:
         print(compile_seconds(*args.compile_only, args.p))
         return
