@@ -82,7 +82,7 @@ def make(workload: str, variant: str, p: float):
         model = Block(p=p)
         x, y = torch.randn(16, 64, 128), torch.randint(64, (16, 64))
     if variant == "none":
-        for name, m in list(model.named_modules()):
+        for m in list(model.modules()):
             for cname, c in list(m.named_children()):
                 if isinstance(c, nn.Dropout):
                     setattr(m, cname, nn.Identity())
@@ -201,7 +201,8 @@ def main() -> None:
         for clock in ("wall_us", "cpu_us"):
             us = res[clock]
             res[clock + "_share"] = {v: us[v] - us["none"] for v in ("native", "keyed")}
-            res[clock + "_share_ratio"] = res[clock + "_share"]["keyed"] / res[clock + "_share"]["native"]
+            share = res[clock + "_share"]
+            res[clock + "_share_ratio"] = share["keyed"] / share["native"]
             res[clock + "_step_ratio"] = us["keyed"] / us["native"]
         if not args.no_compile_times:
             res["compile_s"] = {v: cold_compile(workload, v, args.p, args.threads)

@@ -84,12 +84,13 @@ def register_inductor_pointwise(op: Any, dtype: torch.dtype | Callable[..., torc
                                 element: Callable[..., Any]) -> bool:
     """Lower the custom operator ``op(key, n, *args)`` in Inductor to one fusable elementwise node.
 
-    The node has shape ``(n,)`` and ``dtype`` (or ``dtype(n, *args)``); its element is ``element(ops, k0, k1, index, n,
-    *args)``, where ``ops`` is Inductor's op namespace (``ops.add``, ``ops.bitwise_xor``, ...),
-    ``k0, k1`` the two words of the int64 tensor ``key`` (shape ``(2,)``) and ``index(dtype)``
-    the element's index as an integer value of that dtype. Inductor then fuses the node with its
-    consumers, as it does its own pointwise ops. Used by `functrain.random` so that the Threefry
-    hash of a dropout mask runs inside the mask's kernel. Missing public API: a custom operator
+    The node has shape ``(n,)`` and ``dtype`` (or ``dtype(n, *args)``); its element is
+    ``element(ops, k0, k1, index, n, *args)``, where ``ops`` is Inductor's op namespace
+    (``ops.add``, ``ops.bitwise_xor``, ...), ``k0, k1`` the two words of the int64 tensor
+    ``key`` (shape ``(2,)``) and ``index(dtype)`` the element's index as an integer value of
+    that dtype. Inductor then fuses the node with its consumers, as it does its own pointwise
+    ops. Used by `functrain.random` so that the Threefry hash of a dropout mask runs inside the
+    mask's kernel. Missing public API: a custom operator
     cannot tell Inductor how to generate (and fuse) its code on the CPU;
     ``torch.library.triton_op`` covers Triton kernels only, and opaquely. Uses
     ``torch._inductor.lowering.register_lowering``, ``torch._inductor.ir.Pointwise``,
