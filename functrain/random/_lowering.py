@@ -14,6 +14,10 @@ logical, so every result equals the eager one bit for bit (``tests/test_random_f
 checks it) while a vector register holds twice the lanes and no ``& 0xFFFFFFFF`` is needed.
 Larger draws use int64, as eager code does.
 
+Inductor's FX graph cache keys a compiled graph by the graph, not by this lowering, so a
+kernel cached by another functrain version is reused as it was; any version computes the same
+Threefry bits, so only its speed can differ.
+
 Imported only when torch.compile first traces a draw (`functrain.random._threefry.
 register_lowerings`), since it imports Inductor.
 """
