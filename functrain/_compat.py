@@ -39,6 +39,7 @@ __all__ = [
     "outside_innermost_grad",
     "private_sampler_name",
     "real_tensors",
+    "register_inductor_pointwise",
     "register_pytree_constant",
     "with_own_code",
 ]
@@ -79,6 +80,47 @@ def inductor_compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
     """
     compile_fx = _private("torch._inductor.compile_fx", "compile_fx")
     return compile_fx(gm, example_inputs, config_patches=config_patches or {})
+
+
+def register_inductor_pointwise(op: Any, dtype: torch.dtype | Callable[..., torch.dtype],
+                                element: Callable[..., Any]) -> bool:
+    """Lower the custom operator ``op(key, n, *args)`` in Inductor to one fusable elementwise node.
+
+    The node has shape ``(n,)`` and ``dtype`` (or ``dtype(n, *args)``); its element is
+    ``element(ops, k0, k1, index, n, *args)``, where ``ops`` is Inductor's op namespace
+    (``ops.add``, ``ops.bitwise_xor``, ...), ``k0, k1`` the two words of the int64 tensor
+    ``key`` (shape ``(2,)``) and ``index(dtype)`` the element's index as an integer value of
+    that dtype. Inductor then fuses the node with its consumers, as it does its own pointwise
+    ops. Used by `functrain.random` so that the Threefry hash of a dropout mask runs inside the
+    mask's kernel. Missing public API: a custom operator
+    cannot tell Inductor how to generate (and fuse) its code on the CPU;
+    ``torch.library.triton_op`` covers Triton kernels only, and opaquely. Uses
+    ``torch._inductor.lowering.register_lowering``, ``torch._inductor.ir.Pointwise``,
+    ``torch._inductor.virtualized.ops`` and the input's ``make_loader``. Returns False,
+    registering nothing, where this torch lacks them (the operator then runs its eager kernels:
+    the same values, unfused).
+    """
+    try:
+        register_lowering = _private("torch._inductor.lowering", "register_lowering")
+        pointwise = _private("torch._inductor.ir", "Pointwise")
+        ops = _private("torch._inductor.virtualized", "ops")
+        sympy = importlib.import_module("sympy")
+    except (RuntimeError, ImportError):
+        return False
+
+    def lower(key: Any, n: Any, *args: Any) -> Any:
+        load = key.make_loader()
+
+        def inner_fn(index: Any) -> Any:
+            k0, k1 = load([sympy.Integer(0)]), load([sympy.Integer(1)])
+            return element(ops, k0, k1, lambda dt: ops.index_expr(index[0], dt), n, *args)
+
+        out = dtype(n, *args) if callable(dtype) else dtype
+        return pointwise.create(device=key.get_device(), dtype=out, inner_fn=inner_fn,
+                                ranges=[n])
+
+    register_lowering(op, type_promotion_kind=None)(lower)
+    return True
 
 
 def lookup_backend(name: str) -> Callable[..., Any]:

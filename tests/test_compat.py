@@ -175,6 +175,27 @@ def test_all_reduce_in_graph_on_a_group_of_one():
         dist.destroy_process_group()
 
 
+def test_register_inductor_pointwise_fuses_a_custom_op():
+    # A toy keyed op: element j is (j ^ key[0]) + key[1]; lowered, it runs inside the consumer.
+    from torch._inductor.utils import run_and_get_code
+
+    def impl(key: torch.Tensor, n: int) -> torch.Tensor:
+        return (torch.arange(n) ^ key[0]) + key[1]
+
+    op = torch.library.custom_op("functrain_test::iota_xor", impl, mutates_args=())
+    op.register_fake(lambda key, n: key.new_empty(n))
+
+    def element(ops, k0, k1, index, n):
+        return ops.add(ops.bitwise_xor(index(torch.int64), k0), k1)
+
+    assert _compat.register_inductor_pointwise(torch.ops.functrain_test.iota_xor.default,
+                                               torch.int64, element)
+    f = torch.compile(lambda k: torch.ops.functrain_test.iota_xor(k, 10) * 2, fullgraph=True)
+    key = torch.tensor([5, 7])
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        out, (code, *_) = run_and_get_code(f, key)
+    assert torch.equal(out, impl(key, 10) * 2)
+    assert "torch.ops.functrain_test.iota_xor" not in code  # fused, not called
 def test_register_pytree_constant_makes_a_leafless_node():
     from torch.utils import _pytree
 

@@ -29,14 +29,21 @@ Mechanism:
     ``sqrt(2) * erfinv(u)`` for ``u`` uniform in ``(-1, 1)``; ``bernoulli(p)`` is
     ``uniform < p``; keyed dropout multiplies by ``bernoulli(1 - p) / (1 - p)``.
 
-    The hash (and ``normal``'s transform) run as the custom operators
-    ``torch.ops.functrain.threefry2x32``, ``threefry2x32_iota`` and ``normal``, registered at
-    the first draw (not at import). `torch.compile` treats each as one opaque node, so a compiled
-    function runs the very kernels eager code runs. Inlining the ~110 integer ops instead made
-    Inductor spend 10-40 s generating code for every draw site (it re-traces the shared
-    intermediates of each round), against ~0.1 s as an operator. The price is that the hash does
-    not fuse with its consumer: it writes two int64 words per element that the (fused)
-    consumer then reads.
+    The hash runs as custom operators (``torch.ops.functrain.threefry2x32`` for keys,
+    ``threefry2x32_iota``, ``threefry_bits32``, ``threefry_bernoulli`` for draws, and
+    ``normal``), registered at the first draw (not at import). Eagerly each is a few in-place
+    integer kernels per cache-sized chunk (a few counters on the CPU, as for ``fold_in``, are
+    hashed as Python ints). Under `torch.compile` with Inductor, ``threefry_bits32`` (uniform,
+    bits, randint, permutation) and ``threefry_bernoulli`` (bernoulli with a float ``p``, hence
+    dropout) are lowered to one elementwise node that Inductor fuses with its consumer: a
+    dropout's mask is hashed, compared and applied in one loop, and only the 1-byte mask is
+    kept for the backward pass. The node is built from the same Python function as the eager
+    integers (``functrain/random/_lowering.py``; 32-bit lanes for draws up to ``2**31``
+    elements), so it computes the same bits. Tracing the hash's ~125 torch ops instead made
+    Inductor re-trace the shared intermediates of every round (10-40 s of code generation per
+    draw). ``normal`` and the key operators stay opaque: a compiled function runs their eager
+    kernels. Where Inductor's private lowering API is missing, every operator runs opaque
+    (same bits, slower).
 
     `key`, `split`, `fold_in`, `bits`, `uniform`, `bernoulli` and `permutation` give the numbers
     `jax.random` gives with its default threefry implementation (checked against JAX 0.10 for
@@ -49,8 +56,10 @@ Mechanism:
     ``log1p`` is not correctly rounded); float64 uses ``torch.erfinv``, not XLA's algorithm.
 
 Guarantees:
-    * ``(key, shape, dtype)`` fix every draw. Compiled and eager draws are bit-identical (the
-      same kernels run). Integer draws, `uniform` on ``[0, 1)``, `bernoulli` and dropout masks
+    * ``(key, shape, dtype)`` fix every draw. Compiled and eager draws are bit-identical
+      (the same kernels, or for the fused draws the same integer function; a dropout scales,
+      then masks, and bfloat16 arithmetic rounds in integer ops, so 16-bit outputs agree too).
+      Integer draws, `uniform` on ``[0, 1)``, `bernoulli` and dropout masks
       are bit-identical across devices too; `normal` may differ across devices in the last bit
       (``log1p``).
     * Inside `keyed`, draws are numbered by a Python counter in program order, so for a fixed
@@ -78,9 +87,12 @@ Limits:
       ``__torch_function__`` handler (a few microseconds each).
 
 Cost:
-    The hash is ~110 int64 operations per element, run in place; on CPU in cache-sized chunks.
-    Keyed dropout costs a few times native dropout, eager and compiled; the measured figures
-    are in ``benchmarks/README.md`` (``benchmarks/random_cost.py``).
+    The hash is ~125 integer operations per element. Compiled with Inductor, keyed dropout is
+    fused into the kernel that applies it and costs about what native dropout costs in a
+    compiled training step (``benchmarks/keyed_dropout.py``; figures in
+    ``benchmarks/README.md``); its one hash kernel per dropout shape adds a few seconds of
+    C++ compilation on a cold cache. Eagerly it runs as separate integer kernels, several
+    times native dropout (``benchmarks/random_cost.py``).
 
 Example:
     >>> import torch, functrain as ft

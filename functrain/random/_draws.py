@@ -11,7 +11,15 @@ from torch import Tensor
 
 from .._errors import describe
 from ._keys import _check_key, _float_bits, _shape, split
-from ._threefry import _FLOAT_BITS, _MASK32, _bits32, _normal_op, _scaled_unit, _unit
+from ._threefry import (
+    _FLOAT_BITS,
+    _MASK32,
+    _bernoulli32,
+    _bits32,
+    _normal_op,
+    _scaled_unit,
+    _unit,
+)
 
 # --------------------------------------------------------------------------------------------
 # Draws.
@@ -146,8 +154,8 @@ def bernoulli(
         dtype = p.dtype if p.dtype in _FLOAT_BITS else torch.float32
         shape = tuple(p.shape) if shape is None else _shape(shape)
     else:
-        p, dtype = float(p), torch.float32
         shape = () if shape is None else _shape(shape)
+        return _bernoulli32(key, shape, float(p))
     return _unit(key, shape, dtype) < p
 
 

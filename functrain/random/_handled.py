@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .._compat import calculate_correct_fan
 from ._draws import bernoulli, normal, permutation, randint, uniform
+from ._threefry import _bernoulli32
 
 _PASS = object()  # a handler's answer for "run the original function"
 
@@ -50,10 +51,12 @@ def _dropout_impl(scope, /, x, p, training, inplace, *, feature=False, alpha=Fal
         shape = tuple(x.shape)
     if p == 1.0:  # as ATen: everything dropped, no draw
         return x.mul_(0.0) if inplace else x * 0.0
-    keep = bernoulli(scope.next_key(x.device), 1.0 - p, shape).to(x.dtype)
+    keep = _bernoulli32(scope.next_key(x.device), shape, 1.0 - p, x.dtype)  # 0/1
     if not alpha:
-        noise = keep * (1.0 / (1.0 - p))
-        return x.mul_(noise) if inplace else x * noise
+        # Scale first, then mask: the one rounding (of x * scale) is the same eager and under
+        # Inductor, which keeps 16-bit intermediates in float32 (multiplying by 0/1 is exact).
+        scale = 1.0 / (1.0 - p)
+        return x.mul_(scale).mul_(keep) if inplace else x * scale * keep
     a = 1.0 / math.sqrt((_SELU_ALPHA**2 * p + 1.0) * (1.0 - p))
     b = (keep - 1.0) * (_SELU_ALPHA * a) + _SELU_ALPHA * a * p
     noise = keep * a
@@ -101,7 +104,7 @@ def _native_dropout(scope, /, input, p, train):
         return input.clone(), torch.ones_like(input, dtype=torch.bool)
     keep = bernoulli(scope.next_key(input.device), 1.0 - p, tuple(input.shape))
     scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-    return input * (keep.to(input.dtype) * scale), keep
+    return input * scale * keep.to(input.dtype), keep
 
 
 def _sdpa(
