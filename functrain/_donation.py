@@ -106,11 +106,14 @@ def poison(old: Any) -> None:
     """
     if isinstance(old, _DonatedMixin):
         return
-    names = state_fields(old)
-    if not names:
-        return
+    donated = _DONATED_TYPES.get(type(old))  # a state's fields depend on its class only
+    if donated is None:
+        names = state_fields(old)
+        if not names:
+            return
+        donated = _donated_type(type(old), names)
     try:
-        object.__setattr__(old, "__class__", _donated_type(type(old), names))
+        object.__setattr__(old, "__class__", donated)
     except TypeError:  # a layout Python cannot swap (e.g. a NamedTuple): left usable
         pass
 

@@ -191,9 +191,9 @@ def fit(
                 loop.samples += n
                 run.window_steps += k
                 run.window_samples += n
-                if _crossed(before, loop.step, every):                       # log window
+                if loop.step // every > before // every:                    # log window
                     window = run.flush(window)
-                if run.eval_due(before):                                     # evaluate
+                if run.evaluates_by_step and run.eval_due(before):          # evaluate
                     run.evaluate()
                 done = loop.step == run.end_step or run.should_stop(stop)   # stop
                 if (run.checkpoint and not done
@@ -235,6 +235,7 @@ class _Run:
                               callbacks=callbacks, run_dir=run_dir, resume=resume)
         log, checkpoint = args.log, args.checkpoint
         self.eval_steps, self.eval_in_epoch = args.eval_steps, args.eval_in_epoch
+        self.evaluates_by_step = bool(self.eval_steps or self.eval_in_epoch)  # else by epoch
         self.guard = next((cb for cb in args.callbacks if isinstance(cb, NonFiniteGuard)), None)
         self.unsaveable = False  # a guard saw a step whose state must not become a checkpoint
         check_finite = self.guard is not None
@@ -413,6 +414,8 @@ class _Run:
     def should_stop(self, stop: StopSignal) -> bool:
         """Whether a signal or a callback asked to stop (recording why)."""
         loop = self.loop
+        if not (stop.reason or loop.stop_reason or self.agreed_stop):
+            return False  # the common case, checked after every step
         # On several ranks, a signal counts once every rank knows of it (at a log window).
         signalled = stop.reason if self.dp is None else self.agreed_stop
         if signalled or loop.stop_reason:

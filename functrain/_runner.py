@@ -343,7 +343,10 @@ class CompiledStep:
             if batch is self._last_placed:
                 return batch  # placed and sharded already (by fit's prefetch)
         elif type(batch) in (tuple, list):
-            if all(type(x) is torch.Tensor and x.device == self.device for x in batch):
+            for x in batch:  # (a loop, not all(...): no generator to resume per element)
+                if type(x) is not torch.Tensor or x.device != self.device:
+                    break
+            else:
                 return batch  # fast path: nothing to check or move
         elif type(batch) is torch.Tensor and batch.device == self.device:
             return batch
