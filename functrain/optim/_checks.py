@@ -38,26 +38,19 @@ def number(name: str, value: Any, *, low: float | None = None, high: float | Non
            low_open: bool = False, high_open: bool = True, hint: str = "") -> None:
     """Check that ``value`` is a real number (or a 0-d tensor, not checked further) in range.
 
-    ``low``/``high`` bound the range; ``low_open``/``high_open`` exclude the bound itself.
+    ``low``/``high`` bound the range; ``low_open``/``high_open`` exclude the bound itself;
+    ``hint`` is the text after "HINT:" (`functrain._errors.check_number` words the error).
     """
     if _is_scalar_tensor(value):
         return
-    if not _is_number(value):
-        raise TypeError(f"{name}: expected a number, got {describe(value)}.{hint}")
-    if value != value:  # NaN
-        raise ValueError(f"{name}: expected a number, got nan.{hint}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
-        raise ValueError(f"{name}: expected a number in {lo}, {hi}, got {value!r}.{hint}")
+    _errors.check_number(name, value, low=low, high=high, low_open=low_open,
+                         high_open=high_open, hint=hint)
 
 
 def beta(name: str, value: Any) -> None:
     """Check a decay rate (``b1``, ``b2``, ``decay``, ``momentum``): a number in [0, 1)."""
     number(name, value, low=0.0, high=1.0,
-           hint=" HINT: decay rates are the weight of the old average, e.g. 0.9 or 0.999.")
+           hint="decay rates are the weight of the old average, e.g. 0.9 or 0.999.")
 
 
 def non_negative(name: str, value: Any) -> None:
@@ -79,7 +72,7 @@ def scalar_or_schedule(name: str, value: Any) -> None:
             f"{name}: expected a number or a schedule (a callable of the step count), "
             f"got {describe(value)}. HINT: use e.g. 1e-3 or "
             "functrain.optim.cosine_decay_schedule(1e-3, decay_steps=1000).")
-    number(name, value, low=0.0, hint=" HINT: the learning rate is a step size (>= 0); the "
+    number(name, value, low=0.0, hint="the learning rate is a step size (>= 0); the "
            "sign is flipped for you (gradient descent). To ascend, use scale(+lr).")
 
 

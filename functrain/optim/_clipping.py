@@ -76,7 +76,7 @@ def clip_by_global_norm(max_norm: float | torch.Tensor) -> GradientTransformatio
         >>> updates
         {'a': tensor([0.6000]), 'b': tensor([0.8000])}
     """
-    _checks.positive("max_norm", max_norm, hint=" HINT: to turn clipping off, leave "
+    _checks.positive("max_norm", max_norm, hint="to turn clipping off, leave "
                      "clip_by_global_norm out of the chain.")
 
     def init_fn(params: Params) -> EmptyState:

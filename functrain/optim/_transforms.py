@@ -343,7 +343,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
     """
     scheduled = callable(weight_decay) and not isinstance(weight_decay, torch.Tensor)
     if not scheduled:
-        _checks.number("weight_decay", weight_decay, low=0.0, hint=" HINT: pass a number >= 0 "
+        _checks.number("weight_decay", weight_decay, low=0.0, hint="pass a number >= 0 "
                        "or a schedule (a callable of the step count).")
 
     def init_fn(params: Params) -> EmptyState | WeightDecayScheduleState:
