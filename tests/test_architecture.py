@@ -124,3 +124,26 @@ def test_the_checks_see_real_edges():
     assert "tree.py" in graph["precision/_policy.py"]  # `from .. import tree`
     assert "checkpoint/" in graph["_fit.py"]  # a lazy import inside a function
     assert layers["tree.py"] < layers["random/"] < layers["_runner.py"] < layers["_fit.py"]
+
+
+def _code_lines(path: pathlib.Path) -> int:
+    """Lines of code in ``path``: not blank, not a comment, not part of a docstring."""
+    src = path.read_text()
+    docs: set[int] = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = node.body[0] if node.body else None
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                docs.update(range(first.lineno, first.end_lineno + 1))
+    return sum(1 for i, line in enumerate(src.splitlines(), 1)
+               if i not in docs and line.strip() and not line.lstrip().startswith("#"))
+
+
+def test_no_module_is_over_400_lines_of_code():
+    # ARCHITECTURE.md's rule: a module over ~400 lines of code (docstrings and comments
+    # excluded) is split by concept.
+    sizes = {rel: _code_lines(path) for rel, path in _modules().items()}
+    assert max(sizes.values()) > 100  # the count sees real code
+    big = {rel: n for rel, n in sizes.items() if n > 400}
+    assert not big, f"modules over 400 lines of code: {big}"
