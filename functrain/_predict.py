@@ -47,7 +47,7 @@ def predict(
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"xla"``...
         compile: ``"eager"`` (default), or ``"auto"`` / ``"inductor"`` / ``True``:
             ``torch.compile(fullgraph=True)`` with inductor (a smaller last batch compiles once
-            more).
+            more). A ``functrain.eager(fn)``-marked ``fn`` runs eagerly whatever this says.
         precision: as in `functrain.fit` (``"32"``, ``"bf16-mixed"``, ``"bf16-true"``, ...):
             autocast and the batch and state casts of a `functrain.precision.Policy`;
             floating-point outputs come back in the policy's output dtype.
@@ -73,6 +73,10 @@ def predict(
         >>> out["label"].shape
         torch.Size([6])
     """
+    from ._evaluate import eager
+
+    if isinstance(fn, eager):  # ft.eager(fn): eagerly, whatever compile says
+        fn, compile = fn.fn, "eager"
     if not callable(fn):
         raise TypeError(f"fn: expected a callable fn(state, batch) -> outputs, got "
                         f"{describe(fn)}.")

@@ -92,3 +92,16 @@ def test_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"outputs: expected the same shape after the batch "
                                          r"dimension in every batch, got \[\(5,\), \(7,\)\]"):
         predict(lambda s, b: b, state, seqs)
+
+
+def test_an_eager_marked_fn_runs_eagerly_whatever_compile_says():
+    seen = []
+
+    def fn(state, x):
+        seen.append(float(x.sum().item()))  # a host read: fails under torch.compile(fullgraph)
+        return x * 2
+
+    out = ft.predict(ft.eager(fn), None, [torch.ones(2, 3), torch.zeros(1, 3)],
+                     compile="inductor", device="cpu")
+    assert seen == [6.0, 0.0]
+    torch.testing.assert_close(out, torch.cat([torch.ones(2, 3), torch.zeros(1, 3)]) * 2)
