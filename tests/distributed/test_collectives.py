@@ -84,7 +84,8 @@ def test_torchrun_sees_the_environment_and_reports_a_crashing_rank(tmp_path):
         "from functrain import distributed as fd\n"
         "env = fd.environment()\n"
         "assert env is not None and env.world_size == 2, env\n"
-        "print('ENV', env.rank, env.world_size, flush=True)\n"
+        "import os\n"
+        "os.write(1, f'ENV {env.rank} {env.world_size}\\n'.encode())  # one write per line\n"
         "w.crash_in_step(1)\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", str(script)]
@@ -113,8 +114,8 @@ def test_a_torchrun_restart_forms_a_new_group_not_one_with_the_dead_round(tmp_pa
         "total = fd.psum(torch.tensor(fd.rank() + 1))\n"
         "if restart == '0' and fd.rank() == 1:\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "if restart == '1':\n"
-        "    print('ROUND', restart, 'RANK', fd.rank(), 'SUM', int(total), flush=True)\n"
+        "if restart == '1':  # one write per line: the two ranks share the pipe\n"
+        "    os.write(1, f'ROUND {restart} RANK {fd.rank()} SUM {int(total)}\\n'.encode())\n"
         "time.sleep(0.5 if restart == '1' else 30)\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", "--max-restarts", "1", str(script)]
