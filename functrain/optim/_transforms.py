@@ -109,7 +109,9 @@ def moment_sq(g: torch.Tensor, v: torch.Tensor, decay: Any) -> torch.Tensor:
     """``decay * v + (1 - decay) * g**2``."""
     if is_number(decay):
         # Out of place: torch.func.vmap has no batching rule for the in-place addcmul_ (a
-        # population step would fall back to a per-member loop); same kernel, same bits.
+        # population step would fall back to a per-member loop). Eagerly the same kernel and
+        # bits; compiled, Inductor rounds the two forms differently in the last bit (as it
+        # rounds either one differently from eager).
         return torch.addcmul(v * decay, g, g, value=1 - decay)
     return (g * g).mul_(1 - decay).add_(v * decay)
 
