@@ -30,6 +30,16 @@ def scalar_dtype(params: Params) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+def _next_count(updates: Updates, state: Any, params: Params | None) -> tuple[Any, Any]:
+    """Check ``updates`` against ``params`` and the second moment ``state.nu``; return the
+    step count after this update and its `BiasCorrections` (the start of every Adam-like
+    update here)."""
+    _checks.update_inputs(updates, params)
+    _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
+    count = state.count + 1
+    return count, BiasCorrections(count)
+
+
 def _value(x: Any, count: torch.Tensor) -> Any:
     """A hyperparameter that may be a schedule of ``count``."""
     return x(count) if callable(x) and not isinstance(x, torch.Tensor) else x
@@ -70,10 +80,7 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
         return ScaleByAdamState(count=zero_count(params), mu=zeros(params), nu=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-        count = state.count + 1
-        bc = BiasCorrections(count)
+        count, bc = _next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)
@@ -145,10 +152,7 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                                    nu=zeros(params), nu_max=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByAmsgradState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-        count = state.count + 1
-        bc = BiasCorrections(count)
+        count, bc = _next_count(updates, state, params)
 
         def one(g, m, v, vmax):
             m_new = moment(g, m, b1)
@@ -220,10 +224,7 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16,
         return ScaleByBeliefState(count=zero_count(params), mu=zeros(params), nu=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByBeliefState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-        count = state.count + 1
-        bc = BiasCorrections(count)
+        count, bc = _next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)
@@ -276,10 +277,7 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
                                 nu=zeros(params, fill=initial_accumulator_value))
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-        count = state.count + 1
-        bc = BiasCorrections(count)
+        count, bc = _next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)
@@ -336,10 +334,7 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
         return ScaleByAdamState(count=zero_count(params), mu=zeros(params), nu=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-        count = state.count + 1
-        bc = BiasCorrections(count)
+        count, bc = _next_count(updates, state, params)
         rect: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def rectifier(dtype):
@@ -427,10 +422,7 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
             mu=zeros(params), nu=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByNadamState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-        count = state.count + 1
-        bc = BiasCorrections(count)
+        count, bc = _next_count(updates, state, params)
         c = count.to(state.mu_product.dtype)
         mu_t = b1 * (1.0 - 0.5 * torch.exp(c * momentum_decay * math.log(0.96)))
         mu_next = b1 * (1.0 - 0.5 * torch.exp((c + 1) * momentum_decay * math.log(0.96)))
