@@ -110,15 +110,8 @@ def _fsdp2(model: nn.Module, device: torch.device):
         if isinstance(layer, nn.Linear):
             fully_shard(layer)
     fully_shard(net)
-    compiled = torch.compile(net)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WD, fused=True)
-
-    def one(batch):
-        x, y = batch
-        loss = nn.functional.cross_entropy(compiled(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    one = _torch_step(torch.compile(net), opt)
 
     def state_bytes() -> int:
         local = [p.to_local() for p in net.parameters()]
@@ -142,6 +135,11 @@ def _plain(model: nn.Module, device: torch.device, ddp: bool):
         compiled = DistributedDataParallel(
             compiled, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WD, fused=True)
+    return _torch_step(compiled, opt)
+
+
+def _torch_step(compiled, opt):
+    """One plain PyTorch training step (forward, backward, fused AdamW) of ``compiled``."""
 
     def one(batch):
         x, y = batch

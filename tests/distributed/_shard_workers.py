@@ -10,6 +10,7 @@ import os
 import warnings
 
 import torch
+from _workers import recorded_graphs  # tests/distributed is on sys.path
 from torch import nn
 
 import functrain as ft
@@ -103,19 +104,9 @@ def _case(mode, compile):
     world = fd.world_size()
     x, y = _data(world)
     m = model()
-    graphs = []
-    import torch._inductor.compile_fx as cfx
-
-    original = cfx.compile_fx
-
-    def recording(gm, example_inputs, **kw):
-        graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
-        return original(gm, example_inputs, **kw)
-
-    cfx.compile_fx = recording
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    try:
+    with recorded_graphs() as graphs:
         full = ft.TrainState.create(m, optimizer(), seed=7)
         state = fd.shard_state(full, mode=mode)
         run = ft.compile_step(fd.sharded_step(step_for(m)), compile=compile, device="cpu",
@@ -123,8 +114,6 @@ def _case(mode, compile):
         loader = fd.shard(ft.data.ArrayLoader((x, y), PER_RANK, shuffle=False))
         for batch in loader:
             state, _ = run(state, batch)
-    finally:
-        cfx.compile_fx = original
     res = {"state": full_view(state), "steps": int(state.step), "compiles": run.compiles,
            "graph_breaks": sum(torch._dynamo.utils.counters["graph_break"].values()),
            "collectives": [[t for t in g if any(c in t for c in (

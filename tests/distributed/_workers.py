@@ -6,6 +6,8 @@ returns plain tensors/values for the test in the parent process to compare.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -15,6 +17,26 @@ from functrain import distributed as fd
 WORLD = 2
 PER_RANK = 8
 STEPS = 20
+
+
+@contextlib.contextmanager
+def recorded_graphs():
+    """Record the call targets of every graph Inductor compiles in the block: a list, one
+    list of target names per graph (to find the collectives inside a compiled step)."""
+    import torch._inductor.compile_fx as cfx
+
+    graphs: list[list[str]] = []
+    original = cfx.compile_fx
+
+    def recording(gm, example_inputs, **kw):
+        graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+        return original(gm, example_inputs, **kw)
+
+    cfx.compile_fx = recording
+    try:
+        yield graphs
+    finally:
+        cfx.compile_fx = original
 
 
 def _data(n=WORLD * PER_RANK * STEPS, seed=3):
@@ -103,27 +125,15 @@ def _case(kind: str, compile: str):
     """Train 20 AdamW steps data parallel; rank 0 also trains the 1-process reference."""
     x, y = _data()
     model = _model(kind)
-    graphs = []
-    if compile != "eager":
-        import torch._inductor.compile_fx as cfx
-
-        original = cfx.compile_fx
-
-        def recording(gm, example_inputs, **kw):
-            graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
-            return original(gm, example_inputs, **kw)
-
-        cfx.compile_fx = recording
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     loader = fd.shard(ft.data.ArrayLoader((x, y), PER_RANK, shuffle=False))
-    state, run = _train(dp_step(model), model, loader, compile)
+    with recorded_graphs() as graphs:
+        state, run = _train(dp_step(model), model, loader, compile)
     out = {"rank": fd.rank(), "world": fd.world_size(), "state": _snapshot(state),
            "steps": int(state.step), "compiles": run.compiles,
            "graph_breaks": sum(torch._dynamo.utils.counters["graph_break"].values()),
            "collectives": [sum("all_reduce" in t for t in g) for g in graphs]}
-    if compile != "eager":
-        cfx.compile_fx = original
     if fd.rank() == 0:
         ref_loader = ft.data.ArrayLoader((x, y), WORLD * PER_RANK, shuffle=False)
         ref, _ = _train(reference_step(model, kind), model, ref_loader, "eager")
