@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _checks
-from ._adaptive import ScaleByAdamState
+from ._adaptive import ScaleByAdamState, adam_state_init, next_count
 from ._base import GradientTransformation, Params, Updates, zero_count
 from ._transforms import BiasCorrections, moment, moment_sq, per_leaf, zeros
 
@@ -28,16 +28,6 @@ def scalar_dtype(params: Params) -> torch.dtype:
     from functrain import tree as _tree
     dtypes = {x.dtype for x in _tree.leaves(params) if isinstance(x, torch.Tensor)}
     return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-def _next_count(updates: Updates, state: Any, params: Params | None) -> tuple[Any, Any]:
-    """Check ``updates`` against ``params`` and the second moment ``state.nu``; return the
-    step count after this update and its `BiasCorrections` (the start of every Adam-like
-    update here)."""
-    _checks.update_inputs(updates, params)
-    _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-    count = state.count + 1
-    return count, BiasCorrections(count)
 
 
 def _value(x: Any, count: torch.Tensor) -> Any:
@@ -75,12 +65,10 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     _checks.beta("b2", b2)
     _checks.non_negative("eps", eps)
 
-    def init_fn(params: Params) -> ScaleByAdamState:
-        _checks.float_leaves(params, "params")
-        return ScaleByAdamState(count=zero_count(params), mu=zeros(params), nu=zeros(params))
+    init_fn = adam_state_init()
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        count, bc = _next_count(updates, state, params)
+        count, bc = next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)
@@ -152,7 +140,7 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                                    nu=zeros(params), nu_max=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByAmsgradState, params: Params | None = None):
-        count, bc = _next_count(updates, state, params)
+        count, bc = next_count(updates, state, params)
 
         def one(g, m, v, vmax):
             m_new = moment(g, m, b1)
@@ -224,7 +212,7 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16,
         return ScaleByBeliefState(count=zero_count(params), mu=zeros(params), nu=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByBeliefState, params: Params | None = None):
-        count, bc = _next_count(updates, state, params)
+        count, bc = next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)
@@ -270,14 +258,10 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
     _checks.non_negative("eps_root", eps_root)
     _checks.number("initial_accumulator_value", initial_accumulator_value)
 
-    def init_fn(params: Params) -> ScaleByAdamState:
-        _checks.float_leaves(params, "params")
-        return ScaleByAdamState(count=zero_count(params),
-                                mu=zeros(params, fill=initial_accumulator_value),
-                                nu=zeros(params, fill=initial_accumulator_value))
+    init_fn = adam_state_init(fill=initial_accumulator_value)
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        count, bc = _next_count(updates, state, params)
+        count, bc = next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)
@@ -329,12 +313,10 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_ro
     _checks.number("threshold", threshold)
     ro_inf = 2.0 / (1.0 - b2) - 1.0
 
-    def init_fn(params: Params) -> ScaleByAdamState:
-        _checks.float_leaves(params, "params")
-        return ScaleByAdamState(count=zero_count(params), mu=zeros(params), nu=zeros(params))
+    init_fn = adam_state_init()
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        count, bc = _next_count(updates, state, params)
+        count, bc = next_count(updates, state, params)
         rect: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def rectifier(dtype):
@@ -422,7 +404,7 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
             mu=zeros(params), nu=zeros(params))
 
     def update_fn(updates: Updates, state: ScaleByNadamState, params: Params | None = None):
-        count, bc = _next_count(updates, state, params)
+        count, bc = next_count(updates, state, params)
         c = count.to(state.mu_product.dtype)
         mu_t = b1 * (1.0 - 0.5 * torch.exp(c * momentum_decay * math.log(0.96)))
         mu_next = b1 * (1.0 - 0.5 * torch.exp((c + 1) * momentum_decay * math.log(0.96)))
@@ -554,10 +536,7 @@ def scale_by_adopt(b1: float = 0.9, b2: float = 0.9999, eps: float = 1e-6,
     _checks.non_negative("eps", eps)
     _checks.dtype_or_none("mu_dtype", mu_dtype)
 
-    def init_fn(params: Params) -> ScaleByAdamState:
-        _checks.float_leaves(params, "params")
-        return ScaleByAdamState(count=zero_count(params), mu=zeros(params, mu_dtype),
-                                nu=zeros(params))
+    init_fn = adam_state_init(mu_dtype)
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
         _checks.update_inputs(updates, params)

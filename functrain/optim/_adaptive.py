@@ -8,7 +8,7 @@ docstring says how to map the arguments.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,6 +33,28 @@ class ScaleByAdamState(NamedTuple):
     count: torch.Tensor
     mu: Updates
     nu: Updates
+
+
+def adam_state_init(mu_dtype: torch.dtype | None = None, fill: float = 0.0) -> Any:
+    """The ``init`` of an Adam-like transform: a zero step count and moments ``mu`` (in
+    ``mu_dtype``, default the params') and ``nu`` shaped like the params, filled with ``fill``."""
+
+    def init_fn(params: Params) -> ScaleByAdamState:
+        _checks.float_leaves(params, "params")
+        return ScaleByAdamState(count=zero_count(params), mu=zeros(params, mu_dtype, fill=fill),
+                                nu=zeros(params, fill=fill))
+
+    return init_fn
+
+
+def next_count(updates: Updates, state: Any, params: Params | None) -> tuple[Any, Any]:
+    """Check ``updates`` against ``params`` and the second moment ``state.nu``; return the
+    step count after this update and its `BiasCorrections` (the start of every Adam-like
+    update)."""
+    _checks.update_inputs(updates, params)
+    _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
+    count = state.count + 1
+    return count, BiasCorrections(count)
 
 
 def scale_by_adam(
@@ -81,16 +103,10 @@ def scale_by_adam(
     _checks.dtype_or_none("mu_dtype", mu_dtype)
     add_eps_root = isinstance(eps_root, torch.Tensor) or eps_root != 0
 
-    def init_fn(params: Params) -> ScaleByAdamState:
-        _checks.float_leaves(params, "params")
-        return ScaleByAdamState(count=zero_count(params), mu=zeros(params, mu_dtype),
-                                nu=zeros(params))
+    init_fn = adam_state_init(mu_dtype)
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        _checks.updates(updates, state.nu, dtype=False, ref_name="state.nu")
-        count = state.count + 1
-        corrections = BiasCorrections(count)
+        count, corrections = next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)
