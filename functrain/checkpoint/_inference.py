@@ -29,15 +29,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import optree
 import torch
 from torch import nn
 
-from .. import tree as _tree
 from .._errors import check_choice, describe
+from ._dcp import _dcp_load
 from ._export import load_params
 from ._format import CheckpointError
-from ._restore import restore, verify
+from ._restore import _dtype, verify
 
 __all__ = ["best", "load_weights"]
 
@@ -46,70 +45,43 @@ __all__ = ["best", "load_weights"]
 # load_weights
 
 
-class _RawPath(optree.PyTreeEntry):
-    """A path entry that prints as the text it holds (a whole saved leaf path after the root)."""
-
-    def __call__(self, obj: Any) -> Any:
-        return obj.leaves[self.entry]
-
-    def codify(self, node: str = "") -> str:
-        return node + self.entry
-
-
-class _SavedLeaves:
-    """A flat pytree whose leaf paths are those a checkpoint's manifest lists: a ``like`` for
-    `functrain.checkpoint.restore` built without the model, optimizer or state class."""
-
-    def __init__(self, leaves: dict[str, Any]) -> None:
-        self.leaves = leaves
-
-
-optree.register_pytree_node(
-    _SavedLeaves,
-    lambda s: (list(s.leaves.values()), tuple(s.leaves), tuple(s.leaves)),
-    lambda keys, children: _SavedLeaves(dict(zip(keys, children))),
-    path_entry_type=_RawPath,
-    namespace=_tree.NAMESPACE,
-)
-
 # "state.params['fc.weight']" (a TrainState) or "state['params']['fc.weight']" (a dict state)
 _WEIGHT_PATH = re.compile(r"state(?:\.(params|buffers)|\['(params|buffers)'\])\[(.+)\]")
 
 
-def _like_from_manifest(manifest: dict[str, Any]) -> _SavedLeaves:
-    leaves: dict[str, Any] = {}
-    for rec in manifest["leaves"]:
-        suffix = rec["path"].removeprefix("state")
-        if "dtype" in rec:
-            dtype = getattr(torch, rec["dtype"], None)
-            if not isinstance(dtype, torch.dtype):
-                raise CheckpointError(
-                    f"{rec['path']}: expected a torch dtype name, got {rec['dtype']!r}. HINT: "
-                    "written by a newer torch? Upgrade torch to read it.")
-            leaves[suffix] = torch.empty(rec["shape"], dtype=dtype, device="meta")
-        else:
-            leaves[suffix] = rec["value"]
-    return _SavedLeaves(leaves)
+def read_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The params and buffers of the checkpoint directory ``path``, ``{"params": {name:
+    tensor}, "buffers": {...}}`` on the CPU, read after verifying its checksums: only those
+    leaves are read (not the optimizer state), whatever number of ranks wrote it.
 
-
-def _checkpoint_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    Raises:
+        functrain.checkpoint.CheckpointError: ``path`` is not an intact checkpoint, or holds
+            neither params nor buffers.
+    """
     manifest = verify(path)
-    saved = restore(path, like=_like_from_manifest(manifest))
-    out: dict[str, dict[str, torch.Tensor]] = {"params": {}, "buffers": {}}
-    for suffix, value in saved.leaves.items():
-        m = _WEIGHT_PATH.fullmatch("state" + suffix)
-        if m and isinstance(value, torch.Tensor):
-            try:
-                name = ast.literal_eval(m.group(3))
-            except (ValueError, SyntaxError):
-                continue
-            if isinstance(name, str):
-                out[m.group(1) or m.group(2)][name] = value
-    if not out["params"] and not out["buffers"]:
+    like: dict[str, torch.Tensor] = {}
+    where: dict[str, tuple[str, str]] = {}
+    for rec in manifest["leaves"]:
+        m = _WEIGHT_PATH.fullmatch(rec["path"])
+        if not (m and "dtype" in rec):
+            continue
+        try:
+            name = ast.literal_eval(m.group(3))
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(name, str):
+            like[rec["path"]] = torch.empty(rec["shape"], dtype=_dtype(rec["dtype"]),
+                                            device="meta")
+            where[rec["path"]] = (m.group(1) or m.group(2), name)
+    if not like:
         raise CheckpointError(
             f"checkpoint {str(path)!r}: expected a state with params (a TrainState or a dict "
             "with 'params'), got none among its leaves. HINT: load other pytrees with "
             "functrain.checkpoint.restore(path, like=...).")
+    loaded = _dcp_load(path, like, manifest)
+    out: dict[str, dict[str, torch.Tensor]] = {"params": {}, "buffers": {}}
+    for leaf, (kind, name) in where.items():
+        out[kind][name] = loaded[leaf]
     return out
 
 
@@ -125,8 +97,8 @@ def load_weights(path: str | os.PathLike[str], module: nn.Module, *,
     copied into the module's tensors, keeping their device and dtype (a bfloat16 checkpoint
     loads into a float32 model).
 
-    A checkpoint directory is verified (checksums) and read whole, optimizer state included,
-    then only its params and buffers are kept.
+    A checkpoint directory is verified (checksums), then only its params and buffers are
+    read (not the optimizer state).
 
     Args:
         path: a checkpoint directory or a ``.safetensors`` file.
@@ -163,7 +135,7 @@ def load_weights(path: str | os.PathLike[str], module: nn.Module, *,
         buffers = {k: v for k, v in flat.items() if k not in params}
         weights = {"params": params, "buffers": buffers}
     else:
-        weights = _checkpoint_weights(path)
+        weights = read_weights(path)
     targets = {"params": dict(module.named_parameters()), "buffers": dict(module.named_buffers())}
     if strict:
         for kind in ("params", "buffers"):

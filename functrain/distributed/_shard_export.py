@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -45,32 +43,14 @@ def export_full_params(checkpoint: str | os.PathLike[str],
         <All keys matched successfully>
     """
     from ..checkpoint import CheckpointError
-    from ..checkpoint._dcp import _dcp_load
     from ..checkpoint._export import _write_safetensors
-    from ..checkpoint._inference import _WEIGHT_PATH
-    from ..checkpoint._restore import _dtype, verify
+    from ..checkpoint._inference import read_weights
 
-    path = Path(checkpoint)
-    manifest = verify(path)
-    like: dict[str, torch.Tensor] = {}
-    names: dict[str, str] = {}
-    for rec in manifest["leaves"]:
-        m = _WEIGHT_PATH.fullmatch(rec["path"])
-        if not (m and "dtype" in rec):
-            continue
-        try:
-            name = ast.literal_eval(m.group(3))
-        except (ValueError, SyntaxError):
-            continue
-        if isinstance(name, str):
-            like[rec["path"]] = torch.empty(rec["shape"], dtype=_dtype(rec["dtype"]),
-                                            device="meta")
-            names[rec["path"]] = name
-    if not any(p.startswith("state.params") for p in like):
-        raise CheckpointError(f"checkpoint {str(path)!r}: expected a state with params (a "
+    saved = read_weights(Path(checkpoint))
+    if not saved["params"]:
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r}: expected a state with params (a "
                               "TrainState), got none among its leaves.")
-    loaded: dict[str, Any] = _dcp_load(path, like, manifest)
-    weights = {names[p]: loaded[p] for p in like}
+    weights = {**saved["params"], **saved["buffers"]}
     if out is not None:
         _write_safetensors(out, weights)
     return weights
