@@ -47,7 +47,8 @@ def _check_loader(loader: Any, name: str = "loader") -> None:
                         "pass the DataLoader (or a list of batches) itself.")
 
 
-def _length(loader: Any) -> int | None:
+def loader_len(loader: Any) -> int | None:
+    """``len(loader)``, or ``None`` for a loader without a length."""
     try:
         return len(loader)
     except TypeError:
@@ -61,7 +62,7 @@ def _count(loader: Any, n: int | float, name: str) -> int:
         return check_int(name, n, minimum=1)
     check_number(name, n, low=0.0, high=1.0, low_open=True,
                  hint="an int is a number of batches, a float in (0, 1] a fraction of them")
-    total = _length(loader)
+    total = loader_len(loader)
     if total is None:
         raise TypeError(f"{name}: a fraction ({n!r}) needs a loader with a length, got "
                         f"{type(loader).__name__}, which has none. HINT: pass a number of "
@@ -77,7 +78,7 @@ class _Take:
         self.n = n
 
     def __len__(self) -> int:
-        total = _length(self.loader)
+        total = loader_len(self.loader)
         if total is None:
             raise TypeError(f"take({type(self.loader).__name__}, {self.n}): the loader has "
                             "no length, so neither has this view.")
@@ -116,7 +117,7 @@ class _Overfit:
         return self._batches
 
     def __len__(self) -> int:
-        total = _length(self.loader)
+        total = loader_len(self.loader)
         return min(self.n, total) if total is not None else len(self._fill())
 
     def set_epoch(self, epoch: int) -> None:

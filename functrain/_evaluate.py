@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ._backend import resolve_backend
+from ._data_helpers import loader_len
 from ._placement import resolve_device
 from ._runner import CompiledStep
 from ._window import MetricWindow
@@ -57,11 +58,7 @@ def check_loader(loader: Any, name: str) -> None:
     if not isinstance(loader, Iterable):
         raise TypeError(f"{name}: expected an iterable of batches (a DataLoader, a list...), "
                         f"got {type(loader).__name__}.")
-    try:
-        n = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return
-    if n == 0:
+    if loader_len(loader) == 0:
         raise ValueError(f"{name} is empty: it yields no batches. HINT: check the dataset's "
                          "size and the batch size (drop_last=True drops a lone partial batch).")
 

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from . import _rng_state
+from ._data_helpers import loader_len
 from ._donation import is_donated
 from ._evaluate import Evaluator
-from ._fit_args import check_fit_args, loader_len, moved_keyword, training_runner
+from ._fit_args import check_fit_args, moved_keyword, training_runner
 from ._loader_state import LoaderOrder
 from ._loop_state import LoopState
 from ._multistep import group_batches, stacked_batch_size

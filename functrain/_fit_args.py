@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from ._data_helpers import loader_len
 from ._errors import check_int, check_number, describe
 from ._evaluate import check_loader, eager, runner_for
 from ._run_config import Checkpointing, Logging
@@ -14,7 +15,7 @@ from ._runner import CompiledStep
 from .callbacks._protocol import Callback
 from .precision import Policy
 
-__all__ = ["FitArgs", "check_fit_args", "loader_len", "training_runner"]
+__all__ = ["FitArgs", "check_fit_args", "training_runner"]
 
 # Arguments `fit` no longer takes, and what replaced them (nothing was released: no alias).
 MOVED = {
@@ -157,10 +158,3 @@ def _eval_every(eval_every: Any, loader: Any) -> tuple[int | None, int | None]:
                      hint="an int is a number of steps; a float in (0, 1) a fraction of an "
                      "epoch."), None
 
-
-def loader_len(loader: Any) -> int | None:
-    """``len(loader)``, or ``None`` for a loader without a length."""
-    try:
-        return len(loader)
-    except TypeError:
-        return None
