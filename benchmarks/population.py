@@ -9,7 +9,10 @@ only time is measured), AdamW, batch 64, every member its own seed:
 
   mlpH  an MLP 40-H-H-10 (``mlp128`` is the default; any width H, e.g. mlp32, mlp64)
   cnn   the MNIST-1D paper's CNN of examples/mnist1d.py (three strided Conv1d of 25
-        channels, a Linear read-out; 5.4k params)
+        channels, a Linear read-out; 5.2k params)
+  cnnmm the same CNN (same parameters, same outputs), its convolutions computed as
+        unfold + matmul: vmap then batches them into ``bmm`` instead of oneDNN's grouped
+        convolutions (``groups=N``), which cost as much per member as N single convolutions
 
 Variants, each training all N models for ``--steps`` steps on the same pre-made batches
 (cycled):
@@ -60,15 +63,43 @@ def _conv_net() -> type[nn.Module]:
     return module.ConvNet
 
 
+def _conv_as_matmul(conv: nn.Conv1d, h: torch.Tensor) -> torch.Tensor:
+    """``conv(h)`` as unfold + matmul (zero padding, no dilation, one group)."""
+    (k,), (s,), (p,) = conv.kernel_size, conv.stride, conv.padding
+    h = nn.functional.pad(h, (p, p))
+    n = (h.shape[2] - k) // s + 1
+    # k strided slices, not Tensor.unfold: unfold's backward has no vmap batching rule
+    cols = torch.stack([h[:, :, j:j + s * (n - 1) + 1:s] for j in range(k)], 3)
+    cols = cols.permute(0, 2, 1, 3).flatten(2)             # (batch, L, C * k)
+    return (cols @ conv.weight.flatten(1).t() + conv.bias).transpose(1, 2)
+
+
+def _conv_net_mm() -> type[nn.Module]:
+    base = _conv_net()
+
+    class ConvNetMM(base):
+        """examples/mnist1d.py's ConvNet, its convolutions computed as unfold + matmul."""
+
+        def forward(self, x):
+            h = x.unsqueeze(1)
+            for conv in (self.conv1, self.conv2, self.conv3):
+                h = _conv_as_matmul(conv, h).relu()
+            return self.linear(h.flatten(1))
+
+    return ConvNetMM
+
+
 def factory(model: str):
-    """A zero-argument module factory for a workload name (``mlpH`` or ``cnn``)."""
+    """A zero-argument module factory for a workload name (``mlpH``, ``cnn`` or ``cnnmm``)."""
     if model == "cnn":
         return _conv_net()
+    if model == "cnnmm":
+        return _conv_net_mm()
     if model.startswith("mlp") and model[3:].isdigit():
         h = int(model[3:])
         return lambda: nn.Sequential(nn.Linear(IN, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                                      nn.Linear(h, OUT))
-    raise SystemExit(f"--models: expected mlpH (e.g. mlp64) or cnn, got {model!r}")
+    raise SystemExit(f"--models: expected mlpH (e.g. mlp64), cnn or cnnmm, got {model!r}")
 
 
 def make_step():
@@ -190,7 +221,8 @@ HEADER = (f"{'model':>7} {'N':>3} {'cmp a s':>7} {'(a) s':>7} {'(b) s':>7} {'(c)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="mlp128", help="comma-separated: mlpH (any H), cnn")
+    p.add_argument("--models", default="mlp128",
+                   help="comma-separated: mlpH (any H), cnn, cnnmm")
     p.add_argument("--sizes", default="1,4,16,64")
     p.add_argument("--steps", type=int, default=100, help="timed steps per model")
     p.add_argument("--rounds", type=int, default=3)
@@ -206,6 +238,12 @@ def main() -> None:
           f"{mm_peak_gflops():.0f} GFLOP/s")
     for name in args.models.split(","):
         w = Workload(name, optimizer)
+        if name == "cnnmm":  # the same function as the CNN, computed another way
+            torch.manual_seed(0)
+            conv, mm = _conv_net()(), w.make()
+            mm.load_state_dict(conv.state_dict())
+            x = data.data[0][0]
+            torch.testing.assert_close(mm(x), conv(x), rtol=1e-5, atol=1e-5)
         flops = member_flops(w.make, data.data[0])
         params = sum(p.numel() for p in w.make().parameters())
         t = time.perf_counter()
