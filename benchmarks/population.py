@@ -34,7 +34,9 @@ ratio (b + its compile) / (a + its compile) (each variant charged its own compil
 time of one population step and of one one-model step, and the matmul/conv GFLOP/s of (a)
 and (b) (FLOPs of one member's forward and backward, counted by
 ``torch.utils.flop_counter``), next to the peak of one large ``mm`` on the same threads, to
-tell a compute-bound population step from an overhead-bound one.
+tell a compute-bound population step from an overhead-bound one. With two or more sizes, a
+last line per workload gives the time each further member adds to the population step and
+the bound it puts on (b)/(a): one model's step time over that per-member time.
 """
 
 from __future__ import annotations
@@ -232,10 +234,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     data = Cycle(batches(16), args.steps)
     optimizer = tx()
+    peak = mm_peak_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
           f"AdamW, {args.steps} steps per model, {args.rounds} round(s), 16 pre-made batches "
-          f"cycled; load average {os.getloadavg()[0]:.1f}; 1024^3 mm peak "
-          f"{mm_peak_gflops():.0f} GFLOP/s")
+          f"cycled; load average {os.getloadavg()[0]:.1f}; 1024^3 mm peak {peak:.0f} GFLOP/s")
     for name in args.models.split(","):
         w = Workload(name, optimizer)
         if name == "cnnmm":  # the same function as the CNN, computed another way
@@ -252,6 +254,8 @@ def main() -> None:
         print(f"\n{name}: {params} params, {flops / 1e6:.2f} MFLOP (matmul/conv, fwd+bwd) per "
               f"member-step; one-model step compiled in {one_compile_s:.1f} s")
         print(HEADER)
+        pop_us: dict[int, float] = {}
+        one_us: list[float] = []
         for n in sizes:
             t = time.perf_counter()
             w.population(n, Cycle(data.data, 3))  # compiles the N-member graph
@@ -274,6 +278,16 @@ def main() -> None:
                   f"{med['a'] / args.steps * 1e6:>7.0f} "
                   f"{med['b'] / (n * args.steps) * 1e6:>7.0f} {work / med['a']:>7.1f} "
                   f"{work / med['b']:>7.1f}", flush=True)
+            pop_us[n] = med["a"] / args.steps * 1e6
+            one_us.append(med["b"] / (n * args.steps) * 1e6)
+        if len(pop_us) > 1:
+            lo, hi = min(pop_us), max(pop_us)
+            member = (pop_us[hi] - pop_us[lo]) / (hi - lo)
+            one = statistics.median(one_us)
+            print(f"{name}: each further member adds {member:.0f} us to the population step "
+                  f"(N={lo} -> {hi}); one model's step takes {one:.0f} us, so (b)/(a) tends to "
+                  f"at most {one / member:.1f} as N grows; at the mm peak one member's FLOPs "
+                  f"take {flops / peak / 1e3:.0f} us")
 
 
 if __name__ == "__main__":
