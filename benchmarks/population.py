@@ -261,9 +261,9 @@ def main() -> None:
             w.population(n, Cycle(data.data, 3))  # compiles the N-member graph
             compile_s = time.perf_counter() - t
             times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-            variants = [("a", lambda n=n: w.population(n, data)),
-                        ("b", lambda n=n: w.sequential(n, data)),
-                        ("c", lambda n=n: w.loop(n, data))]
+            variants = [("a", lambda n=n, w=w: w.population(n, data)),
+                        ("b", lambda n=n, w=w: w.sequential(n, data)),
+                        ("c", lambda n=n, w=w: w.loop(n, data))]
             for r in range(args.rounds):
                 for key, fn in variants[r % 3:] + variants[:r % 3]:
                     times[key].append(fn())
