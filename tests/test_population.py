@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -391,8 +392,6 @@ def test_compiled_population_step_updates_the_stacked_state_in_place():
     """Donation covers stacked states: inductor's population graph writes every member's new
     params and optimizer state into the population's own tensors (no copy back after the
     graph), and returns only the small per-member metric tensors."""
-    import re
-
     from torch._inductor.utils import run_and_get_code
 
     n = 4
