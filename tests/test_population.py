@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -385,3 +386,35 @@ def test_population_step_runs_without_vmap_fallback(vmap_fallback_warnings):
         for b in _data(2):
             pop, _ = step(pop, b)
     assert _fallbacks(caught) == [] and int(pop.step) == 2
+
+
+def test_compiled_population_step_updates_the_stacked_state_in_place():
+    """Donation covers stacked states: inductor's population graph writes every member's new
+    params and optimizer state into the population's own tensors (no copy back after the
+    graph), and returns only the small per-member metric tensors."""
+    from torch._inductor.utils import run_and_get_code
+
+    n = 4
+    pop = pop_lib.create(_make, ft.optim.adamw(1e-3, weight_decay=1e-2), seeds=n)
+    run = ft.compile_step(pop_lib.vmap(_step, per_member=False), compile="inductor")
+    data = _data(3)
+    (pop, _), codes = run_and_get_code(run, pop, data[0])
+    assert run.compiles == 1 and len(codes) == 1
+    code = codes[0]
+    returned = re.findall(r"return \((.*)\)", code)[-1].replace(" ", "").strip(",").split(",")
+
+    def allocated_shape(name: str) -> str:
+        while True:  # follow inductor's buffer reuse ("buf7 = buf3; del buf3  # reuse")
+            alloc = re.search(rf"\b{name} = empty_strided_cpu\(\(([0-9, ]*)\)", code)
+            if alloc:
+                return alloc.group(1)
+            name = re.search(rf"\b{name} = (buf[0-9]+); del", code).group(1)
+
+    shapes = {name: allocated_shape(name) for name in returned}
+    # (N,) per-member metric fields or 0-d scalars: nothing shaped like a params leaf
+    assert shapes and all(s.replace(" ", "") in (f"{n},", "") for s in shapes.values()), shapes
+    ptrs = [x.data_ptr() for x in ft.tree.leaves(pop)]
+    for b in data[1:]:
+        pop, _ = run(pop, b)
+    assert [x.data_ptr() for x in ft.tree.leaves(pop)] == ptrs
+    assert run.compiles == 1
