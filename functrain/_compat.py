@@ -29,6 +29,7 @@ __all__ = [
     "dcp_metadata_globals",
     "dcp_slice_file",
     "fake_tensor_mode",
+    "functorch_transform_active",
     "guard_failure_reason",
     "has_dcp_slice_file",
     "inductor_compile",
@@ -217,6 +218,14 @@ def is_autograd_device_queue_error(e: BaseException) -> bool:
     exception type or a query for it; the text (``device_ready_queues_``) is the only signal.
     """
     return isinstance(e, RuntimeError) and "device_ready_queues_" in str(e)
+
+
+def functorch_transform_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vjp``, ``jvp``, ``vmap``,
+    ``functionalize``) is running around the caller. Missing public API: ``torch.func`` has no
+    query for its interpreter stack. Uses ``torch._C._functorch.peek_interpreter_stack``.
+    """
+    return _private("torch._C", "_functorch").peek_interpreter_stack() is not None
 
 
 def outside_innermost_grad(tensors: tuple[Any, ...]) -> tuple[Any, ...]:
