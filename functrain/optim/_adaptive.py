@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import _checks
+from . import _checks, _foreach
 from ._base import GradientTransformation, Params, Updates, zero_count
-from ._transforms import BiasCorrections, moment, moment_sq, per_leaf, zeros
+from ._transforms import BiasCorrections, is_number, moment, moment_sq, per_leaf, zeros
 
 # ---------------------------------------------------------------------------------------------
 # Adam.
@@ -102,11 +102,23 @@ def scale_by_adam(
     _checks.non_negative("eps_root", eps_root)
     _checks.dtype_or_none("mu_dtype", mu_dtype)
     add_eps_root = isinstance(eps_root, torch.Tensor) or eps_root != 0
+    # Eagerly, plain Adam over leaves of one dtype runs as foreach ops (`_foreach`): same bits.
+    foreach = not nesterov and all(is_number(h) for h in (b1, b2, eps, eps_root))
 
     init_fn = adam_state_init(mu_dtype)
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
         count, corrections = next_count(updates, state, params)
+        fast = _foreach.leaves(updates, state.mu, state.nu) if foreach else None
+        if fast is not None:
+            (gs, ms, vs), specs = fast
+            dt = gs[0].dtype
+            u, mu, nu = _foreach.adam(gs, ms, vs, b1, b2, eps, eps_root,
+                                      corrections.inverse("b1", b1, dt),
+                                      corrections.inverse("b2", b2, dt))
+            return _foreach.unflatten(specs[0], u), ScaleByAdamState(
+                count=count, mu=_foreach.unflatten(specs[1], mu),
+                nu=_foreach.unflatten(specs[2], nu))
 
         def one(g, m, v):
             m_new = moment(g, m, b1)

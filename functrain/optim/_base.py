@@ -232,6 +232,12 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     """
     _checks.float_leaves(params, "params")
     _checks.updates(updates, params, dtype=False)
+    from . import _foreach  # (it imports this module's neighbours)
+
+    fast = _foreach.leaves(params, updates)
+    if fast is not None:  # eager: one foreach op, the same bits
+        (ps, us), (spec, _) = fast
+        return _foreach.unflatten(spec, _foreach.add(ps, us))
     return _tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from functrain import tree as _tree
 
-from . import _checks
+from . import _checks, _foreach
 from ._base import (
     EmptyState,
     GradientTransformation,
@@ -62,13 +62,17 @@ class BiasCorrections:
     def __init__(self, count: torch.Tensor) -> None:
         self.count = count
         self._cache: dict[tuple[str, torch.dtype, int], torch.Tensor] = {}
+        self._counts: dict[tuple[torch.dtype, int], torch.Tensor] = {}
 
     def inverse(self, name: str, decay: Any, dtype: torch.dtype, offset: int = 0) -> torch.Tensor:
         # Keyed by name, not id(decay): an id would become a guard under torch.compile.
         dt = torch.promote_types(dtype, torch.float32)
         key = (name, dt, offset)
         if key not in self._cache:
-            c = (self.count + offset).to(dt)  # >= 1
+            c = self._counts.get((dt, offset))
+            if c is None:  # shared by every decay: one cast per step and dtype
+                c = self._counts[dt, offset] = (
+                    self.count + offset if offset else self.count).to(dt)  # >= 1
             # decay**c written as exp(c * log(decay)): the same number (to an ulp or two), but
             # inductor counts exp as a heavy op and computes it once per step, where it inlines
             # a pow into every vectorized iteration of every leaf's loop (that cost ~30% of a
@@ -81,6 +85,15 @@ class BiasCorrections:
                 power = torch.zeros_like(c)
             self._cache[key] = (1 / (1 - power)).to(dt)
         return self._cache[key]
+
+
+def scale_tree(updates: Updates, step_size: Any) -> Updates:
+    """``g * step_size`` for every leaf, in the leaf's dtype (one foreach op when eager)."""
+    fast = _foreach.leaves(updates)
+    if fast is not None:
+        (gs,), (spec,) = fast
+        return _foreach.unflatten(spec, _foreach.scale(gs, step_size))
+    return _tree.map(lambda g: (g * step_size).to(g.dtype), updates)
 
 
 def zeros(params: Params, dtype: torch.dtype | None = None, fill: float = 0.0) -> Any:
@@ -143,7 +156,7 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
 
     def update_fn(updates: Updates, state: EmptyState, params: Params | None = None):
         _checks.update_inputs(updates, params)
-        return _tree.map(lambda g: (g * step_size).to(g.dtype), updates), state
+        return scale_tree(updates, step_size), state
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -197,7 +210,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     def update_fn(updates: Updates, state: ScaleByScheduleState, params: Params | None = None):
         _checks.update_inputs(updates, params)
         step_size = step_size_fn(state.count)
-        updates = _tree.map(lambda g: (g * step_size).to(g.dtype), updates)
+        updates = scale_tree(updates, step_size)
         return updates, ScaleByScheduleState(count=state.count + 1)
 
     return GradientTransformation(init_fn, update_fn)
