@@ -225,7 +225,13 @@ def functorch_transform_active() -> bool:
     ``functionalize``) is running around the caller. Missing public API: ``torch.func`` has no
     query for its interpreter stack. Uses ``torch._C._functorch.peek_interpreter_stack``.
     """
-    return _private("torch._C", "_functorch").peek_interpreter_stack() is not None
+    global _PEEK_INTERPRETER_STACK
+    if _PEEK_INTERPRETER_STACK is None:  # looked up at the first use, kept: a per-step check
+        _PEEK_INTERPRETER_STACK = _private("torch._C", "_functorch").peek_interpreter_stack
+    return _PEEK_INTERPRETER_STACK() is not None
+
+
+_PEEK_INTERPRETER_STACK: Callable[[], Any] | None = None
 
 
 def outside_innermost_grad(tensors: tuple[Any, ...]) -> tuple[Any, ...]:

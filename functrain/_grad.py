@@ -120,11 +120,15 @@ def _pick(args: tuple[Any, ...], argnums: int | tuple[int, ...]) -> Any:
     """The flattened differentiated arguments, or None where the eager path does not apply
     (an argnum out of range or repeated, a leaf that is not a floating tensor, a leaf that already requires
     grad): then ``torch.func`` runs, and raises its own error for bad inputs."""
-    nums = argnums if isinstance(argnums, tuple) else (argnums,)
     n = len(args)
-    if any(not 0 <= a < n for a in nums) or len(set(nums)) != len(nums):
+    if isinstance(argnums, tuple):
+        if not all(0 <= a < n for a in argnums) or len(set(argnums)) != len(argnums):
+            return None
+        picked: Any = tuple(args[a] for a in argnums)
+    elif 0 <= argnums < n:
+        picked = args[argnums]
+    else:
         return None
-    picked = tuple(args[a] for a in nums) if isinstance(argnums, tuple) else args[argnums]
     # optree's built-in containers (dict, list, tuple, namedtuple...) flatten as torch.func's
     # pytree does; anything else is a leaf here, not a tensor, and goes to torch.func.
     leaves, spec = optree.tree_flatten(picked)

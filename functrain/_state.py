@@ -11,6 +11,7 @@ from torch import nn
 
 from . import tree as _tree
 from ._bridge import call, split_module
+from .optim import apply_updates
 
 __all__ = ["TrainState"]
 
@@ -181,8 +182,6 @@ class TrainState:
                              "HINT: build it with TrainState.create(module, optimizer).")
         if not torch.compiler.is_compiling():
             _check_gradients(self, grads)
-        from .optim import apply_updates
-
         apply = getattr(self.tx, "apply_to_params", None)
         if apply is not None:  # a sharded optimizer (functrain.distributed.shard_state)
             params, opt_state = apply(grads, self.opt_state, self.params)
@@ -222,8 +221,10 @@ def _check_gradients(state: TrainState, grads: Any) -> None:
     """`apply_gradients`' eager checks: ``grads`` against ``params`` (structure, shapes, dtypes)
     and ``opt_state`` against ``tx.init(params)``; skipped for structures already checked."""
     try:
-        key: Any = (state.tx, *(optree.tree_structure(t, namespace=_tree.NAMESPACE)
-                                for t in (state.params, grads, state.opt_state)))
+        ns = _tree.NAMESPACE
+        key: Any = (state.tx, optree.tree_structure(state.params, namespace=ns),
+                    optree.tree_structure(grads, namespace=ns),
+                    optree.tree_structure(state.opt_state, namespace=ns))
         if key in _CHECKED:
             return
     except TypeError:  # an unhashable optimizer: check every time

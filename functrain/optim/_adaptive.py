@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from . import _checks, _foreach
@@ -108,17 +109,20 @@ def scale_by_adam(
     init_fn = adam_state_init(mu_dtype)
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
-        count, corrections = next_count(updates, state, params)
-        fast = _foreach.leaves(updates, state.mu, state.nu) if foreach else None
-        if fast is not None:
-            (gs, ms, vs), specs = fast
+        fast = foreach and _foreach.leaves(updates, state.mu, state.nu,
+                                           *(() if params is None else (params,)))
+        if fast:  # (its checks imply next_count's)
+            (gs, ms, vs, *_), specs = fast
+            count = state.count + 1
+            corrections = BiasCorrections(count)
             dt = gs[0].dtype
             u, mu, nu = _foreach.adam(gs, ms, vs, b1, b2, eps, eps_root,
                                       corrections.inverse("b1", b1, dt),
                                       corrections.inverse("b2", b2, dt))
-            return _foreach.unflatten(specs[0], u), ScaleByAdamState(
-                count=count, mu=_foreach.unflatten(specs[1], mu),
-                nu=_foreach.unflatten(specs[2], nu))
+            return optree.tree_unflatten(specs[0], u), ScaleByAdamState(
+                count=count, mu=optree.tree_unflatten(specs[1], mu),
+                nu=optree.tree_unflatten(specs[2], nu))
+        count, corrections = next_count(updates, state, params)
 
         def one(g, m, v):
             m_new = moment(g, m, b1)

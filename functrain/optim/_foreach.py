@@ -23,42 +23,41 @@ import torch
 from functrain._compat import functorch_transform_active
 from functrain.tree import NAMESPACE
 
-__all__ = ["add", "adam", "leaves", "scale", "unflatten"]
+__all__ = ["add", "adam", "leaves", "scale"]
 
 
 def leaves(*trees: Any) -> tuple[list[list[torch.Tensor]], list[Any]] | None:
-    """The leaves of ``trees`` (lists in one order) and their treespecs, or ``None``
-    where the foreach path does not apply: while compiling, inside a ``torch.func`` transform,
-    trees of different structures, a leaf that is not a tensor, leaves of more than one dtype or
-    device, or (with grad enabled) a leaf that requires grad."""
+    """The leaves of ``trees`` (lists in one order) and their treespecs, or ``None`` where the
+    foreach path does not apply: while compiling, inside a ``torch.func`` transform, or unless
+    every tree has the first one's structure and every leaf is a floating tensor of one dtype
+    and device, with the shape of the first tree's leaf at its place, that does not require
+    grad (with grad enabled). Whatever passes here passes the updates' tree checks
+    (`_checks.update_inputs`, `_checks.updates`), so the fast path skips them."""
     if torch.compiler.is_compiling() or functorch_transform_active():
         return None
     flat, spec = optree.tree_flatten(trees[0], namespace=NAMESPACE)
+    if not flat or not isinstance(flat[0], torch.Tensor) or not flat[0].is_floating_point():
+        return None
+    dtype, device = flat[0].dtype, flat[0].device
+    grad = torch.is_grad_enabled()
+    shapes = []
+    for x in flat:
+        if (not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device != device
+                or (grad and x.requires_grad)):
+            return None
+        shapes.append(x.shape)
     out, specs = [flat], [spec]
     for t in trees[1:]:
         other, other_spec = optree.tree_flatten(t, namespace=NAMESPACE)
         if other_spec != spec:  # (equal specs may differ in dict order: each keeps its own)
             return None
+        for x, shape in zip(other, shapes):
+            if (not isinstance(x, torch.Tensor) or x.dtype != dtype or x.shape != shape
+                    or x.device != device or (grad and x.requires_grad)):
+                return None
         out.append(other)
         specs.append(other_spec)
-    if not flat:
-        return None
-    first = flat[0]
-    if not isinstance(first, torch.Tensor):
-        return None
-    dtype, device = first.dtype, first.device
-    grad = torch.is_grad_enabled()
-    for group in out:
-        for x in group:
-            if (not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device != device
-                    or (grad and x.requires_grad)):
-                return None
     return out, specs
-
-
-def unflatten(spec: Any, values: list[torch.Tensor]) -> Any:
-    """``values`` in the structure (and dict order) of ``spec``."""
-    return optree.tree_unflatten(spec, values)
 
 
 def adam(gs: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor], b1: float,

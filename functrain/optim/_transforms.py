@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from functrain import tree as _tree
@@ -83,16 +84,19 @@ class BiasCorrections:
                 power = torch.exp(c * math.log(decay))
             else:
                 power = torch.zeros_like(c)
-            self._cache[key] = (1 / (1 - power)).to(dt)
+            # 1 - power, then 1 / that (which Tensor.__rdiv__ computes as reciprocal() * 1)
+            self._cache[key] = torch.rsub(power, 1).reciprocal().to(dt)
         return self._cache[key]
 
 
-def scale_tree(updates: Updates, step_size: Any) -> Updates:
-    """``g * step_size`` for every leaf, in the leaf's dtype (one foreach op when eager)."""
-    fast = _foreach.leaves(updates)
-    if fast is not None:
-        (gs,), (spec,) = fast
-        return _foreach.unflatten(spec, _foreach.scale(gs, step_size))
+def scale_tree(updates: Updates, step_size: Any, params: Params | None) -> Updates:
+    """``g * step_size`` for every leaf, in the leaf's dtype (one foreach op when eager), after
+    the API-edge check of ``updates`` against ``params``."""
+    fast = _foreach.leaves(updates, *(() if params is None else (params,)))
+    if fast:  # (its checks imply update_inputs')
+        (gs, *_), (spec, *_) = fast
+        return optree.tree_unflatten(spec, _foreach.scale(gs, step_size))
+    _checks.update_inputs(updates, params)
     return _tree.map(lambda g: (g * step_size).to(g.dtype), updates)
 
 
@@ -155,8 +159,7 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
         return EmptyState()
 
     def update_fn(updates: Updates, state: EmptyState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
-        return scale_tree(updates, step_size), state
+        return scale_tree(updates, step_size, params), state
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -208,9 +211,8 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         return ScaleByScheduleState(count=zero_count(params))
 
     def update_fn(updates: Updates, state: ScaleByScheduleState, params: Params | None = None):
-        _checks.update_inputs(updates, params)
         step_size = step_size_fn(state.count)
-        updates = scale_tree(updates, step_size)
+        updates = scale_tree(updates, step_size, params)
         return updates, ScaleByScheduleState(count=state.count + 1)
 
     return GradientTransformation(init_fn, update_fn)
