@@ -74,7 +74,8 @@ def adam(gs: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor],
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
     torch._foreach_div_(m_hat, denom)
-    return m_hat, m_new, v_new
+    # (a 0-d leaf times the 0-d float32 correction is float32, as in the per-leaf `.to`)
+    return [u if u.dtype == g.dtype else u.to(g.dtype) for u, g in zip(m_hat, gs)], m_new, v_new
 
 
 def scale(gs: list[torch.Tensor], step_size: Any) -> list[torch.Tensor]:
