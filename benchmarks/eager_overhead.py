@@ -6,7 +6,10 @@ Times (wall and this thread's CPU time), in rotated rounds (medians), one traini
 - ``plain+acc``: the same plus an accuracy count kept on the device (what fit's metrics do)
 - ``fwd-bwd``: only ``torch.func.grad_and_value`` over ``ft.call`` (no optimizer);
   ``fwd-bwd ft``: the same with ``ft.grad_and_value``
-- ``opt``: only ``state.apply_gradients`` (functrain's Adam, eager) on fixed gradients
+- ``plain fwd-bwd``, ``plain opt``: the plain loop's ``zero_grad`` + forward + ``backward``,
+  and its ``opt.step()`` alone
+- ``opt``: only ``state.apply_gradients`` (functrain's Adam, eager) on fixed gradients;
+  ``opt per-leaf``: the same with the eager foreach path turned off
 - ``bare``: the example's step function called directly, no runner
 - ``runner``: ``ft.compile_step(step, compile="eager")``
 - ``fit``: ``ft.fit(..., compile="eager")`` (``ft.Logging.quiet()``: no loggers, progress bar
@@ -38,6 +41,7 @@ import torch
 from torch import nn
 
 import functrain as ft
+from functrain.optim import _foreach
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,6 +84,18 @@ def make_variants(ex, batches, steps: int):
     variants["plain"] = plain
     variants["plain+acc"] = lambda n: plain(n, acc=True)
 
+    def plain_fwd_bwd(n):
+        for i in range(n):
+            x, y = batches[i % len(batches)]
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+    variants["plain fwd-bwd"] = plain_fwd_bwd
+
+    def plain_opt(n):
+        for _ in range(n):
+            opt.step()
+    variants["plain opt"] = plain_opt
+
     # -- functional pieces --------------------------------------------------------------------
     fmodel = ex.ConvNet()
     grad_fns = {"": torch.func.grad_and_value, " ft": ft.grad_and_value}
@@ -120,6 +136,15 @@ def make_variants(ex, batches, steps: int):
         for _ in range(n):
             s = s.apply_gradients(grads)
     variants["opt"] = opt_only
+
+    def opt_per_leaf(n):  # the same, with the eager foreach path turned off
+        leaves = _foreach.leaves
+        _foreach.leaves = lambda *trees: None
+        try:
+            opt_only(n)
+        finally:
+            _foreach.leaves = leaves
+    variants["opt per-leaf"] = opt_per_leaf
 
     for tag, gv in grad_fns.items():
         step = make_step(gv)

@@ -197,7 +197,10 @@ def _plan(module: nn.Module) -> _Plan | None:
     """
     if isinstance(module, torch.jit.ScriptModule) or torch.jit.is_tracing():
         return None
-    plan = _PLANS.get(module)
+    try:
+        plan = _PLANS.get(module)
+    except TypeError:  # a module class that made itself unhashable
+        return None
     if plan is not None:
         for m, dp, db, pkeys, bkeys, children in plan.modules:
             if (m._parameters is not dp or m._buffers is not db or tuple(dp) != pkeys
