@@ -117,9 +117,9 @@ def _is_int(x: Any) -> bool:
 
 
 def _pick(args: tuple[Any, ...], argnums: int | tuple[int, ...]) -> Any:
-    """The flattened differentiated arguments, or None where the eager path does not apply
-    (an argnum out of range or repeated, a leaf that is not a floating tensor, a leaf that already requires
-    grad): then ``torch.func`` runs, and raises its own error for bad inputs."""
+    """The flattened differentiated arguments and their spec, or None where the eager path does
+    not apply (an argnum out of range or repeated, a leaf that is not a floating tensor, a leaf
+    that already requires grad): then ``torch.func`` runs, and raises its own errors."""
     n = len(args)
     if isinstance(argnums, tuple):
         if not all(0 <= a < n for a in argnums) or len(set(argnums)) != len(argnums):
@@ -129,6 +129,14 @@ def _pick(args: tuple[Any, ...], argnums: int | tuple[int, ...]) -> Any:
         picked = args[argnums]
     else:
         return None
+    if type(picked) is dict:  # the common case, a flat params dict: its keys are the spec
+        spec: Any = tuple(picked)
+        leaves = list(picked.values())
+        for x in leaves:
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.requires_grad:
+                break
+        else:
+            return leaves, spec
     # optree's built-in containers (dict, list, tuple, namedtuple...) flatten as torch.func's
     # pytree does; anything else is a leaf here, not a tensor, and goes to torch.func.
     leaves, spec = optree.tree_flatten(picked)
@@ -138,11 +146,15 @@ def _pick(args: tuple[Any, ...], argnums: int | tuple[int, ...]) -> Any:
     return leaves, spec
 
 
+def _unflatten(spec: Any, values: list[Any]) -> Any:
+    return dict(zip(spec, values)) if type(spec) is tuple else optree.tree_unflatten(spec, values)
+
+
 def _autograd(func: Callable[..., Any], argnums: int | tuple[int, ...], has_aux: bool,
               args: tuple[Any, ...], kwargs: dict[str, Any], picked: Any) -> Any:
     leaves, spec = picked
     inputs = [x.detach().requires_grad_() for x in leaves]
-    tracked = optree.tree_unflatten(spec, inputs)
+    tracked = _unflatten(spec, inputs)
     new_args = list(args)
     if isinstance(argnums, tuple):
         for a, t in zip(argnums, tracked):
@@ -172,7 +184,8 @@ def _autograd(func: Callable[..., Any], argnums: int | tuple[int, ...], has_aux:
         if g is None:  # an input the value does not depend on: zeros, as torch.func gives
             grads[i] = torch.zeros_like(leaves[i])
     if has_aux:
-        aux = optree.tree_map_with_path(_detach_aux, aux)
-    grads_tree = optree.tree_unflatten(spec, grads)
+        aux = aux.detach() if isinstance(aux, torch.Tensor) else optree.tree_map_with_path(
+            _detach_aux, aux)
+    grads_tree = _unflatten(spec, grads)
     return (grads_tree, (value.detach(), aux)) if has_aux else (grads_tree, value.detach())
 

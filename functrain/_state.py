@@ -165,9 +165,9 @@ class TrainState:
         Raises:
             functrain.tree.TreeMismatchError: if ``grads`` or ``opt_state`` does not match
                 ``params``; the message names the first offending leaf path. (Eagerly, these
-                checks run once per optimizer and tree structures of ``params``, ``grads`` and
-                ``opt_state``; after that, the optimizer's own checks of ``grads`` against
-                ``params`` still name a leaf whose shape or dtype is off.)
+                checks run on an optimizer's first use, and afterwards whenever its update
+                raises, which functrain's optimizers do for grads that do not match the
+                params' structure, shapes or dtypes.)
 
         Example:
             >>> import torch, functrain as ft
@@ -180,16 +180,27 @@ class TrainState:
         if self.tx is None:
             raise ValueError("apply_gradients: this state has no optimizer (tx is None). "
                              "HINT: build it with TrainState.create(module, optimizer).")
-        if not torch.compiler.is_compiling():
-            _check_gradients(self, grads)
+        if torch.compiler.is_compiling():
+            params, opt_state = self._update(grads)
+        else:
+            if _first_use(self.tx):
+                _check_gradients(self, grads)
+            try:
+                params, opt_state = self._update(grads)
+            except Exception:
+                try:
+                    _check_gradients(self, grads)
+                except _tree.TreeMismatchError as mismatch:  # the cause: name its leaf path
+                    raise mismatch from None
+                raise
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)
+
+    def _update(self, grads: Any) -> tuple[Any, Any]:
         apply = getattr(self.tx, "apply_to_params", None)
         if apply is not None:  # a sharded optimizer (functrain.distributed.shard_state)
-            params, opt_state = apply(grads, self.opt_state, self.params)
-            return self.replace(step=self.step + 1, params=params, opt_state=opt_state,
-                                **changes)
+            return apply(grads, self.opt_state, self.params)
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        params = apply_updates(self.params, updates)
-        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)
+        return apply_updates(self.params, updates), opt_state
 
     def apply(self, *args: Any, rng: torch.Tensor | None = None, train: bool | None = None,
               **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -212,29 +223,30 @@ class TrainState:
 
 
 _OPT_STATE_SPECS: dict[Any, Any] = {}
-# (tx, treespecs of params, grads, opt_state) whose checks passed: the eager checks run once per
-# key (they cost ~30 us a step on a small CNN, a tenth of its Adam update).
+# Optimizers whose first apply_gradients ran the eager checks. After that the checks run only
+# when the update raises (functrain's optimizers check their inputs' trees), to name the
+# offending leaf: up front they cost ~50 us of an eager step on a small CNN, as much as
+# computing a treespec key to cache them by, a tenth of the whole Adam step.
 _CHECKED: dict[Any, bool] = {}
+
+
+def _first_use(tx: Any) -> bool:
+    try:
+        if tx in _CHECKED:
+            return False
+        if len(_CHECKED) > 1024:
+            _CHECKED.clear()
+        _CHECKED[tx] = True
+    except TypeError:  # an unhashable optimizer: check every time
+        pass
+    return True
 
 
 def _check_gradients(state: TrainState, grads: Any) -> None:
     """`apply_gradients`' eager checks: ``grads`` against ``params`` (structure, shapes, dtypes)
-    and ``opt_state`` against ``tx.init(params)``; skipped for structures already checked."""
-    try:
-        ns = _tree.NAMESPACE
-        key: Any = (state.tx, optree.tree_structure(state.params, namespace=ns),
-                    optree.tree_structure(grads, namespace=ns),
-                    optree.tree_structure(state.opt_state, namespace=ns))
-        if key in _CHECKED:
-            return
-    except TypeError:  # an unhashable optimizer: check every time
-        key = None
+    and ``opt_state`` against ``tx.init(params)``; raise naming the first offending leaf."""
     _tree.assert_trees_match(state.params, grads, "grads")
     _check_opt_state(state)
-    if key is not None:
-        if len(_CHECKED) > 1024:
-            _CHECKED.clear()
-        _CHECKED[key] = True
 
 
 def _check_opt_state(state: TrainState) -> None:

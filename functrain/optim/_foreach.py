@@ -66,7 +66,10 @@ def adam(gs: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor],
     """`scale_by_adam`'s per-leaf math (without Nesterov) over all leaves: the updates and new
     moments. Python-number hyperparameters; ``inv_bc*`` the 0-d inverse bias corrections."""
     m_new = torch._foreach_lerp(ms, gs, 1 - b1)  # moment(): torch.lerp(m, g, 1 - b1)
-    v_new = torch._foreach_addcmul(torch._foreach_mul(vs, b2), gs, gs, value=1 - b2)
+    # moment_sq(): torch.addcmul(v * b2, g, g, value=1 - b2), in place on the fresh v * b2
+    # (the same kernel; the per-leaf form stays out of place only for vmap's sake)
+    v_new = torch._foreach_mul(vs, b2)
+    torch._foreach_addcmul_(v_new, gs, gs, value=1 - b2)
     m_hat = torch._foreach_mul(m_new, inv_bc1)
     denom = torch._foreach_mul(v_new, inv_bc2)
     if eps_root != 0:
