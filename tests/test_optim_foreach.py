@@ -37,7 +37,7 @@ def _run(opt, params, steps=6):
 @pytest.fixture
 def count_foreach(monkeypatch):
     calls = []
-    for name in ("adam", "scale", "add"):
+    for name in ("adam", "scale", "add", "decay"):
         fn = getattr(_foreach, name)
         monkeypatch.setattr(_foreach, name,
                             lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
@@ -63,6 +63,7 @@ def test_foreach_path_gives_the_per_leaf_bits(name, dtype, monkeypatch, count_fo
     fast = _run(_OPTIMIZERS[name](), _params(dtype))
     assert "add" in count_foreach and "scale" in count_foreach  # the fast path ran
     assert ("adam" in count_foreach) == name.startswith("adam")
+    assert ("decay" in count_foreach) == (name == "adamw")
     _per_leaf(monkeypatch)
     count_foreach.clear()
     slow = _run(_OPTIMIZERS[name](), _params(dtype))

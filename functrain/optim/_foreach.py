@@ -23,7 +23,7 @@ import torch
 from functrain._compat import functorch_transform_active
 from functrain.tree import NAMESPACE
 
-__all__ = ["add", "adam", "leaves", "scale"]
+__all__ = ["adam", "add", "decay", "leaves", "scale"]
 
 
 def leaves(*trees: Any) -> tuple[list[list[torch.Tensor]], list[Any]] | None:
@@ -91,3 +91,9 @@ def add(ps: list[torch.Tensor], us: list[torch.Tensor]) -> list[torch.Tensor]:
     """``p + u`` for every leaf, each in its parameter's dtype."""
     out = torch._foreach_add(ps, us)
     return [o if o.dtype == p.dtype else o.to(p.dtype) for o, p in zip(out, ps)]
+
+
+def decay(gs: list[torch.Tensor], ps: list[torch.Tensor], weight_decay: float
+          ) -> list[torch.Tensor]:
+    """``torch.add(g, p, alpha=weight_decay)`` for every leaf (`add_decayed_weights`)."""
+    return torch._foreach_add(gs, ps, alpha=weight_decay)
