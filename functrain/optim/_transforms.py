@@ -15,7 +15,7 @@ rate, apply, write-back) into one loop: see ``benchmarks/optim_update.py``. Eage
 used pieces (`scale_by_adam`, `scale`, `scale_by_schedule`, `add_decayed_weights` with a
 number, `apply_updates`) run as ``_foreach`` ops over all leaves instead (``_foreach.py``: the
 same ops, the same bits), which saves most of the per-leaf Python calls on small models (8
-leaves of the MNIST-1D CNN: Adam 0.52 -> 0.33 ms/step, 1 thread) and measured no slower on
+leaves of 1000 floats: AdamW 0.52 -> 0.33 ms/step, 1 thread) and measured no slower on
 10M parameters in 100 leaves (78 vs 80 ms/step, 1 thread).
 """
 
