@@ -29,21 +29,22 @@ __all__ = ["adam", "add", "decay", "leaves", "scale"]
 def leaves(*trees: Any) -> tuple[list[list[torch.Tensor]], list[Any]] | None:
     """The leaves of ``trees`` (lists in one order) and their treespecs, or ``None`` where the
     foreach path does not apply: while compiling, inside a ``torch.func`` transform, or unless
-    every tree has the first one's structure and every leaf is a floating tensor of one dtype
-    and device, with the shape of the first tree's leaf at its place, that does not require
-    grad (with grad enabled). Whatever passes here passes the updates' tree checks
-    (`_checks.update_inputs`, `_checks.updates`), so the fast path skips them."""
+    every tree has the first one's structure and every leaf is a floating tensor of one dtype,
+    with the shape of the first tree's leaf at its place, that does not require grad (with
+    grad enabled). Whatever passes here passes the updates' tree checks
+    (`_checks.update_inputs`, `_checks.updates`), so the fast path skips them. (Devices are
+    not compared: a foreach op over tensors on several devices runs per tensor, as the
+    per-leaf path does.)"""
     if torch.compiler.is_compiling() or functorch_transform_active():
         return None
     flat, spec = optree.tree_flatten(trees[0], namespace=NAMESPACE)
     if not flat or not isinstance(flat[0], torch.Tensor) or not flat[0].is_floating_point():
         return None
-    dtype, device = flat[0].dtype, flat[0].device
+    dtype = flat[0].dtype
     grad = torch.is_grad_enabled()
     shapes = []
     for x in flat:
-        if (not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device != device
-                or (grad and x.requires_grad)):
+        if not isinstance(x, torch.Tensor) or x.dtype != dtype or (grad and x.requires_grad):
             return None
         shapes.append(x.shape)
     out, specs = [flat], [spec]
@@ -53,7 +54,7 @@ def leaves(*trees: Any) -> tuple[list[list[torch.Tensor]], list[Any]] | None:
             return None
         for x, shape in zip(other, shapes):
             if (not isinstance(x, torch.Tensor) or x.dtype != dtype or x.shape != shape
-                    or x.device != device or (grad and x.requires_grad)):
+                    or (grad and x.requires_grad)):
                 return None
         out.append(other)
         specs.append(other_spec)
