@@ -182,7 +182,9 @@ class _Plan(NamedTuple):
     keys: frozenset[str]  # the names params and buffers must have, together
     slots: tuple[tuple[str, dict[str, Any], str], ...]  # (name, a _parameters/_buffers dict, key)
     tensors: tuple[Any, ...]  # what each slot held when the plan was made
-    modules: tuple[tuple[Any, ...], ...]  # per module: itself, its dicts, their keys, children
+    # per module: a weak reference to it (the plan must not keep its module alive), its two
+    # dicts and their keys, and weak references to its children
+    modules: tuple[tuple[Any, ...], ...]
 
 
 _PLANS: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
@@ -201,22 +203,15 @@ def _plan(module: nn.Module) -> _Plan | None:
         plan = _PLANS.get(module)
     except TypeError:  # a module class that made itself unhashable
         return None
-    if plan is not None:
-        for m, dp, db, pkeys, bkeys, children in plan.modules:
-            if (m._parameters is not dp or m._buffers is not db or tuple(dp) != pkeys
-                    or tuple(db) != bkeys or tuple(m._modules.values()) != children):
-                break
-        else:
-            for (_, d, k), t in zip(plan.slots, plan.tensors):
-                if d.get(k) is not t:
-                    break
-            else:
-                return plan
+    if plan is not None and _still_fits(plan):
+        return plan
     first: dict[int, str] = {}  # tied tensors answer to their first name, as in split_module
     slots, tensors, modules = [], [], []
     for prefix, sub in module.named_modules(remove_duplicate=False):
         dp, db = sub._parameters, sub._buffers
-        modules.append((sub, dp, db, tuple(dp), tuple(db), tuple(sub._modules.values())))
+        modules.append((weakref.ref(sub), dp, db, tuple(dp), tuple(db),
+                        tuple(weakref.ref(c) if c is not None else None
+                              for c in sub._modules.values())))
         for d in (dp, db):
             for k, t in d.items():
                 if t is None:
@@ -227,6 +222,22 @@ def _plan(module: nn.Module) -> _Plan | None:
     plan = _Plan(frozenset(first.values()), tuple(slots), tuple(tensors), tuple(modules))
     _PLANS[module] = plan
     return plan
+
+
+def _still_fits(plan: _Plan) -> bool:
+    for ref, dp, db, pkeys, bkeys, children in plan.modules:
+        m = ref()
+        if (m is None or m._parameters is not dp or m._buffers is not db
+                or tuple(dp) != pkeys or tuple(db) != bkeys
+                or len(m._modules) != len(children)):
+            return False
+        for c, r in zip(m._modules.values(), children):
+            if (c is None) != (r is None) or (r is not None and r() is not c):
+                return False
+    for (_, d, k), t in zip(plan.slots, plan.tensors):
+        if d.get(k) is not t:
+            return False
+    return True
 
 
 def _swapped_call(module: nn.Module, plan: _Plan, params: dict[str, Any],

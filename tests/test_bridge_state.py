@@ -307,3 +307,16 @@ def test_call_fast_path_puts_the_modules_tensors_back_when_forward_raises():
     with pytest.raises(RuntimeError):
         ft.call(model, params, buffers, torch.ones(4, 5))  # wrong input width
     assert model.weight is weight and model._parameters["bias"] is not params["bias"]
+
+
+def test_call_fast_path_does_not_keep_the_module_alive():
+    import gc
+    import weakref
+
+    model = _Tied()
+    params, buffers = ft.split_module(model)
+    ft.call(model, params, buffers, torch.randn(6, 4))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
