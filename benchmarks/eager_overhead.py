@@ -2,7 +2,8 @@
 
 Times (wall and this thread's CPU time), in rotated rounds (medians), one training step of:
 
-- ``plain``: ``nn.Module`` + ``torch.optim.Adam`` (foreach), ``zero_grad``/``backward``/``step``
+- ``plain``: ``nn.Module`` + ``torch.optim.Adam`` (its default: on the CPU, the
+  per-parameter loop, not foreach), ``zero_grad``/``backward``/``step``
 - ``plain+acc``: the same plus an accuracy count kept on the device (what fit's metrics do)
 - ``fwd-bwd``: only ``torch.func.grad_and_value`` over ``ft.call`` (no optimizer);
   ``fwd-bwd ft``: the same with ``ft.grad_and_value``
