@@ -1,21 +1,30 @@
 """Where `fit`'s eager per-step time goes, on the main job's step (the MNIST-1D CNN, batch 100).
 
-Times, in rotated rounds (medians), one training step of:
+Times (wall and this thread's CPU time), in rotated rounds (medians), one training step of:
 
-- ``plain``: ``nn.Module`` + ``torch.optim.Adam`` (foreach), ``zero_grad``/``backward``/``step``
+- ``plain``: ``nn.Module`` + ``torch.optim.Adam`` (its default: on the CPU, the
+  per-parameter loop, not foreach), ``zero_grad``/``backward``/``step``
 - ``plain+acc``: the same plus an accuracy count kept on the device (what fit's metrics do)
-- ``fwd-bwd``: only ``torch.func.grad_and_value`` over ``ft.call`` (no optimizer)
-- ``opt``: only ``state.apply_gradients`` (functrain's Adam, eager) on fixed gradients
+- ``fwd-bwd``: only ``torch.func.grad_and_value`` over ``ft.call`` (no optimizer);
+  ``fwd-bwd ft``: the same with ``ft.grad_and_value``
+- ``plain fwd-bwd``, ``plain opt``: the plain loop's ``zero_grad`` + forward + ``backward``,
+  and its ``opt.step()`` alone
+- ``opt``: only ``state.apply_gradients`` (functrain's Adam, eager) on fixed gradients;
+  ``opt per-leaf``: the same with the eager foreach path turned off
 - ``bare``: the example's step function called directly, no runner
 - ``runner``: ``ft.compile_step(step, compile="eager")``
 - ``fit``: ``ft.fit(..., compile="eager")`` (``ft.Logging.quiet()``: no loggers, progress bar
   or summary), per step
 
+``bare``, ``runner`` and ``fit`` come twice: with ``torch.func.grad_and_value`` in the step, and
+(`` ft``) with ``ft.grad_and_value``, as examples/mnist1d.py writes it.
+
 and counts, per step, the Python function calls (``sys.setprofile`` "call" events) and the
 C-function calls ("c_call") of each variant; ``--cprofile`` prints the top entries of a
-cProfile of the ``fit`` variant.
+cProfile of one variant (``--profile-variant``, default ``fit ft``).
 
     python benchmarks/eager_overhead.py [--rounds 7] [--steps 100] [--threads 1] [--cprofile]
+        [--only "fit,fit ft"]
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import torch
 from torch import nn
 
 import functrain as ft
+from functrain.optim import _foreach
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,66 +85,96 @@ def make_variants(ex, batches, steps: int):
     variants["plain"] = plain
     variants["plain+acc"] = lambda n: plain(n, acc=True)
 
-    # -- functional pieces --------------------------------------------------------------------
-    fmodel = ex.ConvNet()
-
-    def step(state, batch):
-        x, y = batch
-
-        def loss_fn(params):
-            logits, _ = ft.call(fmodel, params, state.buffers, x)
-            return nn.functional.cross_entropy(logits, y), logits
-
-        grads, (loss, logits) = torch.func.grad_and_value(loss_fn, has_aux=True)(state.params)
-        return state.apply_gradients(grads), {
-            "loss": loss, "accuracy": ft.metrics.Accuracy.from_logits(logits, y)}
-
-    holder = {"state": ft.TrainState.create(fmodel, ft.optim.adam(1e-2), seed=0)}
-
-    def fwd_bwd(n):
-        s = holder["state"]
+    def plain_fwd_bwd(n):
         for i in range(n):
             x, y = batches[i % len(batches)]
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+    variants["plain fwd-bwd"] = plain_fwd_bwd
 
-            def loss_fn(params, x=x, y=y):
-                logits, _ = ft.call(fmodel, params, s.buffers, x)
-                return nn.functional.cross_entropy(logits, y)
+    def plain_opt(n):
+        for _ in range(n):
+            opt.step()
+    variants["plain opt"] = plain_opt
 
-            torch.func.grad_and_value(loss_fn)(s.params)
-    variants["fwd-bwd"] = fwd_bwd
+    # -- functional pieces --------------------------------------------------------------------
+    fmodel = ex.ConvNet()
+    grad_fns = {"": torch.func.grad_and_value, " ft": ft.grad_and_value}
 
-    grads = {k: torch.randn_like(v) * 1e-3 for k, v in holder["state"].params.items()}
+    def make_step(grad_and_value):
+        def step(state, batch):
+            x, y = batch
+
+            def loss_fn(params):
+                logits, _ = ft.call(fmodel, params, state.buffers, x)
+                return nn.functional.cross_entropy(logits, y), logits
+
+            grads, (loss, logits) = grad_and_value(loss_fn, has_aux=True)(state.params)
+            return state.apply_gradients(grads), {
+                "loss": loss, "accuracy": ft.metrics.Accuracy.from_logits(logits, y)}
+        return step
+
+    def new_state():
+        return ft.TrainState.create(fmodel, ft.optim.adam(1e-2), seed=0)
+
+    fixed = new_state()
+    for tag, gv in grad_fns.items():
+        def fwd_bwd(n, gv=gv):
+            for i in range(n):
+                x, y = batches[i % len(batches)]
+
+                def loss_fn(params, x=x, y=y):
+                    logits, _ = ft.call(fmodel, params, fixed.buffers, x)
+                    return nn.functional.cross_entropy(logits, y)
+
+                gv(loss_fn)(fixed.params)
+        variants["fwd-bwd" + tag] = fwd_bwd
+
+    grads = {k: torch.randn_like(v) * 1e-3 for k, v in fixed.params.items()}
 
     def opt_only(n):
-        s = ft.TrainState.create(fmodel, ft.optim.adam(1e-2), seed=0)
+        s = new_state()
         for _ in range(n):
             s = s.apply_gradients(grads)
     variants["opt"] = opt_only
 
-    def bare(n):
-        s = holder["state"]
-        for i in range(n):
-            s, _ = step(s, batches[i % len(batches)])
-        holder["state"] = s
-    variants["bare"] = bare
+    def opt_per_leaf(n):  # the same, with the eager foreach path turned off
+        leaves = _foreach.leaves
+        _foreach.leaves = lambda *trees: None
+        try:
+            opt_only(n)
+        finally:
+            _foreach.leaves = leaves
+    variants["opt per-leaf"] = opt_per_leaf
 
-    runner = ft.compile_step(step, compile="eager")
-    rstate = {"state": ft.TrainState.create(fmodel, ft.optim.adam(1e-2), seed=0)}
+    for tag, gv in grad_fns.items():
+        step = make_step(gv)
+        holder = {"state": new_state()}
 
-    def run(n):
-        s = rstate["state"]
-        for i in range(n):
-            s, _ = runner(s, batches[i % len(batches)])
-        rstate["state"] = s
-    variants["runner"] = run
+        def bare(n, step=step, holder=holder):
+            s = holder["state"]
+            for i in range(n):
+                s, _ = step(s, batches[i % len(batches)])
+            holder["state"] = s
+        variants["bare" + tag] = bare
 
-    fstate = {"state": ft.TrainState.create(fmodel, ft.optim.adam(1e-2), seed=0)}
+        runner = ft.compile_step(step, compile="eager")
+        rstate = {"state": new_state()}
 
-    def fit(n):
-        fstate["state"] = ft.fit(step, fstate["state"], [batches[i % len(batches)]
-                                                         for i in range(n)],
-                                 epochs=1, compile="eager", callbacks=[ft.Logging.quiet()])
-    variants["fit"] = fit
+        def run(n, runner=runner, rstate=rstate):
+            s = rstate["state"]
+            for i in range(n):
+                s, _ = runner(s, batches[i % len(batches)])
+            rstate["state"] = s
+        variants["runner" + tag] = run
+
+        fstate = {"state": new_state()}
+
+        def fit(n, step=step, fstate=fstate):
+            fstate["state"] = ft.fit(step, fstate["state"],
+                                     [batches[i % len(batches)] for i in range(n)], epochs=1,
+                                     compile="eager", callbacks=[ft.Logging.quiet()])
+        variants["fit" + tag] = fit
     return variants
 
 
@@ -159,32 +199,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--profile-variant", default="fit ft")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated variants to time (plain is always timed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ex, batches = build()
     variants = make_variants(ex, batches, args.steps)
+    if args.only:
+        keep = {"plain", *args.only.split(",")}
+        variants = {k: v for k, v in variants.items() if k in keep}
     for fn in variants.values():  # warm-up
         fn(10)
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             variants[name](args.steps)
             times[name].append((time.perf_counter() - t0) / args.steps * 1e6)
+            # CPU time of this thread too: on a shared machine it leaves out the time the
+            # process waited for a core (other processes still share caches and memory).
+            cpu[name].append((time.thread_time() - c0) / args.steps * 1e6)
     calls = {k: count_calls(fn, 20) for k, fn in variants.items()}
     base = statistics.median(times["plain"])
+    cpu_base = statistics.median(cpu["plain"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average "
           f"{os.getloadavg()[0]:.1f}, {args.rounds} rounds x {args.steps} steps, 40 cycled "
           "pre-made batches of 100")
-    print(f"{'variant':<11}{'us/step':>9}{'vs plain':>10}{'py calls':>10}{'c calls':>9}")
+    print(f"{'variant':<14}{'us/step':>9}{'vs plain':>10}{'cpu us':>9}{'vs plain':>10}"
+          f"{'py calls':>10}{'c calls':>9}")
     for k in names:
-        m = statistics.median(times[k])
-        print(f"{k:<11}{m:>9.0f}{m / base:>10.2f}{calls[k][0]:>10.0f}{calls[k][1]:>9.0f}")
+        m, c = statistics.median(times[k]), statistics.median(cpu[k])
+        print(f"{k:<14}{m:>9.0f}{m / base:>10.2f}{c:>9.0f}{c / cpu_base:>10.2f}"
+              f"{calls[k][0]:>10.0f}{calls[k][1]:>9.0f}")
     if args.cprofile:
         pr = cProfile.Profile()
         pr.enable()
-        variants["fit"](200)
+        variants[args.profile_variant](200)
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
 

@@ -75,7 +75,8 @@ def main():
             logits, _ = ft.call(model, params, state.buffers, x)
             return nn.functional.cross_entropy(logits, y), logits
 
-        grads, (loss, logits) = torch.func.grad_and_value(loss_fn, has_aux=True)(state.params)
+        # ft.grad_and_value: torch.func.grad_and_value, on plain autograd when run eagerly.
+        grads, (loss, logits) = ft.grad_and_value(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads), {
             "loss": loss, "accuracy": ft.metrics.Accuracy.from_logits(logits, y)}
 

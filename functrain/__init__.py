@@ -31,6 +31,7 @@ from ._donation import DonatedStateError as DonatedStateError
 from ._evaluate import eager as eager
 from ._evaluate import evaluate as evaluate
 from ._fit import fit as fit
+from ._grad import grad_and_value as grad_and_value
 from ._loop_state import LoopState as LoopState
 from ._multistep import stack_batches as stack_batches
 from ._predict import predict as predict
@@ -72,6 +73,7 @@ __all__ = [
     "eager",
     "evaluate",
     "fit",
+    "grad_and_value",
     "loggers",
     "metrics",
     "model_summary",

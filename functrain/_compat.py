@@ -29,6 +29,7 @@ __all__ = [
     "dcp_metadata_globals",
     "dcp_slice_file",
     "fake_tensor_mode",
+    "functorch_transform_active",
     "guard_failure_reason",
     "has_dcp_slice_file",
     "inductor_compile",
@@ -217,6 +218,20 @@ def is_autograd_device_queue_error(e: BaseException) -> bool:
     exception type or a query for it; the text (``device_ready_queues_``) is the only signal.
     """
     return isinstance(e, RuntimeError) and "device_ready_queues_" in str(e)
+
+
+def functorch_transform_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vjp``, ``jvp``, ``vmap``,
+    ``functionalize``) is running around the caller. Missing public API: ``torch.func`` has no
+    query for its interpreter stack. Uses ``torch._C._functorch.peek_interpreter_stack``.
+    """
+    global _PEEK_INTERPRETER_STACK
+    if _PEEK_INTERPRETER_STACK is None:  # looked up at the first use, kept: a per-step check
+        _PEEK_INTERPRETER_STACK = _private("torch._C", "_functorch").peek_interpreter_stack
+    return _PEEK_INTERPRETER_STACK() is not None
+
+
+_PEEK_INTERPRETER_STACK: Callable[[], Any] | None = None
 
 
 def outside_innermost_grad(tensors: tuple[Any, ...]) -> tuple[Any, ...]:

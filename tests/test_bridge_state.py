@@ -220,3 +220,103 @@ def test_split_is_a_deprecated_alias_of_split_module():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the new name does not warn
         ft.split_module(model)
+
+
+# -- the eager fast path of `call` (a cached plan instead of functional_call) --------------------
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(4, 4, bias=False)
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.again = self.block  # a shared submodule: two names for the same tensors
+        self.head = nn.Linear(4, 4, bias=False)
+        self.head.weight = self.emb.weight  # tied
+
+    def forward(self, x):
+        return self.head(self.again(self.block(self.emb(x))))
+
+
+def _reference(model, params, buffers, x):
+    # On a copy: functional_call itself leaves a shared submodule holding the tensors it was
+    # given (it restores the second name of a slot to what the first name swapped in).
+    new_buffers = {k: v.clone() for k, v in buffers.items()}
+    out = torch.func.functional_call(copy.deepcopy(model), (params, new_buffers), (x,),
+                                     strict=True)
+    return out, new_buffers
+
+
+def _same_call(model, params, buffers, x):
+    out, nb = ft.call(model, params, buffers, x)
+    ref, ref_nb = _reference(model, params, buffers, x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert list(nb) == list(ref_nb)
+    for k in nb:
+        torch.testing.assert_close(nb[k], ref_nb[k], rtol=0, atol=0)
+
+
+def test_call_fast_path_equals_functional_call_with_ties_shared_modules_and_buffers():
+    torch.manual_seed(0)
+    model = _Tied()
+    params, buffers = ft.split_module(model)
+    assert "head.weight" not in params and "again.0.weight" not in params
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(6, 4)
+    for _ in range(2):  # the plan is built, then reused
+        _same_call(model, ft.tree.map(lambda p: p * 2, params), buffers, x)
+    for k, v in model.state_dict().items():  # the module's own tensors are back
+        assert torch.equal(v, own[k])
+    # gradients through the fast path equal torch.func's
+    def loss_fn(p):
+        return ft.call(model, p, buffers, x)[0].square().sum()
+    got = ft.grad_and_value(loss_fn)(params)[0]
+    ref = torch.func.grad(lambda p: torch.func.functional_call(
+        model, (p, {k: v.clone() for k, v in buffers.items()}), (x,)).square().sum())(params)
+    for k in params:
+        torch.testing.assert_close(got[k], ref[k])
+
+
+def test_call_fast_path_follows_changes_to_the_module():
+    torch.manual_seed(0)
+    model = _Tied()
+    x = torch.randn(6, 4)
+    params, buffers = ft.split_module(model)
+    ft.call(model, params, buffers, x)  # plan cached
+    model.block[0] = nn.Linear(4, 4)  # a replaced submodule (its old tensors gone)
+    params, buffers = ft.split_module(model)
+    _same_call(model, params, buffers, x)
+    model.head.weight = nn.Parameter(torch.ones(4, 4))  # untied
+    params, buffers = ft.split_module(model)
+    assert "head.weight" in params
+    _same_call(model, params, buffers, x)
+    model.block[0].register_buffer("extra", torch.zeros(()))  # an added buffer
+    with pytest.raises(KeyError, match=r"block\.0\.extra.*HINT: build them with "
+                                       r"functrain\.split_module"):
+        ft.call(model, params, buffers, x)  # the dicts from before lack it
+    params, buffers = ft.split_module(model)
+    _same_call(model, params, buffers, x)
+    with pytest.raises(KeyError, match="Unexpected"):
+        ft.call(model, {**params, "nope": torch.zeros(1)}, buffers, x)
+
+
+def test_call_fast_path_puts_the_modules_tensors_back_when_forward_raises():
+    model = nn.Linear(3, 2)
+    params, buffers = ft.split_module(model)
+    weight = model.weight
+    with pytest.raises(RuntimeError):
+        ft.call(model, params, buffers, torch.ones(4, 5))  # wrong input width
+    assert model.weight is weight and model._parameters["bias"] is not params["bias"]
+
+
+def test_call_fast_path_does_not_keep_the_module_alive():
+    import gc
+    import weakref
+
+    model = _Tied()
+    params, buffers = ft.split_module(model)
+    ft.call(model, params, buffers, torch.randn(6, 4))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

@@ -223,3 +223,19 @@ def test_outside_innermost_grad_detaches_one_level_only():
     # The outer grad still sees y: d/dx sum(sin(x)) = cos(x).
     torch.testing.assert_close(torch.func.grad(lambda x: torch.func.grad(f)(x).sum())(x),
                                x.cos())
+
+
+def test_functorch_transform_active_inside_each_transform():
+    seen = []
+
+    def probe(x):
+        seen.append(_compat.functorch_transform_active())
+        return x.sum()
+
+    x = torch.ones(3)
+    probe(x)
+    torch.func.grad(probe)(x)
+    torch.func.vmap(probe)(torch.ones(2, 3))
+    torch.func.jvp(probe, (x,), (x,))
+    assert seen == [False, True, True, True]
+    assert _compat.functorch_transform_active() is False

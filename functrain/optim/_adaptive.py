@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
-from . import _checks
+from . import _checks, _foreach
 from ._base import GradientTransformation, Params, Updates, zero_count
-from ._transforms import BiasCorrections, moment, moment_sq, per_leaf, zeros
+from ._transforms import BiasCorrections, is_number, moment, moment_sq, per_leaf, zeros
 
 # ---------------------------------------------------------------------------------------------
 # Adam.
@@ -102,10 +103,25 @@ def scale_by_adam(
     _checks.non_negative("eps_root", eps_root)
     _checks.dtype_or_none("mu_dtype", mu_dtype)
     add_eps_root = isinstance(eps_root, torch.Tensor) or eps_root != 0
+    # Eagerly, plain Adam over leaves of one dtype runs as foreach ops (`_foreach`): same bits.
+    foreach = not nesterov and all(is_number(h) for h in (b1, b2, eps, eps_root))
 
     init_fn = adam_state_init(mu_dtype)
 
     def update_fn(updates: Updates, state: ScaleByAdamState, params: Params | None = None):
+        fast = foreach and _foreach.leaves(updates, state.mu, state.nu,
+                                           *(() if params is None else (params,)))
+        if fast:  # (its checks imply next_count's)
+            (gs, ms, vs, *_), specs = fast
+            count = state.count + 1
+            corrections = BiasCorrections(count)
+            dt = gs[0].dtype
+            u, mu, nu = _foreach.adam(gs, ms, vs, b1, b2, eps, eps_root,
+                                      corrections.inverse("b1", b1, dt),
+                                      corrections.inverse("b2", b2, dt))
+            return optree.tree_unflatten(specs[0], u), ScaleByAdamState(
+                count=count, mu=optree.tree_unflatten(specs[1], mu),
+                nu=optree.tree_unflatten(specs[2], nu))
         count, corrections = next_count(updates, state, params)
 
         def one(g, m, v):

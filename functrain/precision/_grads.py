@@ -9,6 +9,7 @@ import torch
 
 from .. import tree as _tree
 from .._errors import describe
+from .._grad import grad_and_value
 from ._scale import DynamicLossScale, NoOpLossScale, all_finite
 
 _LossScale = DynamicLossScale | NoOpLossScale
@@ -82,7 +83,8 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
             loss = out[0] if has_aux else out
             return ls.scale(loss), out
 
-        grads, value = torch.func.grad(scaled, argnums, has_aux=True)(*args, **kwargs)
+        # functrain's grad_and_value: torch.func's, on plain autograd when run eagerly
+        grads, (_, value) = grad_and_value(scaled, argnums, has_aux=True)(*args, **kwargs)
         return value, ls.unscale(grads)
 
     return wrapped
