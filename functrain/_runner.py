@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 import optree
 import torch
 
-from . import _compat
+from . import _compat, _step_cache
 from . import metrics as _metrics
 from . import tree as _tree
 from ._backend import FUNCTIONAL, compile_graph, compile_method, resolve_backend
@@ -38,6 +40,7 @@ from ._donation import check_not_donated, poison, remember_nodes, write_back
 from ._errors import check_choice, check_int
 from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
 from ._recompile import RecompileError, RecompileGuard
+from ._step_cache import StepCache
 from ._step_checks import explain_data_dependent, no_backward, warn_dropped_buffers, watch_buffers
 from ._window import MetricWindow
 
@@ -48,6 +51,7 @@ __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 _XLA_WARMUP = 2
 NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
 NONFINITE_PARAMS = "__nonfinite_params_step__"  # the same, for the new params alone
+log = logging.getLogger(__name__)
 
 
 def nonfinite_steps(window: MetricWindow | None) -> tuple[int, int]:
@@ -100,11 +104,13 @@ class CompiledStep:
             device, recording the first bad step in the window (read with it, no extra sync).
         train: ``False`` for an evaluation step: the state is only cast to the precision
             policy's dtypes (no loss scale is attached).
+        cache: see `compile_step`.
 
     Attributes:
         backend: ``"eager"``, ``"inductor"``, ``"cudagraphs"`` or ``"openxla"``.
         device: where state and batches live.
-        compiles: how many graphs have been compiled so far.
+        compiles: how many graphs have been compiled (or loaded from the step cache) so far.
+        cache_hits: how many of those the step cache served (see `compile_step`'s ``cache``).
         compile_time: seconds spent in the calls that compiled them (each such call's whole
             time: tracing, compiling and the first run).
         status: ``None``, or called with ``"compiling (N s)"`` about once a second while a
@@ -134,6 +140,7 @@ class CompiledStep:
         devices: int | str | None = None,
         train: bool = True,
         steps_per_call: int = 1,
+        cache: bool = True,
     ) -> None:
         if not callable(step_fn):
             raise TypeError(f"step_fn: expected a callable step(state, batch) -> "
@@ -171,6 +178,16 @@ class CompiledStep:
         self.steps_per_call = steps_per_call
         self.compiles = 0
         self.compile_time = 0.0
+        # functrain's step cache (inductor only): a later process loads the compiled step
+        # instead of tracing it again. `cache_hits` counts the compiles it served.
+        self.cache_hits = 0
+        self._cache: StepCache | None = None
+        if cache and self.backend == "inductor" and _step_cache.enabled():
+            self._cache = StepCache(step_fn, (
+                self.backend, str(self.device), donate, return_metrics, check_finite, train,
+                steps_per_call, repr(self.policy)))
+        self._loaded: dict[int, Any] = {}  # steps -> the cached step's guard check and names
+        self._dynamo_fns: dict[int, Any] = {}  # steps -> torch.compile's, for a guard miss
         # Called with "compiling (N s)" once a second while a step compiles, then None.
         self.status: Callable[[str | None], Any] | None = None
         self.calls = 0
@@ -233,6 +250,32 @@ class CompiledStep:
             write_back(state, new_state)
         write_back(acc, new_acc)
         return (None if self.donate else new_state), step_metrics, None
+
+    def _first_compiled_call(self, steps: int, *args: Any) -> tuple[Any, Any, Any]:
+        """The first call of a compiled step method: through the step cache where it is on
+        (load the compiled step, or trace, compile and save it), else Dynamo as usual."""
+        cache = self._cache
+        if cache is None or self.device.type != "cpu":
+            return self._fns[steps](*args)
+        _compat.skip_unused_triton_key()
+        method = CompiledStep._inner if steps == 1 else CompiledStep._inner_steps
+        key = cache.key(method.__name__, args)
+        loaded = None if key is None else cache.load(key, self, args, method.__globals__)
+        if loaded is not None:
+            self.compiles += 1
+            self.cache_hits += 1
+        else:
+            fn = _compat.with_own_code(method, f"{method.__name__}_aot")
+            try:
+                loaded = cache.compile(key, fn, self, args,
+                                       lambda gm, inputs: self._compile_graph(gm, inputs))
+            except Exception as e:  # not serializable: this process compiles as usual
+                log.info("functrain step cache: %s", e)
+                return self._fns[steps](*args)
+        self._dynamo_fns[steps] = self._fns[steps]
+        self._fns[steps] = functools.partial(loaded.fn, self)
+        self._loaded[steps] = loaded
+        return self._fns[steps](*args)
 
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
@@ -436,9 +479,15 @@ class CompiledStep:
                 step_metrics = raw_metrics if self.return_metrics else None
             elif self._calls[steps] == 1 and self.backend != "eager":  # compiles: say so
                 with Compiling(self.status):
-                    new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
-                                                                        window.metrics)
+                    new_state, step_metrics, new_acc = self._first_compiled_call(
+                        steps, run_state, batch, window.metrics)
             else:
+                loaded = self._loaded.get(steps)
+                if loaded is not None and not loaded.check(
+                        loaded.f_locals(self, run_state, batch, window.metrics)):
+                    # a call the cached step was not compiled for: Dynamo compiles it
+                    self._fns[steps] = self._dynamo_fns[steps]
+                    del self._loaded[steps]
                 new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
                                                                     window.metrics)
         except Exception as e:
@@ -518,6 +567,7 @@ def compile_step(
     precision: Any = "32",
     devices: int | str | None = None,
     steps_per_call: int = 1,
+    cache: bool = True,
 ) -> CompiledStep:
     """Compile a pure ``step_fn(state, batch) -> (state, metrics)`` into functrain's runner.
 
@@ -552,6 +602,14 @@ def compile_step(
             batches K at a time (the rest of an epoch runs one step per call) and logs,
             evaluates and checkpoints at the first K-boundary at or after each due step.
             The numbers equal K single steps; each step shape compiles once.
+        cache: with the inductor backend on CPU, save the compiled step (traced bytecode,
+            guards, compiled graph) under ``<Inductor cache dir>/functrain_steps`` so that
+            the next process with the same step loads it instead of tracing it again (a
+            warm start of seconds less). An artifact is used only if functrain, torch, the
+            step's code and closure, every traced function's source, the input shapes and
+            dtypes and all of Dynamo's guards still match; otherwise the step compiles as
+            usual. ``False``, or the environment variable ``FUNCTRAIN_STEP_CACHE=0``, turns
+            it off. ``TORCHINDUCTOR_CACHE_DIR`` moves it with torch's own caches.
 
     Returns:
         A `CompiledStep`.
@@ -575,5 +633,5 @@ def compile_step(
     """
     return CompiledStep(step_fn, compile=compile, device=device, donate=donate,
                         on_recompile=on_recompile, precision=precision, devices=devices,
-                        steps_per_call=steps_per_call)
+                        steps_per_call=steps_per_call, cache=cache)
 
