@@ -11,11 +11,13 @@ compile="inductor")`` on one batch, and reports:
   (``fxgraph_cache_hit``, ``autograd_cache_hit``, ...) with functrain's step cache counters.
 
 Per round, a fresh empty ``TORCHINDUCTOR_CACHE_DIR`` is filled by a cold process, then
-``--warm`` warm processes reuse it. Medians over rounds.
+``--warm`` warm processes reuse it (per checkout with ``--baseline``, alternating which goes
+first). Medians over rounds; every process's params checksum after 3 steps is compared.
 
     python benchmarks/compile_latency.py --rounds 3 --warm 2        # cold + warm table
     python benchmarks/compile_latency.py --rounds 1 --profile warm  # + cProfile of a warm call
     python benchmarks/compile_latency.py --env FUNCTRAIN_STEP_CACHE=0   # functrain's cache off
+    python benchmarks/compile_latency.py --baseline /path/to/main   # + another checkout, interleaved
 
 ``--threads`` sets ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` in every child (default 1).
 """
@@ -106,10 +108,11 @@ def child(profile: str | None, out: str) -> None:
         json.dump(result, f)
 
 
-def run_child(cache: str, threads: int, profile: str | None, env_extra: dict) -> dict:
+def run_child(cache: str, threads: int, profile: str | None, env_extra: dict,
+              root: str = ROOT) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(threads),
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": str(threads),
            "TORCHINDUCTOR_CACHE_DIR": cache, **env_extra}
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--out", out]
     if profile:
@@ -126,10 +129,9 @@ def run_child(cache: str, threads: int, profile: str | None, env_extra: dict) ->
     return res
 
 
-PHASES = ("_compile.compile_inner", "bytecode_tracing", "compile_fx", "aot_collect_metadata",
-          "compile_fx_inner", "autograd_cache_load", "CacheBase.get_system.triton_key",
-          "build_guards", "async_compile.wait", "codegen_and_compile", "PyCodeCache.load_by_key_path",
-          "entire_backward_compile")
+PHASES = ("_compile.compile_inner", "bytecode_tracing", "compile_fx_inner",
+          "CacheBase.get_system.triton_key", "build_guards", "async_compile.wait",
+          "PyCodeCache.load_by_key_path")
 
 
 def main() -> None:
@@ -139,6 +141,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", choices=("warm", "cold"), default=None,
                         help="print a cProfile of that first call (last round)")
+    parser.add_argument("--baseline", default=None, metavar="ROOT",
+                        help="also time another checkout of functrain (e.g. main), interleaved")
     parser.add_argument("--env", action="append", default=[],
                         help="NAME=VALUE set in every child (repeatable)")
     parser.add_argument("--json", default=None)
@@ -149,44 +153,46 @@ def main() -> None:
         child(args.profile, args.out)
         return
     env_extra = dict(e.split("=", 1) for e in args.env)
+    roots = {"this": ROOT, **({"baseline": args.baseline} if args.baseline else {})}
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
-          f"{args.threads} thread(s), {args.rounds} rounds x (1 cold + {args.warm} warm), "
-          f"env {env_extra or '-'}", flush=True)
-    runs: dict[str, list[dict]] = {"cold": [], "warm": []}
+          f"{args.threads} thread(s), {args.rounds} rounds x (1 cold + {args.warm} warm) per "
+          f"checkout {roots}, env {env_extra or '-'}", flush=True)
+    runs: dict[str, list[dict]] = {f"{c}-{k}": [] for c in roots for k in ("cold", "warm")}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            cache = tempfile.mkdtemp(dir=tmp)
+            caches = {c: tempfile.mkdtemp(dir=tmp) for c in roots}
             last = r == args.rounds - 1
+            order = list(roots) if r % 2 == 0 else list(roots)[::-1]
             for kind in ["cold"] + ["warm"] * args.warm:
-                prof = kind if last and args.profile == kind else None
-                res = run_child(cache, args.threads, prof, env_extra)
-                runs[kind].append(res)
-                print(f"  round {r + 1} {kind}: first call {res['first_call_s']:6.2f} s, "
-                      f"import {res['import_s']:5.2f} s, process {res['process_s']:6.1f} s, "
-                      f"load {os.getloadavg()[0]:.1f}; {res['counters']}", flush=True)
-                if prof:
-                    print(res["profile"])
-    for kind in ("cold", "warm"):
-        a, b = runs[kind][0]["loss_sum"], runs[kind][-1]["loss_sum"]
-        print(f"{kind}: params checksum {a!r}" + ("" if a == b else f" vs {b!r} (DIFFER)"))
-    if runs["warm"] and runs["cold"][0]["loss_sum"] != runs["warm"][0]["loss_sum"]:
-        print("WARNING: warm and cold results differ")
+                for c in order:
+                    prof = kind if last and args.profile == kind and c == "this" else None
+                    res = run_child(caches[c], args.threads, prof, env_extra, roots[c])
+                    runs[f"{c}-{kind}"].append(res)
+                    print(f"  round {r + 1} {c}-{kind}: first call {res['first_call_s']:6.2f} s, "
+                          f"import {res['import_s']:5.2f} s, process {res['process_s']:6.1f} s, "
+                          f"load {os.getloadavg()[0]:.1f}; {res['counters']}", flush=True)
+                    if prof:
+                        print(res["profile"])
+    sums = {x["loss_sum"] for v in runs.values() for x in v}
+    print(f"params checksums over all processes: {sorted(sums)}"
+          + ("" if len(sums) == 1 else "  (DIFFER)"))
 
-    def med(kind, get):
-        xs = [get(x) for x in runs[kind]]
+    def med(name, get):
+        xs = [get(x) for x in runs[name]]
         return statistics.median(xs) if xs else float("nan")
 
-    print(f"\nmedians (s)                          {'cold':>8} {'warm':>8}")
+    names = list(runs)
+    print(f"\nmedians (s)                    " + "".join(f"{n:>15}" for n in names))
     rows = [("first call", lambda x: x["first_call_s"]),
             ("import torch, functrain", lambda x: x["import_s"]),
-            ("whole process", lambda x: x["process_s"]),
-            ("later call", lambda x: x["later_call_s"])]
+            ("whole process", lambda x: x["process_s"])]
     rows += [(p, lambda x, p=p: x["phases"].get(p, 0.0)) for p in PHASES]
     for name, get in rows:
-        print(f"{name:<37}{med('cold', get):>8.2f} {med('warm', get):>8.2f}")
+        print(f"{name:<31}" + "".join(f"{med(n, get):>15.2f}" for n in names))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "env": env_extra, "runs": runs}, f, indent=1)
+            json.dump({"threads": args.threads, "env": env_extra, "roots": roots,
+                       "runs": runs}, f, indent=1)
 
 
 if __name__ == "__main__":

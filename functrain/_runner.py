@@ -40,7 +40,7 @@ from ._donation import check_not_donated, poison, remember_nodes, write_back
 from ._errors import check_choice, check_int
 from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
 from ._recompile import RecompileError, RecompileGuard
-from ._step_cache import StepCache
+from ._step_cache import StepCache, Unsaved
 from ._step_checks import explain_data_dependent, no_backward, warn_dropped_buffers, watch_buffers
 from ._window import MetricWindow
 
@@ -186,8 +186,8 @@ class CompiledStep:
             self._cache = StepCache(step_fn, (
                 self.backend, str(self.device), donate, return_metrics, check_finite, train,
                 steps_per_call, repr(self.policy)))
-        self._loaded: dict[int, Any] = {}  # steps -> the cached step's guard check and names
-        self._dynamo_fns: dict[int, Any] = {}  # steps -> torch.compile's, for a guard miss
+        self._loaded: dict[int, Any] = Unsaved()  # steps -> a cached step's guard check
+        self._dynamo_fns: dict[int, Any] = Unsaved()  # steps -> torch.compile's, for misses
         # Called with "compiling (N s)" once a second while a step compiles, then None.
         self.status: Callable[[str | None], Any] | None = None
         self.calls = 0
@@ -202,7 +202,7 @@ class CompiledStep:
         self._real_first_call = self.backend == "eager" and self.device.type != "xla"
         # One step per call (`run`), and with steps_per_call=K > 1 also K steps per call
         # (`run_steps`), each compiled (once) on its first use.
-        self._fns: dict[int, Any] = {}
+        self._fns: dict[int, Any] = Unsaved()
         self._guards: dict[int, RecompileGuard] = {}
         self._calls = {1: 0, steps_per_call: 0}
         for k in {1, steps_per_call}:
@@ -482,14 +482,12 @@ class CompiledStep:
                     new_state, step_metrics, new_acc = self._first_compiled_call(
                         steps, run_state, batch, window.metrics)
             else:
+                fn = self._fns[steps]
                 loaded = self._loaded.get(steps)
-                if loaded is not None and not loaded.check(
-                        loaded.f_locals(self, run_state, batch, window.metrics)):
-                    # a call the cached step was not compiled for: Dynamo compiles it
-                    self._fns[steps] = self._dynamo_fns[steps]
-                    del self._loaded[steps]
-                new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
-                                                                    window.metrics)
+                if loaded is not None and not loaded.check(dict(zip(
+                        loaded.names, (self, run_state, batch, window.metrics)))):
+                    fn = self._dynamo_fns[steps]  # a call the cached step was not made for
+                new_state, step_metrics, new_acc = fn(run_state, batch, window.metrics)
         except Exception as e:
             if not _compat.is_recompile_limit_error(e):
                 raise

@@ -46,7 +46,7 @@ import torch
 from . import _compat
 from . import tree as _tree
 
-__all__ = ["ENV", "StepCache", "enabled", "fingerprint"]
+__all__ = ["ENV", "StepCache", "Unsaved", "enabled", "fingerprint"]
 
 ENV = "FUNCTRAIN_STEP_CACHE"
 _FORMAT = 1
@@ -187,13 +187,25 @@ def _structure(args: Any) -> str:
     return _ADDRESS.sub("", str(spec))
 
 
+class Unsaved(dict):
+    """A dict that pickles as an empty one.
+
+    Dynamo pickles the runner (the step method's ``self``) into an artifact's guard state; the
+    runner's compiled functions and loaded steps (C++ guard managers) cannot be pickled and
+    are not needed there.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Unsaved, ())
+
+
 class Loaded:
     """A compiled step from the cache (or just compiled and saved).
 
     Attributes:
         fn: runs the step, ``fn(owner, *args)``, with no guard check.
         check: ``check(f_locals)`` -> bool, Dynamo's serializable guards (C++).
-        names: the step method's parameter names, for ``f_locals``.
+        names: the step method's parameter names (``f_locals`` keys for ``check``).
         hit: loaded from disk (``False``: compiled in this process).
     """
 
@@ -202,9 +214,6 @@ class Loaded:
         self.check = aot._artifacts.guard_manager.check
         self.names = tuple(aot._artifacts.signature.parameters)
         self.hit = hit
-
-    def f_locals(self, *args: Any) -> dict[str, Any]:
-        return dict(zip(self.names, args))
 
 
 class StepCache:
@@ -256,7 +265,7 @@ class StepCache:
             log.warning("functrain step cache: cannot load %s (%s); compiling.", path, e)
             return None
         loaded = Loaded(aot, hit=True)
-        f_locals = loaded.f_locals(owner, *args)
+        f_locals = dict(zip(loaded.names, (owner, *args)))
         stale = ("a traced function's source changed" if not _compat.source_checksums_match(aot)
                  else "a guard fails" if not loaded.check(f_locals)
                  else _dropped_guard_changed(saved["dropped"], f_locals, aot.fn.__globals__))
