@@ -255,7 +255,8 @@ class CompiledStep:
         """The first call of a compiled step method: through the step cache where it is on
         (load the compiled step, or trace, compile and save it), else Dynamo as usual."""
         cache = self._cache
-        if cache is None or self.device.type != "cpu":
+        if (cache is None or self.device.type != "cpu"
+                or type(self)._compile_graph is not _COMPILE_GRAPH):  # a replaced compiler
             return self._fns[steps](*args)
         _compat.skip_unused_triton_key()
         method = CompiledStep._inner if steps == 1 else CompiledStep._inner_steps
@@ -553,6 +554,9 @@ class CompiledStep:
         if reset:
             self._window.reset()
         return out
+
+
+_COMPILE_GRAPH = CompiledStep._compile_graph  # the step cache saves only what this compiles
 
 
 def compile_step(
