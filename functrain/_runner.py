@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +50,6 @@ __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 _XLA_WARMUP = 2
 NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
 NONFINITE_PARAMS = "__nonfinite_params_step__"  # the same, for the new params alone
-log = logging.getLogger(__name__)
 
 
 def nonfinite_steps(window: MetricWindow | None) -> tuple[int, int]:
@@ -188,8 +186,9 @@ class CompiledStep:
                 steps_per_call, repr(self.policy)))
         self._loaded: dict[int, Any] = Unsaved()  # steps -> a cached step's guard check
         self._dynamo_fns: dict[int, Any] = Unsaved()  # steps -> torch.compile's, for misses
-        # Called with "compiling (N s)" once a second while a step compiles, then None.
-        self.status: Callable[[str | None], Any] | None = None
+        # Runtime-only values (pickled as empty: Dynamo pickles the runner into a step cache
+        # artifact's guard state, and a progress bar holds a file).
+        self._runtime = Unsaved(status=None)
         self.calls = 0
         self._window: MetricWindow | None = None  # the window `__call__` merges into
         self._empty: Any = None  # the window's structure, from the first call's dry run
@@ -213,6 +212,16 @@ class CompiledStep:
                 fn, code_name = compile_method(
                     method, self, lambda gm, inputs: self._compile_graph(gm, inputs))
             self._fns[k], self._guards[k] = fn, RecompileGuard(on_recompile, code_name)
+
+    @property
+    def status(self) -> Callable[[str | None], Any] | None:
+        """Called with ``"compiling (N s)"`` once a second while a step compiles, then with
+        ``None`` (`fit` points it at its progress bar)."""
+        return self._runtime.get("status")
+
+    @status.setter
+    def status(self, report: Callable[[str | None], Any] | None) -> None:
+        self._runtime["status"] = report
 
     @property
     def recompiles(self) -> list[tuple[int, str]]:
@@ -254,25 +263,13 @@ class CompiledStep:
     def _first_compiled_call(self, steps: int, *args: Any) -> tuple[Any, Any, Any]:
         """The first call of a compiled step method: through the step cache where it is on
         (load the compiled step, or trace, compile and save it), else Dynamo as usual."""
-        cache = self._cache
-        if (cache is None or self.device.type != "cpu"
-                or type(self)._compile_graph is not _COMPILE_GRAPH):  # a replaced compiler
+        loaded = None
+        if (self._cache is not None and self.device.type == "cpu"
+                and type(self)._compile_graph is _COMPILE_GRAPH):  # not a replaced compiler
+            method = CompiledStep._inner if steps == 1 else CompiledStep._inner_steps
+            loaded = self._cache.first_call(self, method, args)
+        if loaded is None:
             return self._fns[steps](*args)
-        _compat.skip_unused_triton_key()
-        method = CompiledStep._inner if steps == 1 else CompiledStep._inner_steps
-        key = cache.key(method.__name__, args)
-        loaded = None if key is None else cache.load(key, self, args, method.__globals__)
-        if loaded is not None:
-            self.compiles += 1
-            self.cache_hits += 1
-        else:
-            fn = _compat.with_own_code(method, f"{method.__name__}_aot")
-            try:
-                loaded = cache.compile(key, fn, self, args,
-                                       lambda gm, inputs: self._compile_graph(gm, inputs))
-            except Exception as e:  # not serializable: this process compiles as usual
-                log.info("functrain step cache: %s", e)
-                return self._fns[steps](*args)
         self._dynamo_fns[steps] = self._fns[steps]
         self._fns[steps] = functools.partial(loaded.fn, self)
         self._loaded[steps] = loaded

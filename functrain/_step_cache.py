@@ -10,7 +10,8 @@ default ``/tmp/torchinductor_<user>``). A later process with the same step loads
 A stale artifact must never run, so one is used only when all of these hold:
 
 * its key matches: functrain's source (every file of the package), torch's and Python's
-  versions, the runner's settings, the step function's code and closure, and the tree,
+  versions, the CPU's vector ISA, Inductor's, AOTAutograd's and Dynamo's configs, the
+  runner's settings, the step function's code and closure, and the tree,
   shapes, dtypes, strides and devices of the state, batch and metric window;
 * every function the trace inlined (model ``forward``, loss, optimizer, functrain's and
   torch's own) has the source it was traced from (Dynamo's per-function checksums);
@@ -160,6 +161,29 @@ def functrain_digest() -> str:
     return h.hexdigest()
 
 
+def _configs() -> str:
+    """The compiler settings a saved step was built under: Inductor's, AOTAutograd's and
+    Dynamo's configs (as Inductor's own cache key takes them), and global numerics flags."""
+    from torch._dynamo import config as dynamo
+    from torch._functorch import config as functorch
+    from torch._inductor import config as inductor
+
+    def canonical(v: Any) -> Any:  # sets in a fixed order (string hashing is per process)
+        if isinstance(v, (set, frozenset)):
+            return sorted(repr(canonical(x)) for x in v)
+        if isinstance(v, dict):
+            return sorted((repr(k), canonical(x)) for k, x in v.items())
+        if isinstance(v, (list, tuple)):
+            return [canonical(x) for x in v]
+        return v
+
+    parts: list[Any] = [canonical(c.save_config_portable())
+                        for c in (inductor, functorch, dynamo)]
+    parts.append((torch.are_deterministic_algorithms_enabled(), str(torch.get_default_dtype()),
+                  torch.get_float32_matmul_precision()))
+    return hashlib.sha256(_ADDRESS.sub("", repr(parts)).encode()).hexdigest()
+
+
 def _step_digest(step_fn: Callable[..., Any]) -> Any:
     """The user's step: its code, and what its closure and defaults hold."""
     fn = getattr(step_fn, "__func__", step_fn)
@@ -233,13 +257,39 @@ class StepCache:
         try:
             leaves = _tree.leaves(args)
             parts = (_FORMAT, functrain_digest(), torch.__version__, sys.version,
-                     platform.machine(), method, repr(self.settings),
+                     platform.machine(), torch.backends.cpu.get_cpu_capability(),
+                     _configs(), method, repr(self.settings),
                      repr(_step_digest(self.step_fn)), _structure(args),
                      repr([fingerprint(x) for x in leaves]))
         except Unfingerprintable as e:
             log.info("functrain step cache: not cacheable (%s)", e)
             return None
         return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+    def first_call(self, owner: Any, method: Callable[..., Any],
+                   args: tuple[Any, ...]) -> Loaded | None:
+        """The compiled step for ``owner.method(*args)``: loaded (counted in the runner's
+        ``compiles`` and ``cache_hits``), or traced, compiled and saved; ``None``: compile
+        it the usual way (it cannot be saved)."""
+        _compat.skip_unused_triton_key()
+        key = self.key(method.__name__, args)
+        loaded = None if key is None else self.load(key, owner, args, method.__globals__)
+        if loaded is not None:
+            owner.compiles += 1
+            owner.cache_hits += 1
+            return loaded
+        if key is not None and self.unsaveable(key):  # failed before: don't trace twice
+            return None
+        fn = _compat.with_own_code(method, f"{method.__name__}_aot")
+        before = owner.compiles
+        try:
+            return self.compile(key, fn, owner, args,
+                                lambda gm, inputs: owner._compile_graph(gm, inputs))
+        except Exception as e:  # something cannot be pickled: compile as usual
+            log.info("functrain step cache: not cached (%s: %s)", type(e).__name__, e)
+            self.mark_unsaveable(key)
+            owner.compiles = before  # Dynamo's compile after this is the one that counts
+            return None
 
     def load(self, key: str, owner: Any, args: tuple[Any, ...],
              f_globals: dict[str, Any]) -> Loaded | None:
@@ -324,6 +374,16 @@ class StepCache:
             log.info("functrain step cache: not saved (guards on %s)", "; ".join(failed[:3]))
         return loaded
 
+    def unsaveable(self, key: str) -> bool:
+        """Whether an earlier process found this step impossible to save (then it compiles
+        the usual way at once, instead of tracing for an artifact first)."""
+        return os.path.exists(os.path.join(directory(), key + ".unsaveable"))
+
+    def mark_unsaveable(self, key: str | None) -> None:
+        """Remember that this step cannot be saved (something it holds cannot be pickled)."""
+        if key is not None:
+            self._save(key + ".unsaveable", {"format": _FORMAT, "key": key})
+
     def _save(self, key: str, saved: dict[str, Any]) -> None:
         folder = directory()
         try:
@@ -331,7 +391,8 @@ class StepCache:
             with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as f:
                 pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(f.name, os.path.join(folder, key))
-            _count("step_cache_saved")
+            _count("step_cache_unsaveable" if key.endswith(".unsaveable")
+                   else "step_cache_saved")
         except OSError as e:  # a read-only or full disk costs the next start, nothing else
             log.warning("functrain step cache: cannot write to %s (%s).", folder, e)
 

@@ -212,3 +212,38 @@ def test_fit_summary_says_whether_the_compile_was_warm(cache_dir, capsys):
                callbacks=[ft.Logging(loggers=[], progress=False)])
         line = next(x for x in capsys.readouterr().out.splitlines() if "compiled " in x)
         assert expected in line
+
+
+def test_a_runner_showing_progress_on_a_file_still_saves(cache_dir, tmp_path):
+    model, step, batches = _setup()
+    with open(tmp_path / "bar.txt", "w") as f:
+        class Bar:  # what fit's progress bar is: an object holding a file
+            def show(self, text):
+                f.write(f"{text}\n")
+
+        for expected_hits in (0, 1):
+            run = ft.compile_step(step, compile="inductor")
+            run.status = Bar().show
+            state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+            for b in batches:
+                state, _ = run(state, b)
+            assert run.cache_hits == expected_hits and run.compiles == 1
+
+
+def test_a_step_that_cannot_be_saved_compiles_once_and_is_remembered(cache_dir, tmp_path):
+    from torch._dynamo.utils import counters
+
+    model, step, batches = _setup()
+    with open(tmp_path / "log.txt", "w") as log:
+        def logged(state, batch):
+            log.name  # noqa: B018 (a file in the step's closure cannot be pickled)
+            return step(state, batch)
+
+        counters["functrain"].clear()
+        first, s1 = _train(model, logged, batches)
+        assert dict(counters["functrain"]) == {"step_cache_miss": 1,
+                                               "step_cache_unsaveable": 1}
+        second, s2 = _train(model, logged, batches)
+    assert first.compiles == second.compiles == 1 and second.cache_hits == 0
+    assert dict(counters["functrain"]) == {"step_cache_miss": 1, "step_cache_unsaveable": 1}
+    assert _same(s1, s2)
