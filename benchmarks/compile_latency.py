@@ -17,7 +17,7 @@ first). Medians over rounds; every process's params checksum after 3 steps is co
     python benchmarks/compile_latency.py --rounds 3 --warm 2        # cold + warm table
     python benchmarks/compile_latency.py --rounds 1 --profile warm  # + cProfile of a warm call
     python benchmarks/compile_latency.py --env FUNCTRAIN_STEP_CACHE=0   # functrain's cache off
-    python benchmarks/compile_latency.py --baseline /path/to/main   # + another checkout, interleaved
+    python benchmarks/compile_latency.py --baseline /path/to/main   # + another checkout
 
 ``--threads`` sets ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` in every child (default 1).
 """
@@ -182,7 +182,7 @@ def main() -> None:
         return statistics.median(xs) if xs else float("nan")
 
     names = list(runs)
-    print(f"\nmedians (s)                    " + "".join(f"{n:>15}" for n in names))
+    print("\nmedians (s)                    " + "".join(f"{n:>15}" for n in names))
     rows = [("first call", lambda x: x["first_call_s"]),
             ("import torch, functrain", lambda x: x["import_s"]),
             ("whole process", lambda x: x["process_s"])]
