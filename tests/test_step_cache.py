@@ -2,6 +2,7 @@
 bit-identical results, and never runs an artifact whose step, model code or values changed.
 
 Hits and misses are counted with torch's compile counters (group ``functrain``), not timed.
+The cache covers Inductor on the CPU, so every runner here is placed there.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main():
     batches = [(torch.randn(8, 6, generator=g), torch.randint(3, (8,), generator=g))
                for _ in range(3)]
     state = ft.TrainState.create(model, ft.optim.adam(float(sys.argv[1])), seed=1)
-    run = ft.compile_step(step, compile="inductor")
+    run = ft.compile_step(step, compile="inductor", device="cpu")
     for b in batches:
         state, _ = run(state, b)
     print(json.dumps({{"counters": dict(counters["functrain"]), "hits": run.cache_hits,
@@ -127,7 +128,7 @@ def _setup():
 
 
 def _train(model, step, batches, lr=0.1, **kw):
-    run = ft.compile_step(step, compile="inductor", **kw)
+    run = ft.compile_step(step, compile="inductor", device="cpu", **kw)
     state = ft.TrainState.create(model, ft.optim.sgd(lr))
     for b in batches:
         state, _ = run(state, b)
@@ -208,7 +209,7 @@ def test_fit_summary_says_whether_the_compile_was_warm(cache_dir, capsys):
     for expected in ("cold: traced and compiled", "warm: 1 of 1 loaded from the step cache"):
         model, step, batches = _setup()  # a new step function: fit keeps a runner per step
         state = ft.TrainState.create(model, ft.optim.sgd(0.1))
-        ft.fit(step, state, batches, epochs=1, compile="inductor",
+        ft.fit(step, state, batches, epochs=1, compile="inductor", device="cpu",
                callbacks=[ft.Logging(loggers=[], progress=False)])
         line = next(x for x in capsys.readouterr().out.splitlines() if "compiled " in x)
         assert expected in line
@@ -222,7 +223,7 @@ def test_a_runner_showing_progress_on_a_file_still_saves(cache_dir, tmp_path):
                 f.write(f"{text}\n")
 
         for expected_hits in (0, 1):
-            run = ft.compile_step(step, compile="inductor")
+            run = ft.compile_step(step, compile="inductor", device="cpu")
             run.status = Bar().show
             state = ft.TrainState.create(model, ft.optim.sgd(0.1))
             for b in batches:
