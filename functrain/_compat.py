@@ -24,6 +24,10 @@ from typing import Any
 import torch
 
 __all__ = [
+    "aot_compile_method",
+    "aot_guard_names",
+    "aot_load",
+    "aot_save",
     "all_reduce_in_graph",
     "calculate_correct_fan",
     "dcp_metadata_globals",
@@ -42,6 +46,8 @@ __all__ = [
     "real_tensors",
     "register_inductor_pointwise",
     "register_pytree_constant",
+    "skip_unused_triton_key",
+    "source_checksums_match",
     "with_own_code",
 ]
 
@@ -81,6 +87,89 @@ def inductor_compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
     """
     compile_fx = _private("torch._inductor.compile_fx", "compile_fx")
     return compile_fx(gm, example_inputs, config_patches=config_patches or {})
+
+
+def aot_compile_method(fn: types.FunctionType, owner: Any, args: tuple[Any, ...],
+                       backend: Callable[..., Any],
+                       guard_filter: Callable[[list[Any]], list[bool]]) -> Any:
+    """Trace and compile ``fn(owner, *args)`` whole, as ``torch.compile(fullgraph=True,
+    dynamic=False)`` would, into a serializable artifact: ``(compiled, data)``.
+
+    ``compiled(owner, *args)`` runs it (checking its guards); ``data`` is what `aot_load`
+    takes in another process. ``guard_filter`` chooses the guards kept in the artifact
+    (Dynamo's ``guard_filter_fn``; it must drop those that cannot be serialized). Missing
+    public API: a documented way to save a ``torch.compile`` result with its guards across
+    processes (``torch.compile(...).aot_compile`` is there but unexported and experimental).
+    Uses ``aot_compile`` and ``torch._dynamo.aot_compile.AOTCompiledFunction``.
+    """
+    compiled = torch.compile(types.MethodType(fn, owner), backend=backend, fullgraph=True,
+                             dynamic=False, options={"guard_filter_fn": guard_filter})
+    return compiled.aot_compile((args, {}))
+
+
+def aot_save(compiled: Any) -> bytes:
+    """`aot_compile_method`'s result as bytes (raises where something in it cannot be
+    pickled, e.g. a class defined in a module that cannot be imported again)."""
+    cls = _private("torch._dynamo.aot_compile", "AOTCompiledFunction")
+    return cls.serialize(compiled).serialized_data
+
+
+def aot_load(data: bytes, f_globals: dict[str, Any]) -> Any:
+    """The compiled function `aot_compile_method` serialized as ``data`` (``f_globals``: the
+    traced function's module globals). Its ``.fn`` runs it without a guard check, its
+    ``._artifacts.guard_manager.check(f_locals)`` checks the guards. Missing public API: see
+    `aot_compile_method`."""
+    cls = _private("torch._dynamo.aot_compile", "AOTCompiledFunction")
+    return cls.deserialize(data, f_globals=f_globals)
+
+
+def aot_guard_names() -> tuple[tuple[str, ...], dict[str, Any]]:
+    """``(guard types an artifact cannot keep, Dynamo's guard-expression helpers)``: the first
+    to decide what `aot_compile_method` must drop, the second to evaluate a guard's source name
+    again. Missing public API: Dynamo's guard serialization limits are internal."""
+    manager = _private("torch._dynamo.guards", "CheckFunctionManager")
+    helpers = _private("torch._dynamo.guards", "_get_closure_vars")()
+    return tuple(manager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES), dict(helpers)
+
+
+def source_checksums_match(artifact: Any) -> bool:
+    """Whether every function the artifact's trace inlined still has the source it was traced
+    from (Dynamo records each one's module, lines and checksum). Missing public API: the check
+    ``torch._dynamo.package.CompilePackage`` runs on load, as a function."""
+    import inspect
+
+    hash_source = _private("torch._dynamo.package", "_hash_source")
+    lines: dict[str, list[str]] = {}
+    try:
+        for code in artifact.source_info().inlined_sources:
+            if code.module not in lines:
+                lines[code.module] = inspect.getsourcelines(
+                    importlib.import_module(code.module))[0]
+            source = "".join(lines[code.module][code.firstlineno - 1:code.lastlineno - 1])
+            if hash_source(source) != code.checksum:
+                return False
+    except Exception:  # a module gone, a file unreadable: not the traced code
+        return False
+    return True
+
+
+def skip_unused_triton_key() -> None:
+    """On a machine without CUDA, spare Inductor hashing the Triton install (~0.4-3 s per
+    process: ``libtriton.so`` is ~500 MB) for a cache key that drops it.
+
+    Inductor's ``CacheBase.get_system`` puts ``triton_key()`` into the key only with a CUDA
+    (or ROCm) device; without one it hashes ``{}`` and the Triton hash computed first is thrown
+    away. Setting the memoized value to ``None`` there leaves every key as it was. Missing
+    public API: a lazily computed system key. Uses ``torch._inductor.codecache.triton_key``'s
+    ``set``.
+    """
+    if torch.cuda.is_available():
+        return
+    try:
+        key = _private("torch._inductor.codecache", "triton_key")
+        key.set(None)
+    except (RuntimeError, AttributeError):  # already computed (or set), or no such hook
+        pass
 
 
 def register_inductor_pointwise(op: Any, dtype: torch.dtype | Callable[..., torch.dtype],

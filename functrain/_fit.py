@@ -494,6 +494,7 @@ class _Run:
             loop.state = loop.state.replace(tx=self.user_tx)  # the user's optimizer back
         loop.compiles = self.runner.compiles
         loop.compile_time = self.runner.compile_time
+        loop.compile_cache_hits = getattr(self.runner, "cache_hits", 0)
         self.runner.status = None
         try:
             if self.manager is not None:

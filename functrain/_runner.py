@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import optree
 import torch
 
-from . import _compat
+from . import _compat, _step_cache
 from . import metrics as _metrics
 from . import tree as _tree
 from ._backend import FUNCTIONAL, compile_graph, compile_method, resolve_backend
@@ -38,6 +39,7 @@ from ._donation import check_not_donated, poison, remember_nodes, write_back
 from ._errors import check_choice, check_int
 from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
 from ._recompile import RecompileError, RecompileGuard
+from ._step_cache import StepCache, Unsaved
 from ._step_checks import explain_data_dependent, no_backward, warn_dropped_buffers, watch_buffers
 from ._window import MetricWindow
 
@@ -100,11 +102,13 @@ class CompiledStep:
             device, recording the first bad step in the window (read with it, no extra sync).
         train: ``False`` for an evaluation step: the state is only cast to the precision
             policy's dtypes (no loss scale is attached).
+        cache: see `compile_step`.
 
     Attributes:
         backend: ``"eager"``, ``"inductor"``, ``"cudagraphs"`` or ``"openxla"``.
         device: where state and batches live.
-        compiles: how many graphs have been compiled so far.
+        compiles: how many graphs have been compiled (or loaded from the step cache) so far.
+        cache_hits: how many of those the step cache served (see `compile_step`'s ``cache``).
         compile_time: seconds spent in the calls that compiled them (each such call's whole
             time: tracing, compiling and the first run).
         status: ``None``, or called with ``"compiling (N s)"`` about once a second while a
@@ -134,6 +138,7 @@ class CompiledStep:
         devices: int | str | None = None,
         train: bool = True,
         steps_per_call: int = 1,
+        cache: bool = True,
     ) -> None:
         if not callable(step_fn):
             raise TypeError(f"step_fn: expected a callable step(state, batch) -> "
@@ -171,8 +176,19 @@ class CompiledStep:
         self.steps_per_call = steps_per_call
         self.compiles = 0
         self.compile_time = 0.0
-        # Called with "compiling (N s)" once a second while a step compiles, then None.
-        self.status: Callable[[str | None], Any] | None = None
+        # functrain's step cache (inductor only): a later process loads the compiled step
+        # instead of tracing it again. `cache_hits` counts the compiles it served.
+        self.cache_hits = 0
+        self._cache: StepCache | None = None
+        if cache and self.backend == "inductor" and _step_cache.enabled():
+            self._cache = StepCache(step_fn, (
+                self.backend, str(self.device), donate, return_metrics, check_finite, train,
+                steps_per_call, repr(self.policy)))
+        self._loaded: dict[int, Any] = Unsaved()  # steps -> a cached step's guard check
+        self._dynamo_fns: dict[int, Any] = Unsaved()  # steps -> torch.compile's, for misses
+        # Runtime-only values (pickled as empty: Dynamo pickles the runner into a step cache
+        # artifact's guard state, and a progress bar holds a file).
+        self._runtime = Unsaved(status=None)
         self.calls = 0
         self._window: MetricWindow | None = None  # the window `__call__` merges into
         self._empty: Any = None  # the window's structure, from the first call's dry run
@@ -185,7 +201,7 @@ class CompiledStep:
         self._real_first_call = self.backend == "eager" and self.device.type != "xla"
         # One step per call (`run`), and with steps_per_call=K > 1 also K steps per call
         # (`run_steps`), each compiled (once) on its first use.
-        self._fns: dict[int, Any] = {}
+        self._fns: dict[int, Any] = Unsaved()
         self._guards: dict[int, RecompileGuard] = {}
         self._calls = {1: 0, steps_per_call: 0}
         for k in {1, steps_per_call}:
@@ -196,6 +212,16 @@ class CompiledStep:
                 fn, code_name = compile_method(
                     method, self, lambda gm, inputs: self._compile_graph(gm, inputs))
             self._fns[k], self._guards[k] = fn, RecompileGuard(on_recompile, code_name)
+
+    @property
+    def status(self) -> Callable[[str | None], Any] | None:
+        """Called with ``"compiling (N s)"`` once a second while a step compiles, then with
+        ``None`` (`fit` points it at its progress bar)."""
+        return self._runtime.get("status")
+
+    @status.setter
+    def status(self, report: Callable[[str | None], Any] | None) -> None:
+        self._runtime["status"] = report
 
     @property
     def recompiles(self) -> list[tuple[int, str]]:
@@ -233,6 +259,21 @@ class CompiledStep:
             write_back(state, new_state)
         write_back(acc, new_acc)
         return (None if self.donate else new_state), step_metrics, None
+
+    def _first_compiled_call(self, steps: int, *args: Any) -> tuple[Any, Any, Any]:
+        """The first call of a compiled step method: through the step cache where it is on
+        (load the compiled step, or trace, compile and save it), else Dynamo as usual."""
+        loaded = None
+        if (self._cache is not None and self.device.type == "cpu"
+                and type(self)._compile_graph is _COMPILE_GRAPH):  # not a replaced compiler
+            method = CompiledStep._inner if steps == 1 else CompiledStep._inner_steps
+            loaded = self._cache.first_call(self, method, args)
+        if loaded is None:
+            return self._fns[steps](*args)
+        self._dynamo_fns[steps] = self._fns[steps]
+        self._fns[steps] = functools.partial(loaded.fn, self)
+        self._loaded[steps] = loaded
+        return self._fns[steps](*args)
 
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
@@ -436,11 +477,15 @@ class CompiledStep:
                 step_metrics = raw_metrics if self.return_metrics else None
             elif self._calls[steps] == 1 and self.backend != "eager":  # compiles: say so
                 with Compiling(self.status):
-                    new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
-                                                                        window.metrics)
+                    new_state, step_metrics, new_acc = self._first_compiled_call(
+                        steps, run_state, batch, window.metrics)
             else:
-                new_state, step_metrics, new_acc = self._fns[steps](run_state, batch,
-                                                                    window.metrics)
+                fn = self._fns[steps]
+                loaded = self._loaded.get(steps)
+                if loaded is not None and not loaded.check(dict(zip(
+                        loaded.names, (self, run_state, batch, window.metrics)))):
+                    fn = self._dynamo_fns[steps]  # a call the cached step was not made for
+                new_state, step_metrics, new_acc = fn(run_state, batch, window.metrics)
         except Exception as e:
             if not _compat.is_recompile_limit_error(e):
                 raise
@@ -508,6 +553,9 @@ class CompiledStep:
         return out
 
 
+_COMPILE_GRAPH = CompiledStep._compile_graph  # the step cache saves only what this compiles
+
+
 def compile_step(
     step_fn: Callable[[Any, Any], tuple[Any, Any]],
     *,
@@ -518,6 +566,7 @@ def compile_step(
     precision: Any = "32",
     devices: int | str | None = None,
     steps_per_call: int = 1,
+    cache: bool = True,
 ) -> CompiledStep:
     """Compile a pure ``step_fn(state, batch) -> (state, metrics)`` into functrain's runner.
 
@@ -552,6 +601,14 @@ def compile_step(
             batches K at a time (the rest of an epoch runs one step per call) and logs,
             evaluates and checkpoints at the first K-boundary at or after each due step.
             The numbers equal K single steps; each step shape compiles once.
+        cache: with the inductor backend on CPU, save the compiled step (traced bytecode,
+            guards, compiled graph) under ``<Inductor cache dir>/functrain_steps`` so that
+            the next process with the same step loads it instead of tracing it again (a
+            warm start of seconds less). An artifact is used only if functrain, torch, the
+            step's code and closure, every traced function's source, the input shapes and
+            dtypes and all of Dynamo's guards still match; otherwise the step compiles as
+            usual. ``False``, or the environment variable ``FUNCTRAIN_STEP_CACHE=0``, turns
+            it off. ``TORCHINDUCTOR_CACHE_DIR`` moves it with torch's own caches.
 
     Returns:
         A `CompiledStep`.
@@ -575,5 +632,5 @@ def compile_step(
     """
     return CompiledStep(step_fn, compile=compile, device=device, donate=donate,
                         on_recompile=on_recompile, precision=precision, devices=devices,
-                        steps_per_call=steps_per_call)
+                        steps_per_call=steps_per_call, cache=cache)
 

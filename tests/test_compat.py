@@ -239,3 +239,44 @@ def test_functorch_transform_active_inside_each_transform():
     torch.func.jvp(probe, (x,), (x,))
     assert seen == [False, True, True, True]
     assert _compat.functorch_transform_active() is False
+
+
+class _Owner:
+    scale = 2.0
+
+
+def _affine(self, x):
+    return x * self.scale + 1
+
+
+def test_aot_compile_save_and_load_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    unsupported, helpers = _compat.aot_guard_names()
+    assert "ID_MATCH" in unsupported and "___odict_getitem" in helpers
+
+    def keep(entries):
+        return [not (g.is_global or any(t in unsupported for t in
+                                        (g.guard_type, *g.derived_guard_types)))
+                for g in entries]
+
+    owner, x = _Owner(), torch.arange(4.0)
+    fn = _compat.with_own_code(_affine, "aot_affine")
+    compiled = _compat.aot_compile_method(fn, owner, (x,), _compat.inductor_compile, keep)
+    loaded = _compat.aot_load(_compat.aot_save(compiled), fn.__globals__)
+    assert torch.equal(loaded.fn(owner, x), x * 2 + 1)
+    assert _compat.source_checksums_match(loaded)
+    check = loaded._artifacts.guard_manager.check
+    assert check({"self": owner, "x": x}) and not check({"self": owner, "x": torch.ones(5)})
+
+
+def test_skip_unused_triton_key_leaves_inductors_key_as_it_was():
+    from torch._inductor import codecache
+
+    codecache.triton_key.clear()  # as in a fresh process
+    try:
+        _compat.skip_unused_triton_key()
+        _compat.skip_unused_triton_key()  # again: already set, nothing raised
+        if not torch.cuda.is_available():
+            assert codecache.triton_key() is None  # what get_system drops without CUDA anyway
+    finally:
+        codecache.triton_key.clear()

@@ -33,6 +33,8 @@ class Loop:
         total_epochs: ``fit``'s ``epochs``, if given.
         compiles: graphs the training step has compiled so far (set before `on_run_end`).
         compile_time: seconds of the calls that compiled them (set with ``compiles``).
+        compile_cache_hits: how many of those compiles functrain's step cache served by
+            loading a step an earlier process compiled (a warm start; 0: all cold).
         nonfinite_step: with a `functrain.callbacks.NonFiniteGuard`, the first step of the
             window just logged whose metrics or params held inf/NaN (0: none).
         nonfinite_params_step: the same, for the params alone (0: none).
@@ -61,6 +63,7 @@ class Loop:
     total_epochs: int | None = None
     compiles: int = 0
     compile_time: float = 0.0
+    compile_cache_hits: int = 0
     nonfinite_step: int = 0
     nonfinite_params_step: int = 0
     log_time: float | None = None

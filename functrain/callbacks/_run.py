@@ -171,6 +171,9 @@ class Summary(Callback):
         if loop.compiles:
             report["compiles"] = loop.compiles
             report["compile time"] = f"{loop.compile_time:.1f} s"
+            hits = loop.compile_cache_hits
+            report["compiled"] = (f"warm: {hits} of {loop.compiles} loaded from the step cache"
+                                  if hits else "cold: traced and compiled")
         print(format_summary(report))
 
 
