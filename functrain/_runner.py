@@ -265,7 +265,8 @@ class CompiledStep:
         (load the compiled step, or trace, compile and save it), else Dynamo as usual."""
         loaded = None
         if (self._cache is not None and self.device.type == "cpu"
-                and type(self)._compile_graph is _COMPILE_GRAPH):  # not a replaced compiler
+                and type(self)._compile_graph is _COMPILE_GRAPH  # not a replaced compiler
+                and not _step_cache.in_process_group()):  # a graph holds this rank's rank
             method = CompiledStep._inner if steps == 1 else CompiledStep._inner_steps
             loaded = self._cache.first_call(self, method, args)
         if loaded is None:
@@ -607,7 +608,8 @@ def compile_step(
             warm start of seconds less). An artifact is used only if functrain, torch, the
             step's code and closure, every traced function's source, the input shapes and
             dtypes and all of Dynamo's guards still match; otherwise the step compiles as
-            usual. ``False``, or the environment variable ``FUNCTRAIN_STEP_CACHE=0``, turns
+            usual. Not used while a ``torch.distributed`` process group is initialized (a
+            traced step holds its rank and world size). ``False``, or the environment variable ``FUNCTRAIN_STEP_CACHE=0``, turns
             it off. ``TORCHINDUCTOR_CACHE_DIR`` moves it with torch's own caches.
 
     Returns:

@@ -47,7 +47,7 @@ import torch
 from . import _compat
 from . import tree as _tree
 
-__all__ = ["ENV", "StepCache", "Unsaved", "enabled", "fingerprint"]
+__all__ = ["ENV", "StepCache", "Unsaved", "enabled", "fingerprint", "in_process_group"]
 
 ENV = "FUNCTRAIN_STEP_CACHE"
 _FORMAT = 1
@@ -68,6 +68,15 @@ def enabled() -> bool:
     from torch._inductor import config
 
     return not config.force_disable_caches
+
+
+def in_process_group() -> bool:
+    """Whether a ``torch.distributed`` process group is initialized. The step cache is then
+    not used: a traced step folds this rank's rank and world size into its graph (Dynamo
+    constant-folds ``dist.get_rank()``), so one rank's artifact would be wrong on another."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def directory() -> str:

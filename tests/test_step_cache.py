@@ -189,6 +189,25 @@ def test_cache_off_by_argument_or_environment(cache_dir, monkeypatch):
     assert not cache_dir.exists() and run.cache_hits == 0
 
 
+def test_not_used_inside_a_process_group(cache_dir, tmp_path):
+    # A traced step constant-folds dist.get_rank(): one rank's artifact would give another
+    # rank its dropout masks, so an initialized group turns the cache off (one process here).
+    import torch.distributed as dist
+
+    model, step, batches = _setup()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        assert _step_cache.in_process_group()
+        run, _ = _train(model, step, batches)
+        assert run.compiles == 1 and run.cache_hits == 0 and not cache_dir.exists()
+    finally:
+        dist.destroy_process_group()
+    assert not _step_cache.in_process_group()
+    run, _ = _train(model, step, batches)
+    assert run.cache_hits == 0 and len(os.listdir(cache_dir)) == 1
+
+
 def test_fingerprint_tells_values_functions_and_tensors_apart():
     fp = _step_cache.fingerprint
     assert fp({"a": (1, 2.0)}) == fp({"a": (1, 2.0)}) != fp({"a": (1, 2.5)})
