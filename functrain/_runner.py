@@ -609,8 +609,9 @@ def compile_step(
             step's code and closure, every traced function's source, the input shapes and
             dtypes and all of Dynamo's guards still match; otherwise the step compiles as
             usual. Not used while a ``torch.distributed`` process group is initialized (a
-            traced step holds its rank and world size). ``False``, or the environment variable ``FUNCTRAIN_STEP_CACHE=0``, turns
-            it off. ``TORCHINDUCTOR_CACHE_DIR`` moves it with torch's own caches.
+            traced step holds its rank and world size). ``False``, or the environment
+            variable ``FUNCTRAIN_STEP_CACHE=0``, turns it off. ``TORCHINDUCTOR_CACHE_DIR``
+            moves it with torch's own caches.
 
     Returns:
         A `CompiledStep`.
