@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "aot_compile_available",
     "aot_compile_method",
     "aot_guard_names",
     "aot_load",
@@ -87,6 +88,23 @@ def inductor_compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
     """
     compile_fx = _private("torch._inductor.compile_fx", "compile_fx")
     return compile_fx(gm, example_inputs, config_patches=config_patches or {})
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def aot_compile_available() -> bool:
+    """Whether this torch can save a ``torch.compile`` result across processes (the
+    ``aot_compile`` method `aot_compile_method` uses: torch 2.14 has it, 2.9 does not).
+    Checked on an uncalled ``torch.compile`` wrapper, so nothing is traced."""
+    if _AOT_AVAILABLE:
+        return _AOT_AVAILABLE[0]
+    _AOT_AVAILABLE.append(hasattr(torch.compile(_identity), "aot_compile"))
+    return _AOT_AVAILABLE[0]
+
+
+_AOT_AVAILABLE: list[bool] = []
 
 
 def aot_compile_method(fn: types.FunctionType, owner: Any, args: tuple[Any, ...],

@@ -61,9 +61,12 @@ log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
-    """Whether the step cache is on: ``FUNCTRAIN_STEP_CACHE`` is not ``0`` and Inductor's
-    caches are not force-disabled."""
+    """Whether the step cache is on: ``FUNCTRAIN_STEP_CACHE`` is not ``0``, Inductor's
+    caches are not force-disabled and this torch can save a compiled step (2.14 can, the
+    XLA lane's 2.9 cannot)."""
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    if not _compat.aot_compile_available():
         return False
     from torch._inductor import config
 
