@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 __all__ = [
+    "all_reduce_in_graph",
     "aot_compile_available",
     "aot_compile_method",
     "aot_guard_names",
     "aot_load",
     "aot_save",
-    "all_reduce_in_graph",
     "calculate_correct_fan",
     "dcp_metadata_globals",
     "dcp_slice_file",
@@ -49,6 +49,8 @@ __all__ = [
     "register_pytree_constant",
     "skip_unused_triton_key",
     "source_checksums_match",
+    "start_all_reduce",
+    "wait_collective",
     "with_own_code",
 ]
 
@@ -438,9 +440,26 @@ def all_reduce_in_graph(x: torch.Tensor, op: str, group_name: str) -> torch.Tens
     graph. Missing public API: a traceable functional collective (``dist.all_reduce`` works
     in place and breaks the graph). The import statement (not `_private`) keeps it traceable.
     """
+    return wait_collective(start_all_reduce(x, op, group_name))
+
+
+def start_all_reduce(x: torch.Tensor, op: str, group_name: str) -> torch.Tensor:
+    """Start all-reducing ``x`` (as `all_reduce_in_graph`) without waiting: the result may be
+    read only after `wait_collective`. Starting every bucket's all-reduce before waiting on the
+    first lets the process group work on several at once, as DDP's buckets do. Missing public
+    API: see `all_reduce_in_graph`; uses ``_functional_collectives.all_reduce``."""
     from torch.distributed import _functional_collectives as fc
 
-    return fc.wait_tensor(fc.all_reduce(x, op, group_name))
+    return fc.all_reduce(x, op, group_name)
+
+
+def wait_collective(x: torch.Tensor) -> torch.Tensor:
+    """The finished result of a collective started by `start_all_reduce` (its
+    ``wait_tensor``, a node of the compiled graph). Missing public API: see
+    `all_reduce_in_graph`."""
+    from torch.distributed import _functional_collectives as fc
+
+    return fc.wait_tensor(x)
 
 
 # -- torch.utils._pytree ------------------------------------------------------------------------

@@ -171,6 +171,15 @@ def test_all_reduce_in_graph_on_a_group_of_one():
         f = torch.compile(lambda t: _compat.all_reduce_in_graph(t * 2, "avg", name),
                           backend="eager", fullgraph=True)
         assert torch.equal(f(x), 2 * x)
+
+        def both(t):  # two started before either is waited on, as pmean's buckets are
+            a = _compat.start_all_reduce(t, "sum", name)
+            b = _compat.start_all_reduce(t * 3, "avg", name)
+            return _compat.wait_collective(a), _compat.wait_collective(b)
+
+        for fn in (both, torch.compile(both, backend="eager", fullgraph=True)):
+            a, b = fn(x)
+            assert torch.equal(a, x) and torch.equal(b, 3 * x)
     finally:
         dist.destroy_process_group()
 

@@ -54,7 +54,7 @@ def _reduce(tree: Any, op: str, group: Any, name: str) -> Any:
         return tree
     import torch.distributed as dist
 
-    from .._compat import all_reduce_in_graph
+    from .._compat import start_all_reduce, wait_collective
 
     world = dist.get_world_size(pg)
     leaves = _tree.leaves(tree)
@@ -65,15 +65,19 @@ def _reduce(tree: Any, op: str, group: Any, name: str) -> Any:
             _bad_leaf(tree, i, name)
         buckets.setdefault((x.dtype, x.device), []).append(i)
     out: list[Any] = list(leaves)
+    # Every bucket's all-reduce starts before the first is waited on, so the process group
+    # works on several at once (as DDP's buckets do).
+    started = []
     for (dtype, _), idx in _split(buckets, leaves):
         xs = [out[i] for i in idx]
         flat = torch.cat([x.reshape(-1) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1)
-        floating = dtype.is_floating_point
-        reduce_op = "avg" if (op == "mean" and floating) else "sum"
+        reduce_op = "avg" if (op == "mean" and dtype.is_floating_point) else "sum"
         # By name: passing the group object makes Dynamo guard on a compiler config entry
         # that torch.compile / DDP elsewhere in the process can change (a recompile).
-        total = all_reduce_in_graph(flat, reduce_op, pg.group_name)
-        if op == "mean" and not floating:
+        started.append((dtype, idx, xs, start_all_reduce(flat, reduce_op, pg.group_name)))
+    for dtype, idx, xs, pending in started:
+        total = wait_collective(pending)
+        if op == "mean" and not dtype.is_floating_point:
             # gloo has no integer average: sum, then the floor of the mean (exact when the
             # ranks agree, as step counters do).
             total = torch.div(total, world, rounding_mode="floor")
