@@ -20,6 +20,7 @@ from typing import Any
 import optree
 import torch
 
+from . import tree as _tree
 from ._compat import functorch_transform_active
 from ._errors import describe
 
@@ -104,10 +105,9 @@ def grad_and_value(func: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
     return wrapper
 
 
-def _detach_aux(path: tuple[Any, ...], x: Any) -> torch.Tensor:
+def _detach_aux(path: str, x: Any) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):  # as torch.func, which unwraps every aux leaf
-        where = "".join(f"[{k!r}]" for k in path)
-        raise TypeError(f"grad_and_value(func, has_aux=True): aux{where}: expected a tensor, got "
+        raise TypeError(f"grad_and_value(func, has_aux=True): {path}: expected a tensor, got "
                         f"{describe(x)}. HINT: return only tensors (in dicts, lists, tuples) "
                         "as aux, as torch.func.grad_and_value requires.")
     return x.detach()
@@ -131,20 +131,18 @@ def _pick(args: tuple[Any, ...], argnums: int | tuple[int, ...]) -> Any:
     else:
         return None
     if type(picked) is dict:  # the common case, a flat params dict: its keys are the spec
-        spec: Any = tuple(picked)
         leaves = list(picked.values())
-        for x in leaves:
-            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.requires_grad:
-                break
-        else:
-            return leaves, spec
+        if all(map(_differentiable, leaves)):
+            return leaves, tuple(picked)
     # optree's built-in containers (dict, list, tuple, namedtuple...) flatten as torch.func's
     # pytree does; anything else is a leaf here, not a tensor, and goes to torch.func.
     leaves, spec = optree.tree_flatten(picked)
-    for x in leaves:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.requires_grad:
-            return None
-    return leaves, spec
+    return (leaves, spec) if all(map(_differentiable, leaves)) else None
+
+
+def _differentiable(x: Any) -> bool:
+    """A leaf the eager path differentiates: a floating tensor not already requiring grad."""
+    return isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad
 
 
 def _unflatten(spec: Any, values: list[Any]) -> Any:
@@ -185,8 +183,8 @@ def _autograd(func: Callable[..., Any], argnums: int | tuple[int, ...], has_aux:
         if g is None:  # an input the value does not depend on: zeros, as torch.func gives
             grads[i] = torch.zeros_like(leaves[i])
     if has_aux:
-        aux = aux.detach() if isinstance(aux, torch.Tensor) else optree.tree_map_with_path(
-            _detach_aux, aux)
+        aux = aux.detach() if isinstance(aux, torch.Tensor) else _tree.map_with_path(
+            _detach_aux, aux, name="aux")
     grads_tree = _unflatten(spec, grads)
     return (grads_tree, (value.detach(), aux)) if has_aux else (grads_tree, value.detach())
 
