@@ -147,26 +147,21 @@ def make_variants(ex, batches, steps: int):
             _foreach.leaves = leaves
     variants["opt per-leaf"] = opt_per_leaf
 
-    for tag, gv in grad_fns.items():
-        step = make_step(gv)
+    def stepping(step_fn):
+        """n steps of ``step_fn`` per call, carrying the state from call to call."""
         holder = {"state": new_state()}
 
-        def bare(n, step=step, holder=holder):
+        def run(n):
             s = holder["state"]
             for i in range(n):
-                s, _ = step(s, batches[i % len(batches)])
+                s, _ = step_fn(s, batches[i % len(batches)])
             holder["state"] = s
-        variants["bare" + tag] = bare
+        return run
 
-        runner = ft.compile_step(step, compile="eager")
-        rstate = {"state": new_state()}
-
-        def run(n, runner=runner, rstate=rstate):
-            s = rstate["state"]
-            for i in range(n):
-                s, _ = runner(s, batches[i % len(batches)])
-            rstate["state"] = s
-        variants["runner" + tag] = run
+    for tag, gv in grad_fns.items():
+        step = make_step(gv)
+        variants["bare" + tag] = stepping(step)
+        variants["runner" + tag] = stepping(ft.compile_step(step, compile="eager"))
 
         fstate = {"state": new_state()}
 

@@ -131,18 +131,21 @@ def _pick(args: tuple[Any, ...], argnums: int | tuple[int, ...]) -> Any:
     else:
         return None
     if type(picked) is dict:  # the common case, a flat params dict: its keys are the spec
+        spec: Any = tuple(picked)
         leaves = list(picked.values())
-        if all(map(_differentiable, leaves)):
-            return leaves, tuple(picked)
+        for x in leaves:
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.requires_grad:
+                break
+        else:
+            return leaves, spec
     # optree's built-in containers (dict, list, tuple, namedtuple...) flatten as torch.func's
     # pytree does; anything else is a leaf here, not a tensor, and goes to torch.func.
+    # (The leaf test is written out in both loops, not called: this runs every eager step.)
     leaves, spec = optree.tree_flatten(picked)
-    return (leaves, spec) if all(map(_differentiable, leaves)) else None
-
-
-def _differentiable(x: Any) -> bool:
-    """A leaf the eager path differentiates: a floating tensor not already requiring grad."""
-    return isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad
+    for x in leaves:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.requires_grad:
+            return None
+    return leaves, spec
 
 
 def _unflatten(spec: Any, values: list[Any]) -> Any:

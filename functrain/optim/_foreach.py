@@ -10,7 +10,9 @@ hit vmap's per-member fallback, a MAML inner loop keeps ``torch.func``'s autogra
 when a leaf requires grad (plain autograd through the optimizer).
 
 The ops are the per-leaf ops, in the same order, on the same operands, so the results are the
-same bits (``tests/test_optim_foreach.py`` compares them).
+same bits (``tests/test_optim_foreach.py`` compares them). The cast back to each leaf's dtype
+is written out in each function rather than called: every call is a Python frame per eager
+step (``benchmarks/eager_overhead.py`` counts them).
 """
 
 from __future__ import annotations
@@ -79,25 +81,22 @@ def adam(gs: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor],
     torch._foreach_add_(denom, eps)
     torch._foreach_div_(m_hat, denom)
     # (a 0-d leaf times the 0-d float32 correction is float32, as in the per-leaf `.to`)
-    return _in_dtypes(m_hat, gs), m_new, v_new
+    return [u if u.dtype == g.dtype else u.to(g.dtype) for u, g in zip(m_hat, gs)], m_new, v_new
 
 
 def scale(gs: list[torch.Tensor], step_size: Any) -> list[torch.Tensor]:
     """``g * step_size`` for every leaf (a number or 0-d tensor), each in its leaf's dtype."""
-    return _in_dtypes(torch._foreach_mul(gs, step_size), gs)
+    out = torch._foreach_mul(gs, step_size)
+    return [o if o.dtype == g.dtype else o.to(g.dtype) for o, g in zip(out, gs)]
 
 
 def add(ps: list[torch.Tensor], us: list[torch.Tensor]) -> list[torch.Tensor]:
     """``p + u`` for every leaf, each in its parameter's dtype."""
-    return _in_dtypes(torch._foreach_add(ps, us), ps)
+    out = torch._foreach_add(ps, us)
+    return [o if o.dtype == p.dtype else o.to(p.dtype) for o, p in zip(out, ps)]
 
 
 def decay(gs: list[torch.Tensor], ps: list[torch.Tensor], weight_decay: float
           ) -> list[torch.Tensor]:
     """``torch.add(g, p, alpha=weight_decay)`` for every leaf (`add_decayed_weights`)."""
     return torch._foreach_add(gs, ps, alpha=weight_decay)
-
-
-def _in_dtypes(out: list[torch.Tensor], like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each of ``out`` in the dtype of its leaf in ``like`` (the per-leaf path's ``.to``)."""
-    return [o if o.dtype == x.dtype else o.to(x.dtype) for o, x in zip(out, like)]
