@@ -92,6 +92,15 @@ def inductor_compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
     return compile_fx(gm, example_inputs, config_patches=config_patches or {})
 
 
+def compile_in_process() -> None:
+    """Make Inductor compile in this process, without its pool of compile workers (a forked
+    child must not use the pool its parent started). Uses ``torch._inductor.config``'s
+    ``compile_threads``."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+
+
 def _identity(x: Any) -> Any:
     return x
 

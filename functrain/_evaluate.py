@@ -29,14 +29,14 @@ def runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: boo
                on_recompile: str = "warn", precision: Any = "32", check_finite: bool = False,
                train: bool = True, devices: int | str | None = None) -> CompiledStep:
     """The cached `CompiledStep` for ``fn`` with these options (built on first use)."""
-    # Keyed by the resolved device and backend, so that "auto" and what it resolves to (as
-    # fit's evaluation passes it) share one runner.
+    # Keyed by the resolved device and backend ("auto" apart: it may compile in the
+    # background, see functrain._background).
     from .precision import Policy
 
     dev = resolve_device(device, devices=devices)
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
-    key = (resolve_backend(compile, dev), str(dev), donate, on_recompile, repr(policy),
-           check_finite, train, str(devices))
+    key = (resolve_backend(compile, dev), compile == "auto", str(dev), donate, on_recompile,
+           repr(policy), check_finite, train, str(devices))
     try:
         per_fn = _RUNNERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no reuse
@@ -128,7 +128,9 @@ class Evaluator:
         if not callable(eval_fn):
             raise TypeError(f"eval_fn: expected a callable eval_fn(state, batch) -> metrics, "
                             f"got {type(eval_fn).__name__}.")
-        eval_fn, compile = _unmark(eval_fn, like.backend)
+        # compile="auto" training compiles its evaluation the same way (in the background)
+        eval_fn, compile = _unmark(eval_fn, "auto" if getattr(like, "background", None)
+                                   else like.backend)
         self.runner = runner_for(eval_fn, compile=compile, device=like.device,
                                  donate=False, on_recompile=like.on_recompile,
                                  precision=like.policy, train=False, devices=like.devices)

@@ -31,10 +31,10 @@ from ._multistep import group_batches, stacked_batch_size
 from ._placement import batch_size
 from ._resume import EpochBatches, resume_from, warn_if_inexact
 from ._run_config import Logging
-from ._runner import NONFINITE, NONFINITE_PARAMS, CompiledStep, nonfinite_steps
+from ._runner import CompiledStep
 from ._signals import Preempted, StopSignal
 from ._state import TrainState
-from ._window import MetricWindow
+from ._window import NONFINITE, NONFINITE_PARAMS, MetricWindow, nonfinite_steps
 from .callbacks._protocol import Callback, Loop
 from .callbacks._run import NonFiniteGuard, ProgressBar
 
@@ -495,6 +495,7 @@ class _Run:
         loop.compiles = self.runner.compiles
         loop.compile_time = self.runner.compile_time
         loop.compile_cache_hits = getattr(self.runner, "cache_hits", 0)
+        loop.compile_note = getattr(getattr(self.runner, "background", None), "note", None)
         self.runner.status = None
         try:
             if self.manager is not None:

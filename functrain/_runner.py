@@ -21,7 +21,6 @@ callable with the same signature that
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import Any
 import optree
 import torch
 
-from . import _compat, _step_cache
+from . import _background, _compat, _step_cache
 from . import metrics as _metrics
 from . import tree as _tree
 from ._backend import FUNCTIONAL, compile_graph, compile_method, resolve_backend
@@ -41,48 +40,13 @@ from ._placement import batch_size, check_devices, place, require_tensors, resol
 from ._recompile import RecompileError, RecompileGuard
 from ._step_cache import StepCache, Unsaved
 from ._step_checks import explain_data_dependent, no_backward, warn_dropped_buffers, watch_buffers
-from ._window import MetricWindow
+from ._window import NONFINITE, NONFINITE_PARAMS, FirstStep, MetricWindow
 
 __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
 
 # XLA compiles during the first steps are warm-up: the step (the first two calls differ in
 # lazy mode), then the metric window's read and reset graphs.
 _XLA_WARMUP = 2
-NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
-NONFINITE_PARAMS = "__nonfinite_params_step__"  # the same, for the new params alone
-
-
-def nonfinite_steps(window: MetricWindow | None) -> tuple[int, int]:
-    """With ``check_finite``: the first step of ``window`` with a non-finite metric or param, and
-    the first with non-finite params (0: none). One small host read; the window is kept."""
-    metrics = None if window is None else window.metrics
-    if not metrics or NONFINITE not in metrics:
-        return 0, 0
-    first, params = torch.stack([metrics[NONFINITE].step,
-                                 metrics[NONFINITE_PARAMS].step]).tolist()
-    return int(first), int(params)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class FirstStep(_metrics.Metric):
-    """The first step of a window at which a condition held (0: never): the runner's
-    non-finite guard, merged on the device like any metric and read with the window."""
-
-    step: torch.Tensor
-
-    @classmethod
-    def empty(cls, device: Any = None) -> FirstStep:
-        return cls(torch.zeros((), dtype=torch.int64, device=device))
-
-    @classmethod
-    def where(cls, condition: torch.Tensor, step: torch.Tensor) -> FirstStep:
-        return cls(torch.where(condition, step.to(torch.int64), 0))
-
-    def merge(self, other: FirstStep) -> FirstStep:
-        return FirstStep(torch.where(self.step > 0, self.step, other.step))
-
-    def compute(self) -> torch.Tensor:
-        return self.step
 
 
 class CompiledStep:
@@ -114,6 +78,11 @@ class CompiledStep:
         status: ``None``, or called with ``"compiling (N s)"`` about once a second while a
             first call compiles, then with ``None`` (`fit` points it at its progress bar).
         recompiles: list of ``(call_index, reason)`` for each compile after the first.
+        background: with ``compile="auto"`` on a CPU, the plan that runs the steps eagerly
+            while a forked child process compiles the step into the step cache when it is
+            cold, then switches to it (``functrain._background.BackgroundSwitch``; its
+            ``note`` says what happened); ``None`` otherwise or with
+            ``FUNCTRAIN_BACKGROUND_COMPILE=0``.
 
     Example:
         >>> import torch, functrain as ft
@@ -184,6 +153,10 @@ class CompiledStep:
             self._cache = StepCache(step_fn, (
                 self.backend, str(self.device), donate, return_metrics, check_finite, train,
                 steps_per_call, repr(self.policy)))
+        # compile="auto" on a cold CPU start: eager steps while a child process compiles.
+        self.background = (_background.BackgroundSwitch() if compile == "auto" and steps_per_call
+                           == 1 and self._cache is not None and _background.enabled() else None)
+        self._auto_active = self.background is not None
         self._loaded: dict[int, Any] = Unsaved()  # steps -> a cached step's guard check
         self._dynamo_fns: dict[int, Any] = Unsaved()  # steps -> torch.compile's, for misses
         # Runtime-only values (pickled as empty: Dynamo pickles the runner into a step cache
@@ -271,10 +244,14 @@ class CompiledStep:
             loaded = self._cache.first_call(self, method, args)
         if loaded is None:
             return self._fns[steps](*args)
+        self._install(steps, loaded)
+        return self._fns[steps](*args)
+
+    def _install(self, steps: int, loaded: Any) -> None:
+        """Run the step cache's ``loaded`` step from now on (Dynamo's for calls it rejects)."""
         self._dynamo_fns[steps] = self._fns[steps]
         self._fns[steps] = functools.partial(loaded.fn, self)
         self._loaded[steps] = loaded
-        return self._fns[steps](*args)
 
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
@@ -446,6 +423,11 @@ class CompiledStep:
 
     def _run(self, state: Any, batch: Any, window: MetricWindow | None, steps: int = 1
              ) -> tuple[Any, Any, MetricWindow]:
+        if self._auto_active:  # compile="auto": eager until the background compile is done
+            out = self.background.run(self, state, batch, window, steps)
+            if out is not None:
+                return out
+            self._auto_active = False
         check_not_donated(state)
         batch = self.place_batch(batch)
         one = batch if steps == 1 else _tree.map(lambda x: x[0], batch)

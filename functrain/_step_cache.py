@@ -386,6 +386,14 @@ class StepCache:
             log.info("functrain step cache: not saved (guards on %s)", "; ".join(failed[:3]))
         return loaded
 
+    def saved(self, key: str) -> bool:
+        """Whether an artifact is saved under ``key`` (not yet checked: `load` does that)."""
+        return os.path.exists(os.path.join(directory(), key))
+
+    def lock_path(self, key: str) -> str:
+        """The lock file a background compile of ``key`` holds while it compiles."""
+        return os.path.join(directory(), key + ".lock")
+
     def unsaveable(self, key: str) -> bool:
         """Whether an earlier process found this step impossible to save (then it compiles
         the usual way at once, instead of tracing for an artifact first)."""

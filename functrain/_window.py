@@ -1,7 +1,9 @@
-"""`MetricWindow`: the metrics of the steps since the last read, as one mergeable value."""
+"""`MetricWindow`: the metrics of the steps since the last read, as one mergeable value; and
+`FirstStep`, the metric of the runner's non-finite guard."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -10,7 +12,7 @@ import torch
 from . import metrics as _metrics
 from . import tree as _tree
 
-__all__ = ["MetricWindow"]
+__all__ = ["NONFINITE", "NONFINITE_PARAMS", "FirstStep", "MetricWindow", "nonfinite_steps"]
 
 
 class MetricWindow(NamedTuple):
@@ -80,3 +82,40 @@ class MetricWindow(NamedTuple):
         for x, v in zip(leaves, _tree.leaves(merged), strict=True):
             x.copy_(v)
         return self
+
+
+NONFINITE = "__nonfinite_step__"  # the window entry of the non-finite guard
+NONFINITE_PARAMS = "__nonfinite_params_step__"  # the same, for the new params alone
+
+
+def nonfinite_steps(window: MetricWindow | None) -> tuple[int, int]:
+    """With ``check_finite``: the first step of ``window`` with a non-finite metric or param, and
+    the first with non-finite params (0: none). One small host read; the window is kept."""
+    metrics = None if window is None else window.metrics
+    if not metrics or NONFINITE not in metrics:
+        return 0, 0
+    first, params = torch.stack([metrics[NONFINITE].step,
+                                 metrics[NONFINITE_PARAMS].step]).tolist()
+    return int(first), int(params)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FirstStep(_metrics.Metric):
+    """The first step of a window at which a condition held (0: never): the runner's
+    non-finite guard, merged on the device like any metric and read with the window."""
+
+    step: torch.Tensor
+
+    @classmethod
+    def empty(cls, device: Any = None) -> FirstStep:
+        return cls(torch.zeros((), dtype=torch.int64, device=device))
+
+    @classmethod
+    def where(cls, condition: torch.Tensor, step: torch.Tensor) -> FirstStep:
+        return cls(torch.where(condition, step.to(torch.int64), 0))
+
+    def merge(self, other: FirstStep) -> FirstStep:
+        return FirstStep(torch.where(self.step > 0, self.step, other.step))
+
+    def compute(self) -> torch.Tensor:
+        return self.step

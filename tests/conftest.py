@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+# compile="auto" compiles in the foreground in tests (deterministic compile counts and
+# numbers); tests/test_background_compile.py turns the background compile on where it tests it.
+os.environ.setdefault("FUNCTRAIN_BACKGROUND_COMPILE", "0")
 
 
 class CompileCounter:

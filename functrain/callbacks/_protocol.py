@@ -35,6 +35,9 @@ class Loop:
         compile_time: seconds of the calls that compiled them (set with ``compiles``).
         compile_cache_hits: how many of those compiles functrain's step cache served by
             loading a step an earlier process compiled (a warm start; 0: all cold).
+        compile_note: with ``compile="auto"`` on a cold CPU start, how the background
+            compile went (eager calls run meanwhile, when it switched, or why it stayed
+            eager); ``None`` otherwise.
         nonfinite_step: with a `functrain.callbacks.NonFiniteGuard`, the first step of the
             window just logged whose metrics or params held inf/NaN (0: none).
         nonfinite_params_step: the same, for the params alone (0: none).
@@ -64,6 +67,7 @@ class Loop:
     compiles: int = 0
     compile_time: float = 0.0
     compile_cache_hits: int = 0
+    compile_note: str | None = None
     nonfinite_step: int = 0
     nonfinite_params_step: int = 0
     log_time: float | None = None

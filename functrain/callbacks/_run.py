@@ -168,11 +168,14 @@ class Summary(Callback):
         report.update(last=dict(loop.metrics), best=self.best)
         if loop.stop_reason:
             report["stopped"] = loop.stop_reason
+        if loop.compile_note and not loop.compiles:  # eager throughout: the compile's fate
+            report["compiled"] = loop.compile_note
         if loop.compiles:
             report["compiles"] = loop.compiles
             report["compile time"] = f"{loop.compile_time:.1f} s"
             hits = loop.compile_cache_hits
-            report["compiled"] = (f"warm: {hits} of {loop.compiles} loaded from the step cache"
+            report["compiled"] = (loop.compile_note if loop.compile_note else
+                                  f"warm: {hits} of {loop.compiles} loaded from the step cache"
                                   if hits else "cold: traced and compiled")
         print(format_summary(report))
 

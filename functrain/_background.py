@@ -1,0 +1,373 @@
+"""``compile="auto"`` on a cold CPU start: eager steps while the step compiles elsewhere (private).
+
+A cold compile of a training step costs seconds to minutes (the MNIST-1D example's step:
+~11 s on a 2-core CPU, ~9 s more the first time Inductor runs on a machine, which probes the
+CPU's vector instructions by compiling test programs); a run shorter than that is over sooner
+eagerly. So with ``compile="auto"`` on a CPU, when functrain's step cache holds no compiled
+step for this step, the runner does not wait for the compile:
+
+1. it forks a child process (``os.fork``: the child inherits the step, its closure, the state
+   and the batch as they are, nothing is pickled), which runs at the lowest CPU priority
+   (nice 19) with one thread, traces, compiles and saves the step into the step cache, and
+   exits;
+2. meanwhile the steps run eagerly (an eager `functrain.CompiledStep` over the same step);
+3. every call checks (a non-blocking ``waitpid``) whether the child is done; once it is, the
+   saved step is loaded from the cache, as a warm start would load it, and the run goes on
+   compiled. A child that fails, or an artifact that does not load, leaves the run eager.
+
+A run that ends before the compile does leaves the child running until it has saved the step
+(it exits by itself, at most 30 minutes later), so the next start is warm; a second process
+starting meanwhile waits for that compile instead of repeating it. The child is forked at the
+step's first call, before functrain checks the step on fake tensors: torch forbids autograd in
+a child forked after its parent started autograd's device threads, which autograd on fake
+tensors does (https://github.com/pytorch/pytorch/wiki/Autograd-and-Fork; plain CPU backward
+passes do not). Where the process had done so already (it checked or compiled another
+training step: a second `fit` of a new step), ``"auto"`` compiles in the foreground as before.
+The step at which a run switches depends on timing, so a cold ``"auto"`` run is not bitwise
+reproducible (eager and compiled steps differ in rounding); ``compile="inductor"`` and
+``"eager"`` are. A warm start loads the compiled step at its first call, as before.
+``FUNCTRAIN_BACKGROUND_COMPILE=0`` turns this off: ``"auto"`` then compiles in the
+foreground, like ``"inductor"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import _compat
+from ._placement import batch_size
+
+__all__ = ["BackgroundCompile", "BackgroundSwitch", "enabled"]
+
+_NOT_SAVED = 3  # the child's exit code when the step compiled but could not be saved
+_TIME_LIMIT = 1800  # seconds a background compile may take before it is killed (SIGALRM)
+
+
+def enabled() -> bool:
+    """Whether ``compile="auto"`` may compile in the background (``FUNCTRAIN_BACKGROUND_COMPILE``
+    is not ``0``, and this platform can fork)."""
+    return os.environ.get("FUNCTRAIN_BACKGROUND_COMPILE", "1") != "0" and hasattr(os, "fork")
+
+
+class BackgroundCompile:
+    """A forked child process that runs ``work()`` when told to; poll it with `done`.
+
+    Forked before the parent decides whether it needs the child (`fork`), because a child can
+    use autograd only if its parent had not yet started autograd's device threads (see the
+    module's docstring); the child says whether it can (`usable`), then waits for `go` or is
+    cancelled.
+
+    Attributes:
+        exit: the child's exit code once `done` (``None`` while it runs).
+        seconds: how long the child ran, from `go` (set by `done`).
+
+    Example:
+        >>> job = BackgroundCompile.fork(lambda: True)
+        >>> job.usable()
+        True
+        >>> job.go()
+        >>> while not job.done():
+        ...     time.sleep(0.01)
+        >>> job.exit
+        0
+    """
+
+    def __init__(self, pid: int, log: str, go: int, ready: int) -> None:
+        self.pid = pid
+        self.log = log
+        self.started = time.perf_counter()
+        self.exit: int | None = None
+        self.seconds: float | None = None
+        self._go, self._ready = go, ready
+        # Not killed when the parent ends: it finishes its compile (for the next start) and
+        # exits; `cancel` kills it.
+        self._fds = weakref.finalize(self, _close, go, ready)
+
+    @classmethod
+    def fork(cls, work: Callable[[str], bool], autograd: bool = True) -> BackgroundCompile:
+        """Fork a child that, once told to `go` with a message, runs ``work(message)`` and
+        exits 0 if it returns True, 3 if it returns False, 1 if it raises (the traceback goes
+        to its log). ``autograd``: the work needs autograd (the child checks it can)."""
+        fd, log = tempfile.mkstemp(prefix="functrain-compile-", suffix=".log")
+        go_r, go_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.close(go_w)
+                os.close(ready_r)
+                _become_background(fd)
+                ok = not autograd or _autograd_works()
+                os.write(ready_w, b"1" if ok else b"0")
+                message = os.read(go_r, 4096) if ok else b""
+                if message.startswith(b"g"):
+                    code = 0 if work(message[1:].decode()) else _NOT_SAVED
+                if code == 0:
+                    _remove(log)  # the parent may be gone: nobody else would
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        try:
+            os.setpgid(pid, pid)  # also here: a `cancel` right after the fork kills the group
+        except OSError:  # the child got there first (or has exec'd: it never does)
+            pass
+        for x in (fd, go_r, ready_w):
+            os.close(x)
+        return cls(pid, log, go_w, ready_r)
+
+    def usable(self) -> bool:
+        """Whether the child can compile (it can run autograd); waits for its answer (~ms)."""
+        return os.read(self._ready, 1) == b"1"
+
+    def go(self, message: str = "") -> None:
+        """Tell the child to run its work, on ``message`` (under 4 KiB)."""
+        self.started = time.perf_counter()
+        os.write(self._go, b"g" + message.encode())
+
+    def done(self) -> bool:
+        """Whether the child has exited (a non-blocking check, ~1 µs)."""
+        if self.exit is not None:
+            return True
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self.exit = os.waitstatus_to_exitcode(status)
+        self.seconds = time.perf_counter() - self.started
+        self._fds()
+        if self.exit == 0:
+            _remove(self.log)
+        return True
+
+    def cancel(self) -> None:
+        """Kill the child (and the compiler processes it started) if it still runs."""
+        if self.exit is None:
+            _stop(self.pid, self.log)
+            self.exit = -signal.SIGKILL
+        self._fds()
+
+
+def _autograd_works() -> bool:
+    import torch
+
+    try:
+        x = torch.ones((), requires_grad=True)
+        (x * 2).backward()
+    except RuntimeError:  # "Unable to handle autograd's threading in combination with fork"
+        return False
+    return True
+
+
+def _become_background(log_fd: int) -> None:
+    """In the forked child: its own process group (killed as one, and deaf to the terminal's
+    Ctrl-C), output to the log, lowest priority, a time limit, one thread, compiles
+    in-process."""
+    os.setpgid(0, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    # Python's streams too: a notebook's or pytest's replacements write to the parent.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.nice(19)
+    signal.alarm(_TIME_LIMIT)  # a child stuck for any reason ends by itself
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    import torch
+
+    torch.set_num_threads(1)
+    _compat.compile_in_process()  # the parent's compile workers are not the child's to use
+
+
+def _stop(pid: int, log: str) -> None:
+    for kill in (os.killpg, os.kill):  # the group (its compiler processes too), the child
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    _remove(log)
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released when the process ends, however)."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+class BackgroundSwitch:
+    """``compile="auto"``'s plan for one `functrain.CompiledStep`: decide at the first call
+    (warm step cache: compiled at once; cold: a `BackgroundCompile` and eager steps), then
+    switch to the compiled step when the child has saved it.
+
+    The runner calls `run` at the start of each call while its ``_auto_active`` is set;
+    ``None`` means "go on compiled" (and the runner clears the flag).
+
+    Attributes:
+        job: the `BackgroundCompile`, or ``None`` (not started: the cache was warm).
+        eager: the eager runner of the steps run while compiling.
+        eager_calls: calls run eagerly.
+        switched_at: the call (1-based) that ran compiled first, or ``None``.
+        load_seconds: the time to load the compiled step at the switch.
+        failure: why the run stayed eager, or ``None``.
+        foreground: why the step compiled in the foreground though its cache was cold.
+    """
+
+    def __init__(self) -> None:
+        self.job: BackgroundCompile | None = None
+        self.eager: Any = None
+        self.eager_calls = 0
+        self.switched_at: int | None = None
+        self.load_seconds = 0.0
+        self.failure: str | None = None
+        self.foreground: str | None = None
+
+    @property
+    def note(self) -> str | None:
+        """One line for the run summary (``None``: no background compile happened)."""
+        job = self.job
+        if job is None:
+            return self.foreground
+        if self.switched_at is not None:
+            return (f"in the background: {self.eager_calls} eager calls while a child process "
+                    f"compiled the step ({job.seconds:.1f} s), then compiled (loaded in "
+                    f"{self.load_seconds:.1f} s)")
+        if self.failure is not None:
+            return f"eager: {self.failure}"
+        return (f"eager: the background compile was still running after "
+                f"{time.perf_counter() - job.started:.1f} s ({self.eager_calls} eager calls)")
+
+    def run(self, runner: Any, state: Any, batch: Any, window: Any, steps: int) -> Any:
+        """Run this call eagerly and return its ``(state, metrics, window)``, or ``None``:
+        the runner goes on compiled from this call."""
+        if self.job is None:
+            if steps != 1 or not self._start(runner, state, batch, window):
+                return None
+        elif self.failure is None and self.job.done():
+            if self._switch(runner, state, batch, window):
+                return None
+        out = self.eager._run(state, batch, window, steps)
+        self.eager_calls += 1
+        runner.calls += 1
+        runner._checked_state = out[0]
+        return out
+
+    def _args(self, runner: Any, state: Any, batch: Any, window: Any) -> tuple[Any, ...]:
+        """The compiled step's arguments as its first call would build them."""
+        batch = runner.place_batch(batch)
+        return runner._prepare(state, batch), batch, runner._adopt(window).metrics
+
+    def _start(self, runner: Any, state: Any, batch: Any, window: Any) -> bool:
+        from ._step_cache import in_process_group
+
+        cache = runner._cache
+        if runner.device.type != "cpu" or in_process_group():
+            return False
+
+        def compile_and_save(key: str) -> bool:
+            # One compile per step at a time: a child of another process that is compiling
+            # this step already (the previous run's, still finishing) is waited for.
+            with _locked(cache.lock_path(key)):
+                if not cache.saved(key):
+                    runner._auto_active = False
+                    runner.status = None  # the parent's progress bar is not the child's
+                    runner._run(state, batch, window)
+            return cache.saved(key)
+
+        # Forked first: the checks below run the step on fake tensors, through autograd.
+        job = BackgroundCompile.fork(compile_and_save, autograd=runner.train)
+        key = cache.key("_inner", self._args(runner, state, batch, window))
+        if key is None or cache.saved(key) or cache.unsaveable(key):
+            job.cancel()
+            return False  # warm (or not cacheable): the usual first compiled call
+        if not job.usable():
+            job.cancel()
+            self.foreground = ("compiled in the foreground: this process ran autograd on fake "
+                               "tensors before (another step's check or compile), so a forked "
+                               "child cannot")
+            return False
+        job.go(key)
+        self.job = job
+        self.eager = type(runner)(
+            cache.step_fn, compile="eager", device=runner.device, donate=runner.donate,
+            on_recompile=runner.on_recompile, return_metrics=runner.return_metrics,
+            precision=runner.policy, check_finite=runner.check_finite, train=runner.train,
+            cache=False)
+        self._status(runner, "compiling in the background")
+        return True
+
+    def _switch(self, runner: Any, state: Any, batch: Any, window: Any) -> bool:
+        """The child is done: load what it saved and install it in the runner."""
+        job = self.job
+        self._status(runner, None)
+        if job.exit != 0:
+            self.failure = ("the background compile could not save the step (run with "
+                            "compile='inductor' to see why)" if job.exit == _NOT_SAVED else
+                            f"the background compile failed (exit code {job.exit}; its output "
+                            f"is in {job.log})")
+            return False
+        t0 = time.perf_counter()
+        args = self._args(runner, state, batch, window)
+        cache = runner._cache
+        key = cache.key("_inner", args)
+        loaded = None if key is None else cache.load(key, runner, args,
+                                                     type(runner)._inner.__globals__)
+        if loaded is None:
+            self.failure = "the step compiled in the background did not load (see the log)"
+            return False
+        runner.compiles += 1
+        runner.cache_hits += 1
+        runner._install(1, loaded)
+        runner._calls[1] = 1  # the next call is not a first call: it runs the loaded step
+        runner._guards[1].first_batch(args[1], batch_size(args[1]))
+        runner._checked_state, runner._carrier = state, args[0]
+        self.load_seconds = time.perf_counter() - t0
+        runner.compile_time += self.load_seconds
+        self.switched_at = runner.calls + 1
+        return True
+
+    @staticmethod
+    def _status(runner: Any, text: str | None) -> None:
+        report = runner.status
+        if report is not None:
+            try:
+                report(text)
+            except Exception:  # a display must never break training
+                pass
+

@@ -1,0 +1,209 @@
+"""``compile="auto"`` on a cold CPU start: eager steps while a forked child compiles the step
+into the step cache, then the compiled step (functrain/_background.py).
+
+The end-to-end tests start fresh processes with ``FUNCTRAIN_BACKGROUND_COMPILE=1`` (the suite
+turns it off elsewhere) and a step no process has compiled before (a random constant in its
+code), and judge by counts and states, never by time: the loop of the child process sleeps
+between calls so the low-priority compile gets the CPU on a busy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import functrain as ft
+from functrain import _background
+from functrain.callbacks import Loop, Summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHILD = '''
+import json, sys, time
+import torch
+import functrain as ft
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+def step(state, batch):
+    x, y = batch
+
+    def loss_fn(params):
+        out, _ = ft.call(model, params, state.buffers, x)
+        return {scale} * ((out - y) ** 2).mean()
+
+    loss, grads = ft.grad_and_value(loss_fn)(state.params)[::-1]
+    return state.apply_gradients(grads), {{"loss": loss}}
+
+
+g = torch.Generator().manual_seed(0)
+batches = [(torch.randn(8, 6, generator=g), torch.randn(8, 2, generator=g)) for _ in range(4)]
+if sys.argv[1] == "backward-first":  # as another step's check or compile would have done:
+    from torch._subclasses.fake_tensor import FakeTensorMode  # autograd on fake tensors
+
+    with FakeTensorMode():
+        torch.func.grad(lambda x: (x * 2).sum())(torch.ones(3))
+run = ft.compile_step(step, device="cpu")  # compile="auto"
+ref = ft.compile_step(step, compile="eager", device="cpu")
+state = ft.TrainState.create(model, ft.optim.sgd(0.05), seed=0)
+expected = ft.TrainState.create(model, ft.optim.sgd(0.05), seed=0)
+calls, deadline, extra = 0, time.time() + 400, 10
+while extra:
+    state, _ = run(state, batches[calls % 4])
+    expected, _ = ref(expected, batches[calls % 4])
+    calls += 1
+    bg = run.background
+    if bg.job is None or bg.switched_at is not None or bg.failure or time.time() > deadline:
+        extra -= 1  # a few calls after the switch (or the decision), then stop
+    else:
+        time.sleep(0.01)  # leave the CPU to the background compile
+bg = run.background
+print(json.dumps({{
+    "calls": calls, "compiles": run.compiles, "hits": run.cache_hits,
+    "recompiles": run.recompiles, "started": bg.job is not None,
+    "eager_calls": bg.eager_calls, "switched_at": bg.switched_at, "failure": bg.failure,
+    "foreground": bg.foreground, "note": bg.note,
+    "max_diff": max(float((a - b).abs().max()) for a, b in
+                    zip(ft.tree.leaves(state.params), ft.tree.leaves(expected.params))),
+}}))
+'''
+
+
+def _run(tmp_path, mode: str, scale: str) -> dict:
+    script = tmp_path / f"child_{scale.replace('.', '_')}.py"
+    script.write_text(CHILD.format(scale=scale))
+    out = subprocess.run(
+        [sys.executable, str(script), mode], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1",
+             "FUNCTRAIN_BACKGROUND_COMPILE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fresh_scale() -> str:
+    # A constant in the step's code: a step (and a step cache key) no process compiled before.
+    return f"{1 + random.random() / 1000:.12f}"
+
+
+def test_cold_start_runs_eagerly_then_switches_to_the_step_compiled_in_the_background(
+        tmp_path):
+    scale = _fresh_scale()
+    cold = _run(tmp_path, "plain", scale)
+    assert cold["started"] and cold["failure"] is None, cold
+    assert cold["switched_at"] is not None, cold  # the compile finished within 400 s
+    # Every call before the switch ran eagerly; the switch loaded one compiled step.
+    assert cold["eager_calls"] == cold["switched_at"] - 1 >= 1
+    assert cold["compiles"] == 1 and cold["hits"] == 1 and cold["recompiles"] == []
+    assert cold["calls"] == cold["eager_calls"] + 10
+    assert cold["note"].startswith("in the background: ")
+    # Same training as the eager reference, up to the compiled step's rounding.
+    assert cold["max_diff"] < 1e-5
+
+    # The next process finds the step saved: compiled from its first call, no child.
+    warm = _run(tmp_path, "plain", scale)
+    assert not warm["started"] and warm["note"] is None
+    assert warm["compiles"] == 1 and warm["hits"] == 1 and warm["calls"] == 10
+    assert warm["max_diff"] < 1e-5
+
+
+def test_after_autograd_on_fake_tensors_auto_compiles_in_the_foreground(tmp_path):
+    # torch forbids autograd in a child forked after its parent started autograd's device
+    # threads, which autograd on fake tensors (functrain's step check, a compile) does.
+    out = _run(tmp_path, "backward-first", _fresh_scale())
+    assert not out["started"] and out["foreground"].startswith("compiled in the foreground")
+    assert out["compiles"] == 1 and out["hits"] == 0 and out["calls"] == 10
+    assert out["note"] == out["foreground"]
+    assert out["max_diff"] < 1e-5
+
+
+def test_only_auto_on_a_cpu_with_the_switch_on_has_a_background_plan(monkeypatch):
+    def step(state, batch):
+        return state, {"n": batch.sum()}
+
+    monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
+    assert ft.compile_step(step, device="cpu").background is not None
+    assert ft.compile_step(step, compile="inductor", device="cpu").background is None
+    assert ft.compile_step(step, compile="eager", device="cpu").background is None
+    assert ft.compile_step(step, device="cpu", cache=False).background is None
+    assert ft.compile_step(step, device="cpu", steps_per_call=2).background is None
+    monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "0")
+    assert ft.compile_step(step, device="cpu").background is None
+
+
+def _wait(job: _background.BackgroundCompile) -> int:
+    deadline = time.time() + 60
+    while not job.done():
+        assert time.time() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    return job.exit
+
+
+@pytest.mark.parametrize("work,code", [(lambda m: m == "hello", 0), (lambda m: False, 3),
+                                       (lambda m: 1 / 0, 1)])
+def test_a_forked_child_runs_its_work_on_the_message_and_reports_by_exit_code(work, code):
+    job = _background.BackgroundCompile.fork(work, autograd=False)
+    assert job.usable()
+    job.go("hello")
+    assert _wait(job) == code
+    # The log (the child's output) is kept only when the child did not succeed.
+    assert os.path.exists(job.log) == (code != 0)
+    if code == 1:
+        with open(job.log) as f:
+            assert "ZeroDivisionError" in f.read()
+    if code != 0:
+        os.remove(job.log)
+
+
+def test_a_cancelled_child_is_killed_and_leaves_no_log():
+    job = _background.BackgroundCompile.fork(lambda m: time.sleep(600) or True, autograd=False)
+    job.go()
+    job.cancel()
+    assert job.done() and job.exit == -signal.SIGKILL
+    assert not os.path.exists(job.log)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(job.pid, os.WNOHANG)  # reaped: no zombie left
+
+
+def test_a_child_that_is_never_told_to_go_exits_when_its_parent_lets_go():
+    job = _background.BackgroundCompile.fork(lambda m: True, autograd=False)
+    pid = job.pid
+    job._fds()  # what the job's finalizer does when the runner is dropped before `go`
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1  # never ran its work
+    os.remove(job.log)
+
+
+def test_the_run_summary_says_how_the_background_compile_went(capsys):
+    loop = Loop(state=None, step=100, epoch=0)
+    loop.compile_note = "eager: the background compile was still running after 3.0 s"
+    summary = Summary()
+    summary.on_run_start(loop)
+    summary.on_run_end(loop)
+    assert "compiled" in capsys.readouterr().out.split("eager: the background")[0]
+    loop.compiles, loop.compile_note = 1, "in the background: 40 eager calls ..."
+    summary.on_run_start(loop)
+    summary.on_run_end(loop)
+    out = capsys.readouterr().out
+    assert "in the background: 40 eager calls" in out and "compile time" in out
+
+
+def test_a_forked_child_after_autograd_on_fake_tensors_cannot_run_autograd():
+    # The fact the design rests on (torch's rule), checked on this torch.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        torch.func.grad(lambda x: (x * 2).sum())(torch.ones(3))
+    job = _background.BackgroundCompile.fork(lambda m: True, autograd=True)
+    assert not job.usable()
+    assert _wait(job) == 1
+    os.remove(job.log)
