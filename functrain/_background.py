@@ -300,11 +300,12 @@ class BackgroundSwitch:
         if runner.device.type != "cpu" or in_process_group():
             return False
 
-        def compile_and_save(key: str) -> bool:
+        def compile_and_save(message: str) -> bool:
+            key, _, stale = message.partition("\n")
             # One compile per step at a time: a child of another process that is compiling
             # this step already (the previous run's, still finishing) is waited for.
             with _locked(cache.lock_path(key)):
-                if not cache.saved(key):
+                if stale or not cache.saved(key):
                     runner._auto_active = False
                     runner.status = None  # the parent's progress bar is not the child's
                     runner._run(state, batch, window)
@@ -312,17 +313,22 @@ class BackgroundSwitch:
 
         # Forked first: the checks below run the step on fake tensors, through autograd.
         job = BackgroundCompile.fork(compile_and_save, autograd=runner.train)
-        key = cache.key("_inner", self._args(runner, state, batch, window))
-        if key is None or cache.saved(key) or cache.unsaveable(key):
+        args = self._args(runner, state, batch, window)
+        key = cache.key("_inner", args)
+        if key is None or cache.unsaveable(key):
             job.cancel()
-            return False  # warm (or not cacheable): the usual first compiled call
+            return False  # not cacheable: the usual first compiled call
+        stale = cache.saved(key)
+        if stale and self._load(runner, key, args, state):
+            job.cancel()
+            return False  # warm: compiled from this call on
         if not job.usable():
             job.cancel()
             self.foreground = ("compiled in the foreground: this process ran autograd on fake "
                                "tensors before (another step's check or compile), so a forked "
                                "child cannot")
             return False
-        job.go(key)
+        job.go(key + ("\nstale" if stale else ""))  # a stale artifact is compiled anew
         self.job = job
         self.eager = type(runner)(
             cache.step_fn, compile="eager", device=runner.device, donate=runner.donate,
@@ -342,14 +348,19 @@ class BackgroundSwitch:
                             f"the background compile failed (exit code {job.exit}; its output "
                             f"is in {job.log})")
             return False
-        t0 = time.perf_counter()
         args = self._args(runner, state, batch, window)
-        cache = runner._cache
-        key = cache.key("_inner", args)
-        loaded = None if key is None else cache.load(key, runner, args,
-                                                     type(runner)._inner.__globals__)
+        key = runner._cache.key("_inner", args)
+        if key is None or not self._load(runner, key, args, state):
+            self.failure = "the step compiled in the background did not load"
+            return False
+        self.switched_at = runner.calls + 1
+        return True
+
+    def _load(self, runner: Any, key: str, args: tuple[Any, ...], state: Any) -> bool:
+        """Load the step saved under ``key`` into the runner, to run from this call on."""
+        t0 = time.perf_counter()
+        loaded = runner._cache.load(key, runner, args, type(runner)._inner.__globals__)
         if loaded is None:
-            self.failure = "the step compiled in the background did not load (see the log)"
             return False
         runner.compiles += 1
         runner.cache_hits += 1
@@ -359,7 +370,6 @@ class BackgroundSwitch:
         runner._checked_state, runner._carrier = state, args[0]
         self.load_seconds = time.perf_counter() - t0
         runner.compile_time += self.load_seconds
-        self.switched_at = runner.calls + 1
         return True
 
     @staticmethod
