@@ -258,6 +258,12 @@ class BackgroundSwitch:
         self.failure: str | None = None
         self.foreground: str | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # runtime-only (a process, a runner): Dynamo may pickle the runner holding it
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
     @property
     def note(self) -> str | None:
         """One line for the run summary (``None``: no background compile happened)."""

@@ -559,7 +559,14 @@ def compile_step(
             a window) or `functrain.metrics` values.
         compile: ``"auto"`` (CUDA graphs on a GPU, inductor on CPU, openxla on XLA),
             ``"inductor"``, ``"cudagraphs"``, ``"openxla"``, ``"eager"`` (no compilation;
-            torch_xla's lazy tensors on XLA), or True/False.
+            torch_xla's lazy tensors on XLA), or True/False. On a CPU, ``"auto"`` never
+            waits for a cold compile: when the step cache (``cache``) holds no compiled step
+            for this step, the steps run eagerly while a forked child process at the lowest
+            priority compiles and saves it, and the run switches to the compiled step once
+            it is saved (a run that ends first leaves the child to finish, so the next start
+            is warm). The switch step depends on timing, so such a cold run is not bitwise
+            reproducible; ``"inductor"`` and ``"eager"`` are. ``FUNCTRAIN_BACKGROUND_COMPILE=0``
+            makes ``"auto"`` compile in the foreground, as ``"inductor"`` does.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"xla"``, ``"tpu"``, ... where state and
             batches are placed (XLA needs torch_xla; see the README, "Run on TPU").
         donate: reuse the input state's memory for the output (in place). The input state

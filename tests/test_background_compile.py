@@ -207,3 +207,13 @@ def test_a_forked_child_after_autograd_on_fake_tensors_cannot_run_autograd():
     assert not job.usable()
     assert _wait(job) == 1
     os.remove(job.log)
+
+
+def test_the_plan_pickles_as_a_fresh_one():
+    # Dynamo may pickle the runner (and so its plan) into a step cache artifact's guards.
+    import pickle
+
+    plan = _background.BackgroundSwitch()
+    plan.eager_calls, plan.failure = 7, "x"
+    copy = pickle.loads(pickle.dumps(plan))
+    assert copy.eager_calls == 0 and copy.failure is None and copy.job is None
