@@ -2,6 +2,7 @@
 
     ./dev python benchmarks/distributed.py                  # CPU, gloo, 2 processes, ~5-8 min
     ./dev python benchmarks/distributed.py --quick          # smoke run
+    ./dev python benchmarks/distributed.py --variants cd --rounds 16 --steps 50   # (c) vs (d)
     ./dev python benchmarks/distributed.py --json dist.json
     python benchmarks/distributed.py --device cuda          # one process per GPU, NCCL
 
@@ -12,7 +13,8 @@ Workload: MLP 784-512-512-10, per-rank batch 128 (the global batch of 2 ranks is
   (b) plain PyTorch, 1 process: ``torch.compile(model)`` + ``torch.optim.AdamW(fused=True)``
   (c) functrain, 2 processes: the same step with ``grads = pmean(grads)``, the all-reduces
       traced into the one compiled graph (the gradients in DDP-style flat buckets, last layer
-      first, 1 MiB then up to 25 MiB: here two all-reduces, 1.05 + 1.6 MB)
+      first, 1 MiB then up to 25 MiB: here two all-reduces, 1.02 + 1.54 MiB; on the CPU the
+      first is scheduled to overlap the first layers' gradient matmuls)
   (d) DistributedDataParallel, 2 processes, around the compiled model of (b):
       ``DDP(torch.compile(model))`` + fused AdamW (gradients bucketed and all-reduced by DDP's
       hooks during backward)
@@ -29,7 +31,8 @@ in each round, in an order rotated each round: the 2-process variants on both ra
 and `--steps` timed steps per variant; medians over rounds. Reported: samples/s (global batch
 over the median step time), the scaling efficiency of each 2-process variant against its
 1-process counterpart (samples/s of 2 processes / (2 x samples/s of 1)), and the ratio of
-functrain's 2-process step time to DDP's (the goal: <= 1); for the sharded variants, the bytes
+functrain's 2-process step time to DDP's (the goal: <= 1), with each round's ratio (a round times
+both, one after the other); for the sharded variants, the bytes
 of params + optimizer state per rank, (e)/(c) in step time and bytes, and (e)/(f) (the goal:
 <= 1 at equal memory).
 
