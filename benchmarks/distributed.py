@@ -2,6 +2,7 @@
 
     ./dev python benchmarks/distributed.py                  # CPU, gloo, 2 processes, ~5-8 min
     ./dev python benchmarks/distributed.py --quick          # smoke run
+    ./dev python benchmarks/distributed.py --variants cd --rounds 16 --steps 50   # (c) vs (d)
     ./dev python benchmarks/distributed.py --json dist.json
     python benchmarks/distributed.py --device cuda          # one process per GPU, NCCL
 
@@ -12,7 +13,8 @@ Workload: MLP 784-512-512-10, per-rank batch 128 (the global batch of 2 ranks is
   (b) plain PyTorch, 1 process: ``torch.compile(model)`` + ``torch.optim.AdamW(fused=True)``
   (c) functrain, 2 processes: the same step with ``grads = pmean(grads)``, the all-reduces
       traced into the one compiled graph (the gradients in DDP-style flat buckets, last layer
-      first, 1 MiB then up to 25 MiB: here two all-reduces, 1.05 + 1.6 MB)
+      first, 1 MiB then up to 25 MiB: here two all-reduces, 1.02 + 1.54 MiB; on the CPU the
+      first is scheduled to overlap the first layers' gradient matmuls)
   (d) DistributedDataParallel, 2 processes, around the compiled model of (b):
       ``DDP(torch.compile(model))`` + fused AdamW (gradients bucketed and all-reduced by DDP's
       hooks during backward)
@@ -29,7 +31,8 @@ in each round, in an order rotated each round: the 2-process variants on both ra
 and `--steps` timed steps per variant; medians over rounds. Reported: samples/s (global batch
 over the median step time), the scaling efficiency of each 2-process variant against its
 1-process counterpart (samples/s of 2 processes / (2 x samples/s of 1)), and the ratio of
-functrain's 2-process step time to DDP's (the goal: <= 1); for the sharded variants, the bytes
+functrain's 2-process step time to DDP's (the goal: <= 1), with each round's ratio (a round times
+both, one after the other); for the sharded variants, the bytes
 of params + optimizer state per rank, (e)/(c) in step time and bytes, and (e)/(f) (the goal:
 <= 1 at equal memory).
 
@@ -185,14 +188,14 @@ def worker(args: dict) -> dict:
         one, runners[name] = _functrain(model, device, parallel, sharded)
         return one
 
-    for name, build, both in [
+    for name, build, both in [v for v in [
         ("a", lambda: functrain_variant("a", False), False),
         ("b", lambda: _plain(model, device, False), False),
         ("c", lambda: functrain_variant("c", True), True),
         ("d", lambda: _plain(model, device, True), True),
         ("e", lambda: functrain_variant("e", False, sharded=True), True),
         ("f", lambda: _fsdp2(model, device), True),
-    ]:
+    ] if v[0] in args["variants"]]:
         if both or rank == 0:
             variants[name] = build()
             t = time.perf_counter()
@@ -200,7 +203,7 @@ def worker(args: dict) -> dict:
             _sync(device)
             first[name] = time.perf_counter() - t
         dist.barrier()
-    names = ["a", "b", "c", "d", "e", "f"]
+    names = [n for n in "abcdef" if n in args["variants"]]
     both_ranks = ("c", "d", "e", "f")
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args["rounds"]):
@@ -227,13 +230,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="2 rounds of 20 steps")
+    p.add_argument("--variants", default="abcdef",
+                   help="which of the variants a-f to run, e.g. cd (default: all)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    if not a.variants or set(a.variants) - set("abcdef"):
+        p.error(f"--variants: expected letters from 'abcdef', got {a.variants!r}")
     if a.quick:
         a.rounds, a.steps, a.warmup = 2, 20, 5
     env = {} if a.device == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
     cfg = {"threads": a.threads, "batch": a.batch, "rounds": a.rounds, "steps": a.steps,
-           "warmup": a.warmup}
+           "warmup": a.warmup, "variants": a.variants}
     t0 = time.perf_counter()
     results = fd.launch(worker, a.nprocs, args=(cfg,), timeout=3600, env=env)
     wall = time.perf_counter() - t0
@@ -251,38 +258,50 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'variant':<58} {'µs/step':>9} {'samples/s':>10} {'1st step s':>10}")
     out = {"config": vars(a), "median_s": med, "samples_per_s": {}, "first_step_s": r0["first"],
            "rounds_s": r0["times"]}
-    for k in ("a", "b", "c", "d", "e", "f"):
+    for k in r0["times"]:
         sps = a.batch * (n if k in ("c", "d", "e", "f") else 1) / med[k]
         out["samples_per_s"][k] = sps
         print(f"({k}) {labels[k]:<54} {med[k] * 1e6:9.0f} {sps:10.0f} {r0['first'][k]:10.1f}")
     sps = out["samples_per_s"]
-    out["scaling_functrain"] = sps["c"] / (n * sps["a"])
-    out["scaling_ddp"] = sps["d"] / (n * sps["b"])
-    out["functrain_over_ddp"] = med["c"] / med["d"]
-    print(f"functrain compiles per process (warm-up included): {r0['compiles']}")
+    if "c" in r0["compiles"]:
+        print(f"functrain compiles per process (warm-up included): {r0['compiles']}")
     out["compiles"] = r0["compiles"]
-    print(f"scaling efficiency, {n} processes: functrain {out['scaling_functrain']:.2f}, "
-          f"DDP {out['scaling_ddp']:.2f}")
-    verdict = "met" if out["functrain_over_ddp"] <= 1 else "NOT met"
-    print(f"functrain / DDP step time, {n} processes: {out['functrain_over_ddp']:.2f} "
-          f"(goal <= 1: {verdict})")
+    for x, y, key in (("c", "a", "scaling_functrain"), ("d", "b", "scaling_ddp")):
+        if x in sps and y in sps:
+            out[key] = sps[x] / (n * sps[y])
+            print(f"scaling efficiency, {n} processes, ({x}) over ({y}): {out[key]:.2f}")
+    _ratio(out, r0["times"], "c", "d", "functrain_over_ddp",
+           f"functrain / DDP step time, {n} processes")
     sb = r0["state_bytes"]
     out["state_bytes_rank0"] = sb
-    out["sharded_over_replicated_time"] = med["e"] / med["c"]
-    out["sharded_over_replicated_bytes"] = sb["e"] / sb["c"]
-    out["functrain_sharded_over_fsdp2"] = med["e"] / med["f"]
-    print("params + AdamW state per rank (rank 0): replicated (c) "
-          f"{sb['c'] / 2**20:.2f} MiB, functrain sharded (e) {sb['e'] / 2**20:.2f} MiB, "
-          f"FSDP2 (f) {sb['f'] / 2**20:.2f} MiB: sharded / replicated "
-          f"{out['sharded_over_replicated_bytes']:.3f}")
-    print(f"sharded / replicated step time (e)/(c): {out['sharded_over_replicated_time']:.2f}")
-    verdict = "met" if out["functrain_sharded_over_fsdp2"] <= 1 else "NOT met"
-    print(f"functrain sharded / FSDP2 step time (e)/(f): "
-          f"{out['functrain_sharded_over_fsdp2']:.2f} (goal <= 1: {verdict})")
+    if "c" in sb and "e" in sb:
+        out["sharded_over_replicated_time"] = med["e"] / med["c"]
+        out["sharded_over_replicated_bytes"] = sb["e"] / sb["c"]
+        print("params + AdamW state per rank (rank 0): replicated (c) "
+              f"{sb['c'] / 2**20:.2f} MiB, functrain sharded (e) {sb['e'] / 2**20:.2f} MiB"
+              f": sharded / replicated {out['sharded_over_replicated_bytes']:.3f}; "
+              f"step time (e)/(c): {out['sharded_over_replicated_time']:.2f}")
+    if "f" in sb:
+        print(f"FSDP2 (f) params + AdamW state per rank: {sb['f'] / 2**20:.2f} MiB")
+    _ratio(out, r0["times"], "e", "f", "functrain_sharded_over_fsdp2",
+           "functrain sharded / FSDP2 step time")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
     return out
+
+
+def _ratio(out: dict, times: dict, x: str, y: str, key: str, what: str) -> None:
+    """Print and store the ratio of the medians of ``x`` and ``y`` and its per-round range
+    (each round times both, one after the other, so a round's ratio shares its load)."""
+    if x not in times or y not in times:
+        return
+    per_round = [tx / ty for tx, ty in zip(times[x], times[y])]
+    out[key] = statistics.median(times[x]) / statistics.median(times[y])
+    out[key + "_rounds"] = per_round
+    verdict = "met" if out[key] <= 1 else "NOT met"
+    print(f"{what} ({x})/({y}): {out[key]:.2f} (goal <= 1: {verdict}); per round "
+          f"{', '.join(f'{r:.2f}' for r in per_round)} (median {statistics.median(per_round):.2f})")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,27 @@ def compile_graph(backend: str, gm: torch.fx.GraphModule, example_inputs: list[A
     patches = {"triton.cudagraphs": True} if backend == "cudagraphs" else {}
     if traced_in(gm):  # keep remat's recomputation in the backward
         patches.update(INDUCTOR_OPTIONS)
+    if _cpu_all_reduce(gm, example_inputs):
+        patches.update(CPU_OVERLAP_OPTIONS)
     return _compat.inductor_compile(gm, example_inputs, config_patches=patches)
+
+
+# For a CPU graph that all-reduces (`pmean` on gloo): Inductor's scheduler, left alone, waits
+# on each bucket's all-reduce right after starting it, before the backward's last matmuls
+# (its peak-memory pass puts them after the first bucket's wait). This pass starts each
+# all-reduce as soon as its bucket is packed and waits only when the update needs it, so the
+# first bucket travels while the first layers' gradients are computed, as DDP's hooks do.
+# Measured on gloo only (benchmarks/distributed.py); CUDA graphs keep Inductor's defaults.
+CPU_OVERLAP_OPTIONS = {"reorder_for_compute_comm_overlap": True,
+                       "reorder_for_compute_comm_overlap_passes": ["reorder_compute_for_overlap"]}
+
+
+def _cpu_all_reduce(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> bool:
+    """Whether ``gm`` runs on the CPU and calls a functional all-reduce."""
+    if any(isinstance(x, torch.Tensor) and x.device.type != "cpu" for x in example_inputs):
+        return False
+    return any(n.op == "call_function" and str(n.target).startswith("_c10d_functional.all_reduce")
+               for n in gm.graph.nodes)
 
 
 _COPIES = 0

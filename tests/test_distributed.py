@@ -178,3 +178,31 @@ def test_gradients_are_bucketed_last_leaf_first_like_ddp():
     # The first bucket closes at 1 MiB (0.5 + 0.75), the next ones at 25 MiB.
     assert got == [(torch.float32, [4, 3]), (torch.float32, [2, 1, 0]), (torch.int64, [5])]
     assert (c.FIRST_BUCKET_BYTES, c.BUCKET_BYTES) == (mib, 25 * mib)
+
+
+def _graph_with(op):
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    g.output(g.call_function(op, (x,)))
+    return torch.fx.GraphModule(torch.nn.Module(), g)
+
+
+@pytest.mark.parametrize("device, reduces, overlap", [("cpu", True, True), ("cpu", False, False),
+                                                      ("meta", True, False)])
+def test_cpu_graphs_that_all_reduce_get_inductors_overlap_pass(monkeypatch, device, reduces,
+                                                               overlap):
+    # CPU (gloo) graphs that all-reduce are compiled with the comm/compute overlap pass (its
+    # schedule is checked on 2 ranks in tests/distributed); others keep Inductor's defaults.
+    from torch.distributed import _functional_collectives  # noqa: F401  (registers the ops)
+
+    from functrain import _backend, _compat
+
+    seen = []
+    monkeypatch.setattr(_compat, "inductor_compile",
+                        lambda gm, inputs, config_patches=None: seen.append(config_patches))
+    gm = _graph_with(torch.ops._c10d_functional.all_reduce if reduces else torch.neg)
+    _backend.compile_graph("inductor", gm, [torch.ones(2, device=device)])
+    assert (seen[0].get("reorder_for_compute_comm_overlap") is True) == overlap
+    if overlap:
+        assert seen[0]["reorder_for_compute_comm_overlap_passes"] == [
+            "reorder_compute_for_overlap"]

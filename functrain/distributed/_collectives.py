@@ -14,7 +14,10 @@ The leaves of one dtype and device are packed into flat buffers and each buffer 
 with one collective, as ``DistributedDataParallel`` buckets its gradients: a model with
 hundreds of parameters costs a few all-reduces, not hundreds. Like DDP's, the buckets take the
 leaves last to first (the order in which a backward pass produces gradients), the first up to
-`FIRST_BUCKET_BYTES` (1 MiB), the others up to `BUCKET_BYTES` (25 MiB).
+`FIRST_BUCKET_BYTES` (1 MiB), the others up to `BUCKET_BYTES` (25 MiB). On the CPU (gloo),
+`functrain._backend.compile_graph` compiles a graph that all-reduces with Inductor's
+comm/compute overlap pass, so a bucket travels while the gradients of earlier layers are
+still being computed.
 """
 
 from __future__ import annotations

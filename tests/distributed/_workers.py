@@ -27,10 +27,17 @@ def recorded_graphs():
 
     graphs: list[list[str]] = []
     original = cfx.compile_fx
+    depth = [0]
 
     def recording(gm, example_inputs, **kw):
-        graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
-        return original(gm, example_inputs, **kw)
+        # compile_fx given config patches calls itself again inside them: count one graph.
+        if depth[0] == 0:
+            graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+        depth[0] += 1
+        try:
+            return original(gm, example_inputs, **kw)
+        finally:
+            depth[0] -= 1
 
     cfx.compile_fx = recording
     try:
@@ -115,10 +122,34 @@ def _train(step, model, loader, compile):
 
 
 def equivalence(cases):
-    """``{(kind, compile): _case(kind, compile)}`` for each case, in one pair of processes."""
+    """``{(kind, compile): _case(kind, compile)}`` for each case, in one pair of processes,
+    and the compiled schedule of a step with two gradient buckets under ``"schedule"``."""
     fd.initialize("gloo", timeout=120)
     torch.set_num_threads(1)
-    return {case: _case(*case) for case in cases}
+    out: dict = {case: _case(*case) for case in cases}
+    out["schedule"] = overlap_schedule()
+    return out
+
+
+def overlap_schedule() -> list[str]:
+    """The all-reduces (``"start bufN"``), their waits (``"wait bufN"``) and the matmuls
+    (``"mm"``), in order, in the Inductor code of a compiled `pmean` step whose gradients make
+    two buckets (64-512-512-10: the last two layers, 1.03 MiB, then the first)."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                          nn.Linear(512, 10))
+    batch = (torch.randn(PER_RANK, 64), torch.randint(0, 10, (PER_RANK,)))
+    with torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        _, codes = run_and_get_code(_train, dp_step(model), model, [batch], "inductor")
+    code = next(c for c in codes if "all_reduce_" in c)
+    found = re.findall(r"all_reduce_\.default\((buf\d+)|wait_tensor\.default\((buf\d+)\)"
+                       r"|extern_kernels\.(?:add)?mm\(", code)
+    return [f"start {a}" if a else f"wait {b}" if b else "mm" for a, b in found]
 
 
 def _case(kind: str, compile: str):

@@ -51,6 +51,21 @@ def test_two_ranks_equal_one_process_on_the_global_batch(runs, case):
     _assert_trees_close(r0["state"], r0["reference"], rtol=1e-5, atol=1e-7)
 
 
+def test_each_bucket_travels_while_later_gradients_are_computed(runs):
+    # On the CPU the first bucket's all-reduce starts as soon as the last layers' gradients
+    # are packed and is waited on after the first layer's gradient matmuls (Inductor's
+    # comm/compute overlap pass, which `_backend.compile_graph` turns on for CPU graphs that
+    # all-reduce); left to its defaults, Inductor waits right after starting it.
+    for rank_runs in runs:
+        order = rank_runs["schedule"]
+        starts = [e.split()[1] for e in order if e.startswith("start")]
+        assert len(starts) == 2, order
+        first = order.index(f"start {starts[0]}")
+        waited = order.index(f"wait {starts[0]}")
+        assert "mm" in order[first:waited], order
+        assert order.index(f"start {starts[1]}") < order.index(f"wait {starts[1]}"), order
+
+
 @pytest.mark.parametrize("kind", ["mlp", "bn_dropout"])
 def test_compiled_step_holds_the_all_reduce_in_one_graph(runs, kind):
     for rank_runs in runs:
