@@ -71,10 +71,10 @@ class BackgroundCompile:
         seconds: how long the child ran, from `go` (set by `done`).
 
     Example:
-        >>> job = BackgroundCompile.fork(lambda: True)
+        >>> job = BackgroundCompile.fork(lambda message: message == "hi", autograd=False)
         >>> job.usable()
         True
-        >>> job.go()
+        >>> job.go("hi")
         >>> while not job.done():
         ...     time.sleep(0.01)
         >>> job.exit

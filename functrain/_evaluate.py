@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from . import _background
 from ._backend import resolve_backend
 from ._data_helpers import loader_len
 from ._placement import resolve_device
@@ -29,14 +30,14 @@ def runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: boo
                on_recompile: str = "warn", precision: Any = "32", check_finite: bool = False,
                train: bool = True, devices: int | str | None = None) -> CompiledStep:
     """The cached `CompiledStep` for ``fn`` with these options (built on first use)."""
-    # Keyed by the resolved device and backend ("auto" apart: it may compile in the
-    # background, see functrain._background).
+    # Keyed by the resolved device and backend, so that "auto" and what it resolves to share
+    # one runner (unless "auto" may compile in the background: functrain._background).
     from .precision import Policy
 
     dev = resolve_device(device, devices=devices)
     policy = precision if isinstance(precision, Policy) else Policy.from_name(precision)
-    key = (resolve_backend(compile, dev), compile == "auto", str(dev), donate, on_recompile,
-           repr(policy), check_finite, train, str(devices))
+    key = (resolve_backend(compile, dev), compile == "auto" and _background.enabled(),
+           str(dev), donate, on_recompile, repr(policy), check_finite, train, str(devices))
     try:
         per_fn = _RUNNERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no reuse
