@@ -61,12 +61,11 @@ log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
-    """Whether the step cache is on: ``FUNCTRAIN_STEP_CACHE`` is not ``0``, Inductor's
-    caches are not force-disabled and this torch can save a compiled step (2.14 can, the
-    XLA lane's 2.9 cannot)."""
+    """Whether the step cache is on: ``FUNCTRAIN_STEP_CACHE`` is not ``0`` and Inductor's
+    caches are not force-disabled. (Whether this torch can save a compiled step at all, 2.14
+    can and the XLA lane's 2.9 cannot, is checked at the first call: the check initializes
+    ``torch.compile``, ~0.7 s, which an eager start under ``compile="auto"`` does without.)"""
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no"):
-        return False
-    if not _compat.aot_compile_available():
         return False
     from torch._inductor import config
 
@@ -282,7 +281,9 @@ class StepCache:
                    args: tuple[Any, ...]) -> Loaded | None:
         """The compiled step for ``owner.method(*args)``: loaded (counted in the runner's
         ``compiles`` and ``cache_hits``), or traced, compiled and saved; ``None``: compile
-        it the usual way (it cannot be saved)."""
+        it the usual way (it cannot be saved, or this torch cannot save a compiled step)."""
+        if not _compat.aot_compile_available():
+            return None
         _compat.skip_unused_triton_key()
         key = self.key(method.__name__, args)
         loaded = None if key is None else self.load(key, owner, args, method.__globals__)
