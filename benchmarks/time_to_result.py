@@ -29,7 +29,8 @@ lengths, which removes the fixed costs (imports, compile) from the comparison.
 
 ``--goal`` instead times #16's goal for ``compile="auto"`` (never slower): per workload — an
 MLP on MNIST-1D (``fit``, run by this script), the MNIST-1D CNN (examples/mnist1d.py) and the
-char-GPT (examples/gpt.py, few steps) — whole processes with ``--compile eager``,
+char-GPT (examples/gpt.py, few steps) and the PyTorch examples' MNIST CNN on Fashion-MNIST
+(examples/mnist.py, Debian's files) — whole processes with ``--compile eager``,
 ``inductor`` and ``auto``, the compiled two cold (a fresh ``TORCHINDUCTOR_CACHE_DIR``) and warm
 (right after, same dir), and prints ``auto / min(eager, inductor incl. compile)`` per cache
 state:
@@ -214,13 +215,17 @@ def run_once(variant: str, steps: int, threads: int, cache_dir: str, tmp: str) -
     return {"wall_s": wall, "accuracy": acc, "compiled": _compiled_line(out.stdout)}
 
 
-GOAL_STEPS = {"mlp": 3000, "cnn": 6000, "gpt": 200}
+GOAL_STEPS = {"mlp": 3000, "cnn": 6000, "gpt": 200, "mnist": 300}
 
 
 def goal_command(workload: str, mode: str, steps: int, run_dir: str) -> list[str]:
     if workload == "mlp":
         return [sys.executable, os.path.abspath(__file__), "--child", "fit-mlp", "--steps",
                 str(steps), "--compile", mode]
+    if workload == "mnist":  # the PyTorch examples' MNIST CNN on Debian's Fashion-MNIST files
+        return [sys.executable, os.path.join(ROOT, "examples", "mnist.py"), "--dataset",
+                "fashion-mnist", "--max-steps", str(steps), "--compile", mode, "--run-dir",
+                run_dir]
     script = EXAMPLE if workload == "cnn" else os.path.join(ROOT, "examples", "gpt.py")
     return [sys.executable, script, "--steps", str(steps), "--compile", mode, "--run-dir",
             run_dir]
