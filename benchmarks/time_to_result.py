@@ -28,7 +28,7 @@ lengths, which removes the fixed costs (imports, compile) from the comparison.
     python benchmarks/time_to_result.py --json ttr.json
 
 ``--goal`` instead times #16's goal for ``compile="auto"`` (never slower): per workload — an
-MLP on MNIST-1D (``fit``, run by this script), the MNIST-1D CNN (examples/mnist1d.py) and the
+MLP on MNIST-1D (``fit``, run by this script), the MNIST-1D CNN (examples/mnist1d.py), the
 char-GPT (examples/gpt.py, few steps) and the PyTorch examples' MNIST CNN on Fashion-MNIST
 (examples/mnist.py, Debian's files) — whole processes with ``--compile eager``,
 ``inductor`` and ``auto``, the compiled two cold (a fresh ``TORCHINDUCTOR_CACHE_DIR``) and warm
