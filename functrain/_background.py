@@ -8,8 +8,10 @@ step for this step, the runner does not wait for the compile:
 
 1. it forks a child process (``os.fork``: the child inherits the step, its closure, the state
    and the batch as they are, nothing is pickled), which runs at the lowest CPU priority
-   (nice 19) with one thread, traces, compiles and saves the step into the step cache, and
-   exits;
+   (nice 19), traces, compiles and saves the step into the step cache, and exits. It keeps
+   the parent's thread count (Inductor's kernels and Dynamo's guards depend on it, so a step
+   compiled with another would not load in the parent) and never runs the step: an OpenMP
+   region with more than one thread hangs in a child forked after its parent used OpenMP;
 2. meanwhile the steps run eagerly (an eager `functrain.CompiledStep` over the same step);
 3. every call checks (a non-blocking ``waitpid``) whether the child is done; once it is, the
    saved step is loaded from the cache, as a warm start would load it, and the run goes on
@@ -174,8 +176,7 @@ def _autograd_works() -> bool:
 
 def _become_background(log_fd: int) -> None:
     """In the forked child: its own process group (killed as one, and deaf to the terminal's
-    Ctrl-C), output to the log, lowest priority, a time limit, one thread, compiles
-    in-process."""
+    Ctrl-C), output to the log, lowest priority, a time limit, compiles in-process."""
     os.setpgid(0, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
@@ -186,9 +187,6 @@ def _become_background(log_fd: int) -> None:
     signal.alarm(_TIME_LIMIT)  # a child stuck for any reason ends by itself
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-    import torch
-
-    torch.set_num_threads(1)
     _compat.compile_in_process()  # the parent's compile workers are not the child's to use
 
 
@@ -312,9 +310,9 @@ class BackgroundSwitch:
             # this step already (the previous run's, still finishing) is waited for.
             with _locked(cache.lock_path(key)):
                 if stale or not cache.saved(key):
-                    runner._auto_active = False
-                    runner.status = None  # the parent's progress bar is not the child's
-                    runner._run(state, batch, window)
+                    # Compiled and saved, not run (see the module's docstring).
+                    args = self._args(runner, state, batch, window)
+                    cache.first_call(runner, type(runner)._inner, args)
             return cache.saved(key)
 
         # Forked first: the checks below run the step on fake tensors, through autograd.
