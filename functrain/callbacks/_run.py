@@ -168,14 +168,14 @@ class Summary(Callback):
         report.update(last=dict(loop.metrics), best=self.best)
         if loop.stop_reason:
             report["stopped"] = loop.stop_reason
-        if loop.compile_note and not loop.compiles:  # eager throughout: the compile's fate
-            report["compiled"] = loop.compile_note
         if loop.compiles:
             report["compiles"] = loop.compiles
             report["compile time"] = f"{loop.compile_time:.1f} s"
+        if loop.compile_note:  # compile="auto" in the background (also when it stayed eager)
+            report["compiled"] = loop.compile_note
+        elif loop.compiles:
             hits = loop.compile_cache_hits
-            report["compiled"] = (loop.compile_note if loop.compile_note else
-                                  f"warm: {hits} of {loop.compiles} loaded from the step cache"
+            report["compiled"] = (f"warm: {hits} of {loop.compiles} loaded from the step cache"
                                   if hits else "cold: traced and compiled")
         print(format_summary(report))
 
