@@ -11,8 +11,9 @@ Variants (one training step = forward + backward + AdamW update, lr 1e-3, weight
   (b2) on CUDA only: torch.compile(model, mode="reduce-overhead") (CUDA graphs) + AdamW fused
   (c) Lightning Trainer, no logging (skipped with a note when lightning is not installed)
   (d) functrain fit, compile="eager"
-  (e) functrain fit, compile="auto", labelled with the backend it picked: "inductor" on the
-      CPU, "cudagraphs" (inductor + CUDA graphs) on CUDA
+  (e) functrain fit with the backend compile="auto" runs once its step is compiled:
+      "inductor" on the CPU, "cudagraphs" (inductor + CUDA graphs) on CUDA (named explicitly:
+      on a cold CPU start "auto" trains eagerly while it compiles in the background)
   (f) the bare compiled functional step, no fit: what a user writes by hand with torch.compile
       (on CUDA with mode="reduce-overhead", the same CUDA graphs as (e))
 
@@ -224,13 +225,10 @@ def fit_backend(run):
         return None
 
 
-def functrain_bare(model, batches, device):
-    """(f): the whole step in one torch.compile graph, updating the state in place. On CUDA
-    with mode="reduce-overhead" (CUDA graphs over the state's fixed addresses, as fit's
-    "cudagraphs" backend does)."""
-    step = make_step(model)
-    state = ft.tree.map(lambda x: x.to(device), new_state(model))  # all of it, as fit does
-    cudagraphs = torch.device(device).type == "cuda"
+def compile_bare(step, state, cudagraphs):
+    """`step` as one torch.compile graph that updates `state` in place and returns the loss
+    (no `fit`); with `cudagraphs`, mode="reduce-overhead" (CUDA graphs over the state's fixed
+    addresses, as fit's "cudagraphs" backend does). Also used by steps_per_call.py."""
 
     def bare_step(state, batch):
         new, metrics = step(state, batch)
@@ -241,10 +239,17 @@ def functrain_bare(model, batches, device):
     if cudagraphs:
         for x in ft.tree.leaves(state):  # written in place by the graph: static addresses
             torch._dynamo.mark_static_address(x)
-        compiled = torch.compile(bare_step, fullgraph=True, dynamic=False,
-                                 mode="reduce-overhead")
-    else:
-        compiled = torch.compile(bare_step, fullgraph=True, dynamic=False)
+    return torch.compile(bare_step, fullgraph=True, dynamic=False,
+                         mode="reduce-overhead" if cudagraphs else None)
+
+
+def functrain_bare(model, batches, device):
+    """(f): the whole step in one torch.compile graph, updating the state in place. On CUDA
+    with CUDA graphs (`compile_bare`)."""
+    step = make_step(model)
+    state = ft.tree.map(lambda x: x.to(device), new_state(model))  # all of it, as fit does
+    cudagraphs = torch.device(device).type == "cuda"
+    compiled = compile_bare(step, state, cudagraphs)
 
     def run(n, log_every):
         marks, losses, last, done = [], [], last_window(n, log_every), 0
@@ -329,7 +334,7 @@ def bench(name, args, steps, window):
         torch.cuda.synchronize()
     m = lambda: copy.deepcopy(model)  # same initial weights for everyone
     cuda = dev.type == "cuda"
-    # what fit's compile="auto" picks (its documented rule); checked against fit after warm-up
+    # what fit's compile="auto" runs once compiled (its documented rule), asked for by name
     auto = "cudagraphs" if cuda else "inductor"
     A = "(a) eager + AdamW foreach"
     E = f"(e) functrain fit, {auto}"
@@ -368,14 +373,14 @@ def bench(name, args, steps, window):
     except Exception as e:  # noqa: BLE001
         fail(failed, "(c) Lightning Trainer, no logging", "setup", e)
     add("(d) functrain fit, eager", lambda: functrain_fit(m(), batches, "eager", args.device))
-    add(E, lambda: functrain_fit(m(), batches, "auto", args.device))
+    add(E, lambda: functrain_fit(m(), batches, auto, args.device))
     add(Fb, lambda: functrain_bare(m(), batches, args.device))
     if "bf16-mixed" in args.precision:
         add("(a:bf16) eager + autocast bf16 + AdamW foreach",
             plain_variant(autocast=torch.bfloat16))
     for mode in args.precision:
         add(f"(g:{mode}) functrain fit, {auto}",
-            lambda mode=mode: functrain_fit(m(), batches, "auto", args.device, mode))
+            lambda mode=mode: functrain_fit(m(), batches, auto, args.device, mode))
 
     where = (f"{torch.get_num_threads()} threads" if not cuda
              else f"{torch.cuda.get_device_name(dev)}")
