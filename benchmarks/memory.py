@@ -15,7 +15,9 @@ the system (glibc ``malloc_trim(0)``) and resets the kernel's peak-RSS counter (
 
 Variants: ``plain`` (``loss.backward(); opt.step()``, torch.optim.Adam/AdamW, foreach),
 ``plain-compiled`` (the same with ``torch.compile(model)``), ``fit-eager``, ``fit-inductor``,
-``fit-auto`` (``ft.fit`` with that ``compile=``); ``fit-eager-unkeyed`` and
+``fit-auto`` (``ft.fit`` with that ``compile=``; every child runs with
+``FUNCTRAIN_BACKGROUND_COMPILE=0``, so ``fit-auto``'s warm-up compiles in the process, as
+``fit-inductor``'s does, instead of forking a background compile); ``fit-eager-unkeyed`` and
 ``fit-inductor-unkeyed`` run the GPT's dropout unkeyed (torch's global generator, as the plain
 loop does) to separate keyed dropout's memory from fit's. Workloads: ``mlp`` (a
 1024-2048-2048-10 MLP, batch 256, Adam: ~6.3 M parameters, so that state memory shows above
@@ -176,7 +178,8 @@ def main() -> None:
           f"{args.rounds} round(s), {args.warmup} warm-up + {args.steps} measured steps, "
           "8 pre-made batches cycled")
     res: dict[tuple[str, str], list[dict]] = {}
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(args.threads),
+           "FUNCTRAIN_BACKGROUND_COMPILE": "0"}
     for r in range(args.rounds):
         for w in workloads:
             for v in variants[r % len(variants):] + variants[:r % len(variants)]:

@@ -8,8 +8,7 @@ mean, SGD update, on the same model and pre-made batches (cycled):
 
   (a) opacus: ``GradSampleModule`` + ``DPOptimizer(torch.optim.SGD)``, eager  <- the baseline
   (b) functrain: ``ft.privacy.dp_grads`` inside a step run by ``ft.compile_step`` with
-      compile="auto" (inductor on the CPU; one graph: per-example grads, clipping, keyed
-      noise, update)
+      compile="inductor" (one graph: per-example grads, clipping, keyed noise, update)
 
   (c) the keyed noise draw of (b) alone: ``ft.random.normal(key, (P,))`` for the model's P
       parameters, compiled (where (b)'s time goes: the rest, (b) - (c), is per-example
@@ -82,7 +81,7 @@ def functrain_runner(model: nn.Module):
         grads, loss = private(state.params, key, *batch)
         return state.apply_gradients(grads), {"loss": loss}
 
-    compiled = ft.compile_step(step, compile="auto")
+    compiled = ft.compile_step(step, compile="inductor")
     box = [ft.TrainState.create(model, ft.optim.sgd(LR))]
 
     def run(batch):

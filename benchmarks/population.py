@@ -18,25 +18,26 @@ Variants, each training all N models for ``--steps`` steps on the same pre-made 
 (cycled):
 
   (a) population: ONE ``ft.fit`` of ``ft.population.vmap(step)`` over a population of N
-      (compile="auto": one inductor graph for the whole population; per_member=False, so the
+      (compile="inductor": one graph for the whole population; per_member=False, so the
       metric window holds mean/best only)
   (b) sequential: N ``ft.fit`` calls of the one-model step, one after another (compiled once:
       fit reuses the runner for the same step function)
   (c) Python loop: plain eager PyTorch, N ``nn.Module`` + N ``torch.optim.AdamW(foreach=True)``,
       each step loops over the N models (the baseline most people write)
 
-Every fit uses compile="auto". Compilation is warm-up (done before timing, reported apart):
-the one-model step is compiled once per workload and reused by all N sequential fits, the
-population step once per workload and N. Rounds rotate the variants' order; medians over
-rounds. Reported per workload and N: steady-state time to train all N models, member-samples
-per second (N * batch * steps / time), the ratios (b)/(a) and (c)/(a), the compile-included
-ratio (b + its compile) / (a + its compile) (each variant charged its own compile once), the
-time of one population step and of one one-model step, and the matmul/conv GFLOP/s of (a)
-and (b) (FLOPs of one member's forward and backward, counted by
+Every fit uses compile="inductor" (what "auto" runs on the CPU once compiled; a cold "auto"
+would train eagerly while compiling in the background). Compilation is warm-up (done before
+timing, reported apart): the one-model step is compiled once per workload and reused by all N
+sequential fits, the population step once per workload and N. Rounds rotate the variants'
+order; medians over rounds. Reported per workload and N: steady-state time to train all N
+models, member-samples per second (N * batch * steps / time), the ratios (b)/(a) and (c)/(a),
+the compile-included ratio (b + its compile) / (a + its compile) (each variant charged its own
+compile once), the time of one population step and of one one-model step, and the matmul/conv
+GFLOP/s of (a) and (b) (FLOPs of one member's forward and backward, counted by
 ``torch.utils.flop_counter``), next to the peak of one large ``mm`` on the same threads, to
-tell a compute-bound population step from an overhead-bound one. With two or more sizes, a
-last line per workload gives the time each further member adds to the population step and
-the bound it puts on (b)/(a): one model's step time over that per-member time.
+tell a compute-bound population step from an overhead-bound one. With two or more sizes, a last
+line per workload gives the time each further member adds to the population step and the bound
+it puts on (b)/(a): one model's step time over that per-member time.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class Workload:
         t = time.perf_counter()
         pop_step = self.pop_steps.setdefault(n, ft.population.vmap(self.step, per_member=False))
         pop = ft.fit(pop_step, pop, data, epochs=1, callbacks=[ft.Logging.quiet(len(data))],
-                     compile="auto")
+                     compile="inductor")
         float(pop.members.step.sum())
         return time.perf_counter() - t
 
@@ -196,7 +197,7 @@ class Workload:
         t = time.perf_counter()
         for s in states:
             s = ft.fit(self.step, s, data, epochs=1, callbacks=[ft.Logging.quiet(len(data))],
-                       compile="auto")
+                       compile="inductor")
             float(s.step)
         return time.perf_counter() - t
 
