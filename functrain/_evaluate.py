@@ -49,8 +49,7 @@ def runner_for(fn: Callable[..., Any], *, compile: Any, device: Any, donate: boo
                               return_metrics=False, precision=precision,
                               check_finite=check_finite, devices=devices, train=train)
         per_fn[key] = runner
-    for guard in runner._guards.values():  # a new run: one smaller last batch is allowed again
-        guard.start_run()
+    runner.begin_run()
     return runner
 
 

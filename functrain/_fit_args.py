@@ -131,6 +131,7 @@ def training_runner(step_fn: Any, device: Any, precision: Any, compile: Any,
         if check_finite and not step_fn.check_finite:
             raise ValueError("callbacks: a NonFiniteGuard needs a runner that checks each step "
                              "for inf/NaN. HINT: ft.compile_step(step, check_finite=True).")
+        step_fn.begin_run()
         return step_fn
     if not callable(step_fn):
         raise TypeError(f"step_fn: expected a callable step_fn(state, batch) -> (state, "

@@ -158,6 +158,7 @@ class CompiledStep:
                            == 1 and self._cache is not None and _background.enabled() else None)
         self._auto_active = self.background is not None
         self._loaded: dict[int, Any] = Unsaved()  # steps -> a cached step's guard check
+        self._recheck = True  # check all of a cached step's dropped guards at its next call
         self._dynamo_fns: dict[int, Any] = Unsaved()  # steps -> torch.compile's, for misses
         # Runtime-only values (pickled as empty: Dynamo pickles the runner into a step cache
         # artifact's guard state, and a progress bar holds a file).
@@ -252,6 +253,13 @@ class CompiledStep:
         self._dynamo_fns[steps] = self._fns[steps]
         self._fns[steps] = functools.partial(loaded.fn, self)
         self._loaded[steps] = loaded
+
+    def begin_run(self) -> None:
+        """A new run (`fit`, `evaluate`) starts with this runner: one smaller last batch is
+        allowed again, and a cached step's dropped guards are all checked at its next call."""
+        for guard in self._guards.values():
+            guard.start_run()
+        self._recheck = True
 
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
@@ -435,6 +443,7 @@ class CompiledStep:
             run_state = self._carrier  # fast path: the object the graph was last called with
         else:
             run_state = self._prepare(state, one)
+            self._recheck = True  # a state from elsewhere: maybe a new run by hand
         first = None
         if self._empty is None:  # eager: the first real call checks the step
             if steps == 1:
@@ -449,6 +458,7 @@ class CompiledStep:
         self._calls[steps] += 1
         before = self.compiles
         self.calls += 1
+        stale = None  # why a cached step was left for Dynamo's (a changed dropped guard)
         xla = self._xla
         if xla is not None:
             xla_before = xla.compile_count()
@@ -465,9 +475,22 @@ class CompiledStep:
             else:
                 fn = self._fns[steps]
                 loaded = self._loaded.get(steps)
-                if loaded is not None and not loaded.check(dict(zip(
-                        loaded.names, (self, run_state, batch, window.metrics)))):
-                    fn = self._dynamo_fns[steps]  # a call the cached step was not made for
+                if loaded is not None:
+                    # A cached step (step cache). Dynamo's serializable guards run on every
+                    # call: a call they reject goes to Dynamo's path, the cached step stays.
+                    # The guards the artifact dropped (`DroppedGuards`) run on every call for
+                    # values in the user's modules, all of them at a new run: a changed one
+                    # means the trace's constants are stale, so the cached step is left for
+                    # good and Dynamo compiles the step anew (reported as a recompile).
+                    f_locals = dict(zip(loaded.names, (self, run_state, batch, window.metrics)))
+                    stale = (loaded.dropped.changed(f_locals) if self._recheck
+                             else loaded.dropped.changed_values(f_locals))
+                    self._recheck = False
+                    if stale:
+                        fn = self._fns[steps] = self._dynamo_fns[steps]
+                        del self._loaded[steps]
+                    elif not loaded.check(f_locals):
+                        fn = self._dynamo_fns[steps]
                 new_state, step_metrics, new_acc = fn(run_state, batch, window.metrics)
         except Exception as e:
             if not _compat.is_recompile_limit_error(e):
@@ -485,7 +508,7 @@ class CompiledStep:
             # mode) and queues it, without waiting.
             xla.sync(collect=self.backend == "eager")
         if self.compiles > before and self._calls[steps] > 1:
-            guard.report(self.calls, self.compiles, batch, batch_size(one))
+            guard.report(self.calls, self.compiles, batch, batch_size(one), stale)
         elif xla is not None and self.calls > _XLA_WARMUP and xla.compile_count() > xla_before:
             # torch_xla compiled during a step after warm-up, with no Dynamo recompile. In lazy
             # mode with the same shapes, that is torch_xla's occasional graph variant with

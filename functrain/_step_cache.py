@@ -20,6 +20,13 @@ A stale artifact must never run, so one is used only when all of these hold:
   re-evaluated and compared against a fingerprint recorded at save time: values, types and
   dict keys, functions by qualified name and code, modules by name.
 
+In the process that runs it, a cached step keeps answering to those dropped guards as
+Dynamo's own guards would (`DroppedGuards`): the ones on plain values (a hyperparameter in a
+global, a module's flag, a default argument) and on the user's functions are checked on every
+call, the rest (modules, containers, hooks, library functions) at the start of each run; when
+one has changed, the runner leaves the cached step and Dynamo compiles the step anew, reported
+as a recompile.
+
 Set ``FUNCTRAIN_STEP_CACHE=0`` (or pass ``cache=False`` to `functrain.compile_step`) to turn
 it off; torch's own caches stay as torch configures them.
 """
@@ -31,6 +38,7 @@ import enum
 import functools
 import hashlib
 import logging
+import operator
 import os
 import pickle
 import platform
@@ -47,7 +55,8 @@ import torch
 from . import _compat
 from . import tree as _tree
 
-__all__ = ["ENV", "StepCache", "Unsaved", "enabled", "fingerprint", "in_process_group"]
+__all__ = ["ENV", "DroppedGuards", "StepCache", "Unsaved", "enabled", "fingerprint",
+           "in_process_group"]
 
 ENV = "FUNCTRAIN_STEP_CACHE"
 _FORMAT = 1
@@ -55,8 +64,19 @@ _MAX_ITEMS = 256
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _UNNAMED = "___unnamed_scope_"  # Dynamo's name for a non-module globals dict, by its id
 _BUILTINS_DICT = re.compile(r"__builtins_dict___\d+")
+_BUILTINS_ITEM = re.compile(r"G\['__builtins_dict___\d+'\]")
 _PLAIN = {"builtin", "type", "module", "str", "int", "float", "bool", "NoneType", "bytes",
           "builtins.dict", "builtins.tuple", "builtins.list"}
+# Dropped guards checked on every call (`DroppedGuards.changed_values`): immutable values
+# (rebinding them is what changes them) and functions outside these libraries.
+_VALUES = {"bool", "int", "float", "complex", "str", "bytes", "NoneType", "torch", "enum"}
+_LIBRARIES = ("torch.", "functrain.", "builtins.", "optree.", "collections.", "functools.",
+              "typing.", "dataclasses.", "math.", "operator.", "contextlib.", "enum.", "abc.")
+# A guard source rooted in a module other than these (Dynamo names an imported module
+# ``G['__import_<name, dots as _dot_>']`` in the globals of the traced function, functrain's).
+_USER_ROOT = re.compile(r"G\['__import_(?!(?:torch|functrain|optree|builtins|collections|"
+                        r"functools|typing|dataclasses|math|operator|contextlib|enum|abc)"
+                        r"(?:_dot_|'))")
 log = logging.getLogger(__name__)
 
 
@@ -234,6 +254,86 @@ class Unsaved(dict):
         return (Unsaved, ())
 
 
+class DroppedGuards:
+    """The guards a compiled step's artifact could not keep, checked in this process.
+
+    Dynamo checks every guard of a compiled frame on every call; an artifact keeps only the
+    serializable ones (`Loaded.check`). The rest, ``[(guard source, fingerprint)]``, are
+    what the trace read as constants from globals, closures and objects. ``changed_values``
+    (every call) evaluates the ones on plain values and on the user's functions, all in one
+    compiled expression, and compares the objects by identity with those last found equal
+    to their fingerprints (a rebound global is a new object; only a new one is fingerprinted
+    again); ``changed`` (a new run) re-evaluates all of them.
+
+    Args:
+        dropped: the ``(guard source, fingerprint)`` pairs recorded when the step was traced.
+        f_globals: the globals the guard sources name as ``G`` (the artifact function's).
+    """
+
+    def __init__(self, dropped: list[tuple[str, Any]], f_globals: dict[str, Any]) -> None:
+        self.dropped = dropped
+        self.f_globals = f_globals
+        _, helpers = _compat.aot_guard_names()
+        # G is the live globals dict (a global rebound later is seen); Dynamo's names for the
+        # builtins' dict become one name of their own.
+        self._scope = {**helpers, "G": f_globals, "___functrain_builtins": builtins.__dict__,
+                       "__builtins__": builtins}
+        for name, _ in dropped:  # the bare alias too, should a source name it so
+            self._scope.update(dict.fromkeys(_BUILTINS_DICT.findall(name), builtins.__dict__))
+        self._names = [name for name, fp in dropped if _per_call(name, fp)]
+        self._expected = [fp for name, fp in dropped if _per_call(name, fp)]
+        source = "".join(_BUILTINS_ITEM.sub("___functrain_builtins", n) + "," for n in self._names)
+        self._code = (compile(f"({source})", "<functrain dropped guards>", "eval")
+                      if self._names else None)
+        self._seen: tuple[Any, ...] | None = None  # objects found equal to their fingerprints
+
+    def changed_values(self, f_locals: dict[str, Any]) -> str | None:
+        """The first per-call guard whose value changed (its source and why), or ``None``."""
+        if self._code is None:
+            return None
+        try:
+            values = eval(self._code, self._scope, {**f_locals, "L": f_locals})  # noqa: S307
+        except Exception as e:  # a global deleted, an attribute gone: Dynamo would retrace
+            return f"a value the step read is gone ({type(e).__name__}: {e})"
+        seen = self._seen
+        if seen is not None and all(map(operator.is_, values, seen)):
+            return None
+        for i, (value, expected) in enumerate(zip(values, self._expected)):
+            if seen is not None and value is seen[i]:
+                continue
+            try:
+                now = fingerprint(value)
+            except Unfingerprintable as e:
+                return f"{self._names[i]} changed ({e})"
+            if now != expected:
+                return f"{self._names[i]} changed ({_shown(expected)} -> {_shown(now)})"
+        self._seen = values
+        return None
+
+    def changed(self, f_locals: dict[str, Any]) -> str | None:
+        """The first dropped guard (any kind) whose fingerprint changed, or ``None``."""
+        return self.changed_values(f_locals) or _dropped_guard_changed(
+            self.dropped, f_locals, self.f_globals)
+
+
+def _per_call(name: str, fp: Any) -> bool:
+    """Whether a dropped guard is checked on every call: one reached from a user's module
+    (not from torch's, functrain's or the standard library's) on a plain value, or on a
+    function outside the libraries (`_LIBRARIES`)."""
+    if not (_USER_ROOT.match(name) and isinstance(fp, tuple) and fp and isinstance(fp[0], str)):
+        return False
+    if fp[0] == "function":
+        return not str(fp[1]).startswith(_LIBRARIES)
+    return fp[0] in _VALUES
+
+
+def _shown(fp: Any) -> str:
+    """A fingerprint as the user wrote the value: ``float 1.0``, ``function m.f``."""
+    if isinstance(fp, tuple) and len(fp) >= 2 and isinstance(fp[0], str):
+        return f"{fp[0]} {fp[1]}"
+    return repr(fp)
+
+
 class Loaded:
     """A compiled step from the cache (or just compiled and saved).
 
@@ -242,13 +342,15 @@ class Loaded:
         check: ``check(f_locals)`` -> bool, Dynamo's serializable guards (C++).
         names: the step method's parameter names (``f_locals`` keys for ``check``).
         hit: loaded from disk (``False``: compiled in this process).
+        dropped: the guards the artifact could not keep (`DroppedGuards`).
     """
 
-    def __init__(self, aot: Any, hit: bool) -> None:
+    def __init__(self, aot: Any, hit: bool, dropped: list[tuple[str, Any]]) -> None:
         self.fn = aot.fn
         self.check = aot._artifacts.guard_manager.check
         self.names = tuple(aot._artifacts.signature.parameters)
         self.hit = hit
+        self.dropped = DroppedGuards(dropped, aot.fn.__globals__)
 
 
 class StepCache:
@@ -327,11 +429,11 @@ class StepCache:
         except Exception as e:
             log.warning("functrain step cache: cannot load %s (%s); compiling.", path, e)
             return None
-        loaded = Loaded(aot, hit=True)
+        loaded = Loaded(aot, hit=True, dropped=saved["dropped"])
         f_locals = dict(zip(loaded.names, (owner, *args)))
         stale = ("a traced function's source changed" if not _compat.source_checksums_match(aot)
                  else "a guard fails" if not loaded.check(f_locals)
-                 else _dropped_guard_changed(saved["dropped"], f_locals, aot.fn.__globals__))
+                 else loaded.dropped.changed(f_locals))
         if stale:
             log.info("functrain step cache: %s is stale for this step (%s); compiling.", path,
                      stale)
@@ -371,8 +473,11 @@ class StepCache:
 
         _count("step_cache_miss")
         aot = _compat.aot_compile_method(fn, owner, args, backend, keep)
-        loaded = Loaded(aot, hit=False)
-        if key is not None and not failed:
+        if failed:  # guards nothing could check again here either: Dynamo's own path runs it
+            raise Unfingerprintable("guards on " + "; ".join(failed[:3]))
+        dropped = sorted(set(dropped), key=repr)
+        loaded = Loaded(aot, hit=False, dropped=dropped)
+        if key is not None:
             try:
                 data = _compat.aot_save(aot)
             except Exception as e:  # runs here all the same; the next process traces again
@@ -381,10 +486,7 @@ class StepCache:
             from .random import _threefry
 
             self._save(key, {"format": _FORMAT, "key": key, "data": data,
-                             "dropped": sorted(set(dropped), key=repr),
-                             "needs_random_ops": _threefry._registered})
-        elif failed:
-            log.info("functrain step cache: not saved (guards on %s)", "; ".join(failed[:3]))
+                             "dropped": dropped, "needs_random_ops": _threefry._registered})
         return loaded
 
     def saved(self, key: str) -> bool:

@@ -21,8 +21,10 @@ PACKAGE = os.path.dirname(os.path.abspath(ft.__file__))
 
 # functrain's own frames per compiled step of fit: runner.run, runner._run, check_not_donated,
 # place_batch, the compiled step's entry (functrain_step_N), poison, batch_size, should_stop and
-# the loop's batch generator. Raise it only with a reason.
-MAX_FUNCTRAIN_CALLS_PER_STEP = 9
+# the loop's batch generator; with the step cache (on in this test), the cached step's check of
+# the values it read from the user's module (DroppedGuards.changed_values; Dynamo's own path
+# checks those in its guards). Raise it only with a reason.
+MAX_FUNCTRAIN_CALLS_PER_STEP = 10
 
 
 def _count_calls_per_step(first: int, last: int) -> tuple[float, collections.Counter]:

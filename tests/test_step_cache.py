@@ -179,6 +179,90 @@ def test_a_changed_closure_value_is_not_served_a_stale_step(cache_dir):
     assert _same(state, ref)
 
 
+SCALE = 1.0  # a global the step of _scaled_setup reads: its trace holds the value
+
+
+def _scaled_setup():
+    model, _, batches = _setup()
+
+    def step(state, batch):
+        x, y = batch
+
+        def loss_fn(params):
+            out, _ = ft.call(model, params, state.buffers, x)
+            return SCALE * ((out - y) ** 2).mean()
+
+        grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
+        return state.apply_gradients(grads), {"loss": loss}
+
+    return model, step, batches
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["compiled-here", "loaded"])
+def test_a_global_changed_between_calls_leaves_the_cached_step(cache_dir, monkeypatch, loaded):
+    # Dynamo guards the value of a global the step read; a cached step answers to it on every
+    # call too (it is not among the guards an artifact keeps): Dynamo compiles anew, reported
+    # as a recompile naming the global, and the numbers are those of an uncached runner.
+    this = sys.modules[__name__]
+    model, step, batches = _scaled_setup()
+    if loaded:  # another runner compiles and saves the step first
+        _train(model, step, batches[:1])
+
+    def train(**kw):
+        monkeypatch.setattr(this, "SCALE", 1.0)
+        run = ft.compile_step(step, compile="inductor", device="cpu", **kw)
+        state, _ = run(ft.TrainState.create(model, ft.optim.sgd(0.1)), batches[0])
+        monkeypatch.setattr(this, "SCALE", 3.0)
+        with pytest.warns(UserWarning, match=r"recompiled .*SCALE"):
+            state, _ = run(state, batches[1])
+        state, _ = run(state, batches[2])
+        return run, state
+
+    run, state = train()
+    assert run.cache_hits == int(loaded) and run.compiles == 2
+    assert run.recompiles[0][1].endswith("SCALE changed (float 1.0 -> float 3.0)")
+    _, ref = train(cache=False)
+    assert _same(state, ref)
+
+
+MODEL = None  # a global model the step of test_a_module_swapped... calls
+
+
+def test_a_module_swapped_between_runs_leaves_the_cached_step(cache_dir, monkeypatch):
+    # Every guard on a global model is one an artifact cannot keep. A replaced submodule is
+    # a structural change: a cached step checks those when a run starts (fit), and Dynamo
+    # compiles anew, as its own guards would on the next call.
+    this = sys.modules[__name__]
+
+    def step(state, batch):
+        x, y = batch
+
+        def loss_fn(params):
+            out, _ = ft.call(MODEL, params, state.buffers, x)
+            return ((out - y) ** 2).mean()
+
+        grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
+        return state.apply_gradients(grads), {"loss": loss}
+
+    def train(**kw):
+        _, _, batches = _setup()
+        torch.manual_seed(0)  # no flag or number on the activation: only its type changes
+        model = nn.Sequential(nn.Linear(5, 7), nn.Sigmoid(), nn.Linear(7, 2))
+        monkeypatch.setattr(this, "MODEL", model)
+        run = ft.compile_step(step, compile="inductor", device="cpu", **kw)
+        state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+        state = ft.fit(run, state, batches, epochs=1, callbacks=[ft.Logging.quiet()])
+        model[1] = nn.Tanh()
+        with pytest.warns(UserWarning, match="recompiled"):
+            state = ft.fit(run, state, batches, epochs=1, callbacks=[ft.Logging.quiet()])
+        return run, state
+
+    run, state = train()
+    assert run.compiles == 2 and run.recompiles[0][1].endswith("MODEL._modules changed")
+    _, ref = train(cache=False)
+    assert _same(state, ref)
+
+
 def test_cache_off_by_argument_or_environment(cache_dir, monkeypatch):
     model, step, batches = _setup()
     _train(model, step, batches, cache=False)
