@@ -158,7 +158,9 @@ class CompiledStep:
                            == 1 and self._cache is not None and _background.enabled() else None)
         self._auto_active = self.background is not None
         self._loaded: dict[int, Any] = Unsaved()  # steps -> a cached step's guard check
-        self._recheck = True  # check all of a cached step's dropped guards at its next call
+        # Step counts (1, steps_per_call) whose cached step checks all its dropped guards at
+        # its next call.
+        self._recheck = {1, steps_per_call}
         self._dynamo_fns: dict[int, Any] = Unsaved()  # steps -> torch.compile's, for misses
         # Runtime-only values (pickled as empty: Dynamo pickles the runner into a step cache
         # artifact's guard state, and a progress bar holds a file).
@@ -259,7 +261,7 @@ class CompiledStep:
         allowed again, and a cached step's dropped guards are all checked at its next call."""
         for guard in self._guards.values():
             guard.start_run()
-        self._recheck = True
+        self._recheck = {1, self.steps_per_call}
 
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
@@ -443,7 +445,7 @@ class CompiledStep:
             run_state = self._carrier  # fast path: the object the graph was last called with
         else:
             run_state = self._prepare(state, one)
-            self._recheck = True  # a state from elsewhere: maybe a new run by hand
+            self._recheck = {1, self.steps_per_call}  # a state from elsewhere: a new run?
         first = None
         if self._empty is None:  # eager: the first real call checks the step
             if steps == 1:
@@ -459,6 +461,7 @@ class CompiledStep:
         before = self.compiles
         self.calls += 1
         stale = None  # why a cached step was left for Dynamo's (a changed dropped guard)
+        handover = False  # ... for a structural one, not reported as a recompile
         xla = self._xla
         if xla is not None:
             xla_before = xla.compile_count()
@@ -479,13 +482,16 @@ class CompiledStep:
                     # A cached step (step cache). Dynamo's serializable guards run on every
                     # call: a call they reject goes to Dynamo's path, the cached step stays.
                     # The guards the artifact dropped (`DroppedGuards`) run on every call for
-                    # values in the user's modules, all of them at a new run: a changed one
-                    # means the trace's constants are stale, so the cached step is left for
-                    # good and Dynamo compiles the step anew (reported as a recompile).
+                    # values in the user's modules (a change is a recompile, as in Dynamo),
+                    # all of them at a new run (a change hands over quietly: the check is
+                    # stricter than Dynamo's). Either way the trace's constants are stale, so
+                    # the cached step is left for good and Dynamo compiles the step anew.
                     f_locals = dict(zip(loaded.names, (self, run_state, batch, window.metrics)))
-                    stale = (loaded.dropped.changed(f_locals) if self._recheck
-                             else loaded.dropped.changed_values(f_locals))
-                    self._recheck = False
+                    stale = loaded.dropped.changed_values(f_locals)
+                    if stale is None and steps in self._recheck:
+                        stale = loaded.dropped.changed_structure(f_locals)
+                        handover = stale is not None
+                    self._recheck.discard(steps)
                     if stale:
                         fn = self._fns[steps] = self._dynamo_fns[steps]
                         del self._loaded[steps]
@@ -507,7 +513,11 @@ class CompiledStep:
             # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
             # mode) and queues it, without waiting.
             xla.sync(collect=self.backend == "eager")
-        if self.compiles > before and self._calls[steps] > 1:
+        if handover:
+            _step_cache.log.info("functrain: the cached step left for Dynamo's (%s)", stale)
+            _step_cache.count("step_cache_handover")
+        if self.compiles > before and self._calls[steps] > 1 and not (
+                handover and guard.seen(batch)):
             guard.report(self.calls, self.compiles, batch, batch_size(one), stale)
         elif xla is not None and self.calls > _XLA_WARMUP and xla.compile_count() > xla_before:
             # torch_xla compiled during a step after warm-up, with no Dynamo recompile. In lazy

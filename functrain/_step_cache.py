@@ -20,12 +20,13 @@ A stale artifact must never run, so one is used only when all of these hold:
   re-evaluated and compared against a fingerprint recorded at save time: values, types and
   dict keys, functions by qualified name and code, modules by name.
 
-In the process that runs it, a cached step keeps answering to those dropped guards as
-Dynamo's own guards would (`DroppedGuards`): the ones on plain values (a hyperparameter in a
-global, a module's flag, a default argument) and on the user's functions are checked on every
-call, the rest (modules, containers, hooks, library functions) at the start of each run; when
-one has changed, the runner leaves the cached step and Dynamo compiles the step anew, reported
-as a recompile.
+In the process that runs it, a cached step keeps answering to those dropped guards
+(`DroppedGuards`): the ones on plain values (a hyperparameter in a global, a module's flag, a
+default argument) and on the user's functions are checked on every call, and a change is
+reported as a recompile, as Dynamo would; the rest (modules, containers, hooks, library
+functions) when a run starts, and a change there (which Dynamo, guarding only what the step
+read, may not count as one) sends the step to Dynamo's path without a recompile warning.
+Either way the runner leaves the cached step for good and Dynamo compiles the step anew.
 
 Set ``FUNCTRAIN_STEP_CACHE=0`` (or pass ``cache=False`` to `functrain.compile_step`) to turn
 it off; torch's own caches stay as torch configures them.
@@ -55,7 +56,7 @@ import torch
 from . import _compat
 from . import tree as _tree
 
-__all__ = ["ENV", "DroppedGuards", "StepCache", "Unsaved", "enabled", "fingerprint",
+__all__ = ["ENV", "DroppedGuards", "StepCache", "Unsaved", "count", "enabled", "fingerprint",
            "in_process_group"]
 
 ENV = "FUNCTRAIN_STEP_CACHE"
@@ -312,8 +313,14 @@ class DroppedGuards:
 
     def changed(self, f_locals: dict[str, Any]) -> str | None:
         """The first dropped guard (any kind) whose fingerprint changed, or ``None``."""
-        return self.changed_values(f_locals) or _dropped_guard_changed(
-            self.dropped, f_locals, self.f_globals)
+        return self.changed_values(f_locals) or self.changed_structure(f_locals)
+
+    def changed_structure(self, f_locals: dict[str, Any]) -> str | None:
+        """The first dropped guard whose fingerprint changed, all of them re-evaluated (~5 ms
+        for a small model's step). Stricter than Dynamo: a fingerprint holds a whole global
+        dict's items and an object's attribute names, where Dynamo guards only what the
+        step read, so a change here need not be one Dynamo would recompile for."""
+        return _dropped_guard_changed(self.dropped, f_locals, self.f_globals)
 
 
 def _per_call(name: str, fp: Any) -> bool:
@@ -437,9 +444,9 @@ class StepCache:
         if stale:
             log.info("functrain step cache: %s is stale for this step (%s); compiling.", path,
                      stale)
-            _count("step_cache_stale")
+            count("step_cache_stale")
             return None
-        _count("step_cache_hit")
+        count("step_cache_hit")
         return loaded
 
     def compile(self, key: str | None, fn: types.FunctionType, owner: Any,
@@ -471,7 +478,7 @@ class StepCache:
                 out.append(ok)
             return out
 
-        _count("step_cache_miss")
+        count("step_cache_miss")
         aot = _compat.aot_compile_method(fn, owner, args, backend, keep)
         if failed:  # guards nothing could check again here either: Dynamo's own path runs it
             raise Unfingerprintable("guards on " + "; ".join(failed[:3]))
@@ -514,7 +521,7 @@ class StepCache:
             with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as f:
                 pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(f.name, os.path.join(folder, key))
-            _count("step_cache_unsaveable" if key.endswith(".unsaveable")
+            count("step_cache_unsaveable" if key.endswith(".unsaveable")
                    else "step_cache_saved")
         except OSError as e:  # a read-only or full disk costs the next start, nothing else
             log.warning("functrain step cache: cannot write to %s (%s).", folder, e)
@@ -529,7 +536,7 @@ def _plain(fp: Any) -> bool:
     return not isinstance(fp, tuple) or all(_plain(x) for x in fp)
 
 
-def _count(name: str) -> None:
+def count(name: str) -> None:
     """Count an event in torch's compile counters, group ``functrain``."""
     from torch._dynamo.utils import counters
 
@@ -548,8 +555,9 @@ def _dropped_guard_changed(dropped: list[tuple[str, Any]], f_locals: dict[str, A
             g.setdefault(alias, builtins.__dict__)
         try:
             value = eval(name, scope, f_locals)  # noqa: S307 (Dynamo's own guard source)
-        except Exception as e:
+            now = fingerprint(value)
+        except Exception as e:  # gone, or grown past what a fingerprint holds
             return f"{name}: {type(e).__name__}: {e}"
-        if fingerprint(value) != expected:
+        if now != expected:
             return f"{name} changed"
     return None

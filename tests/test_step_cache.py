@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -225,42 +226,77 @@ def test_a_global_changed_between_calls_leaves_the_cached_step(cache_dir, monkey
     assert _same(state, ref)
 
 
-MODEL = None  # a global model the step of test_a_module_swapped... calls
+MODEL = None  # a global model the steps of _global_model_step call
+CONFIG: dict = {}  # a global dict _global_model_step reads one item of
 
 
-def test_a_module_swapped_between_runs_leaves_the_cached_step(cache_dir, monkeypatch):
-    # Every guard on a global model is one an artifact cannot keep. A replaced submodule is
-    # a structural change: a cached step checks those when a run starts (fit), and Dynamo
-    # compiles anew, as its own guards would on the next call.
-    this = sys.modules[__name__]
+def _global_model_step(state, batch):
+    x, y = batch
 
-    def step(state, batch):
-        x, y = batch
+    def loss_fn(params):
+        out, _ = ft.call(MODEL, params, state.buffers, x)
+        return CONFIG["scale"] * ((out - y) ** 2).mean()
 
-        def loss_fn(params):
-            out, _ = ft.call(MODEL, params, state.buffers, x)
-            return ((out - y) ** 2).mean()
+    grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
+    return state.apply_gradients(grads), {"loss": loss}
 
-        grads, loss = torch.func.grad_and_value(loss_fn)(state.params)
-        return state.apply_gradients(grads), {"loss": loss}
+
+def _global_model(monkeypatch):
+    torch.manual_seed(0)  # no flag or number on the activation: only its type can change
+    model = nn.Sequential(nn.Linear(5, 7), nn.Sigmoid(), nn.Linear(7, 2))
+    monkeypatch.setattr(sys.modules[__name__], "MODEL", model)
+    monkeypatch.setattr(sys.modules[__name__], "CONFIG", {"scale": 2.0})
+    return model
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_module_swapped_between_runs_leaves_the_cached_step(cache_dir, monkeypatch, k):
+    # Every guard on a global model is one an artifact cannot keep. A replaced submodule is a
+    # structural change, which a cached step checks when a run starts (fit): Dynamo compiles
+    # anew. With K steps per call, both cached steps (K steps, and 1 for an epoch's rest) check.
+    from torch._dynamo.utils import counters
+
+    _, _, batches = _setup()
+    batches = batches + batches[:2]  # 5: with K = 2, every epoch ends with a single step
 
     def train(**kw):
-        _, _, batches = _setup()
-        torch.manual_seed(0)  # no flag or number on the activation: only its type changes
-        model = nn.Sequential(nn.Linear(5, 7), nn.Sigmoid(), nn.Linear(7, 2))
-        monkeypatch.setattr(this, "MODEL", model)
-        run = ft.compile_step(step, compile="inductor", device="cpu", **kw)
+        model = _global_model(monkeypatch)
+        run = ft.compile_step(_global_model_step, compile="inductor", device="cpu",
+                              steps_per_call=k, **kw)
         state = ft.TrainState.create(model, ft.optim.sgd(0.1))
         state = ft.fit(run, state, batches, epochs=1, callbacks=[ft.Logging.quiet()])
         model[1] = nn.Tanh()
-        with pytest.warns(UserWarning, match="recompiled"):
-            state = ft.fit(run, state, batches, epochs=1, callbacks=[ft.Logging.quiet()])
+        state = ft.fit(run, state, batches, epochs=2, callbacks=[ft.Logging.quiet()])
         return run, state
 
-    run, state = train()
-    assert run.compiles == 2 and run.recompiles[0][1].endswith("MODEL._modules changed")
-    _, ref = train(cache=False)
+    counters["functrain"].clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Dynamo would count it a recompile; here it is quiet
+        run, state = train()
+    assert run.compiles == 2 * len({1, k}) and run.recompiles == []
+    assert counters["functrain"]["step_cache_handover"] == len({1, k})
+    with pytest.warns(UserWarning, match="recompiled"):
+        _, ref = train(cache=False)
     assert _same(state, ref)
+
+
+def test_a_global_dict_grown_between_runs_is_no_recompile(cache_dir, monkeypatch):
+    # The step reads one item of a global dict; 300 new keys (more than a fingerprint holds)
+    # change nothing for Dynamo. The cached step hands over to Dynamo's path quietly, so even
+    # on_recompile="raise" trains on, with the numbers of an uncached runner.
+    _, _, batches = _setup()
+
+    def train(**kw):
+        model = _global_model(monkeypatch)
+        run = ft.compile_step(_global_model_step, compile="inductor", device="cpu",
+                              on_recompile="raise", **kw)
+        state = ft.TrainState.create(model, ft.optim.sgd(0.1))
+        state = ft.fit(run, state, batches, epochs=1, callbacks=[ft.Logging.quiet()])
+        CONFIG.update({f"k{i}": i for i in range(300)})
+        state = ft.fit(run, state, batches, epochs=1, callbacks=[ft.Logging.quiet()])
+        return state
+
+    assert _same(train(), train(cache=False))
 
 
 def test_cache_off_by_argument_or_environment(cache_dir, monkeypatch):
