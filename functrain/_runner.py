@@ -489,7 +489,7 @@ class CompiledStep:
                     f_locals = dict(zip(loaded.names, (self, run_state, batch, window.metrics)))
                     stale = loaded.dropped.changed_values(f_locals)
                     if stale is None and steps in self._recheck:
-                        stale = loaded.dropped.changed_structure(f_locals)
+                        stale = loaded.dropped.hand_over(f_locals)
                         handover = stale is not None
                     self._recheck.discard(steps)
                     if stale:
@@ -513,9 +513,6 @@ class CompiledStep:
             # One sync per step, here: it cuts torch_xla's lazy graph (the whole step in lazy
             # mode) and queues it, without waiting.
             xla.sync(collect=self.backend == "eager")
-        if handover:
-            _step_cache.log.info("functrain: the cached step left for Dynamo's (%s)", stale)
-            _step_cache.count("step_cache_handover")
         if self.compiles > before and self._calls[steps] > 1 and not (
                 handover and guard.seen(batch)):
             guard.report(self.calls, self.compiles, batch, batch_size(one), stale)

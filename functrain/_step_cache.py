@@ -322,6 +322,15 @@ class DroppedGuards:
         step read, so a change here need not be one Dynamo would recompile for."""
         return _dropped_guard_changed(self.dropped, f_locals, self.f_globals)
 
+    def hand_over(self, f_locals: dict[str, Any]) -> str | None:
+        """`changed_structure` for a runner at a new run: a change is logged and counted
+        (``step_cache_handover``) as the cached step is left for Dynamo's path."""
+        reason = self.changed_structure(f_locals)
+        if reason is not None:
+            log.info("functrain: the cached step left for Dynamo's (%s)", reason)
+            count("step_cache_handover")
+        return reason
+
 
 def _per_call(name: str, fp: Any) -> bool:
     """Whether a dropped guard is checked on every call: one reached from a user's module
