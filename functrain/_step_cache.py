@@ -35,6 +35,7 @@ it off; torch's own caches stay as torch configures them.
 from __future__ import annotations
 
 import builtins
+import collections
 import enum
 import functools
 import hashlib
@@ -281,11 +282,13 @@ class DroppedGuards:
                        "__builtins__": builtins}
         for name, _ in dropped:  # the bare alias too, should a source name it so
             self._scope.update(dict.fromkeys(_BUILTINS_DICT.findall(name), builtins.__dict__))
-        self._names = [name for name, fp in dropped if _per_call(name, fp)]
-        self._expected = [fp for name, fp in dropped if _per_call(name, fp)]
-        source = "".join(_BUILTINS_ITEM.sub("___functrain_builtins", n) + "," for n in self._names)
-        self._code = (compile(f"({source})", "<functrain dropped guards>", "eval")
-                      if self._names else None)
+        sources = [_BUILTINS_ITEM.sub("___functrain_builtins", name) for name, _ in dropped]
+        self._codes = [compile(src, "<functrain dropped guard>", "eval") for src in sources]
+        picked = [i for i, (name, fp) in enumerate(dropped) if _per_call(name, fp)]
+        self._names = [dropped[i][0] for i in picked]
+        self._expected = [dropped[i][1] for i in picked]
+        self._code = (compile("(" + "".join(sources[i] + "," for i in picked) + ")",
+                              "<functrain dropped guards>", "eval") if picked else None)
         self._seen: tuple[Any, ...] | None = None  # objects found equal to their fingerprints
 
     def changed_values(self, f_locals: dict[str, Any]) -> str | None:
@@ -320,7 +323,17 @@ class DroppedGuards:
         for a small model's step). Stricter than Dynamo: a fingerprint holds a whole global
         dict's items and an object's attribute names, where Dynamo guards only what the
         step read, so a change here need not be one Dynamo would recompile for."""
-        return _dropped_guard_changed(self.dropped, f_locals, self.f_globals)
+        # Names resolve as Dynamo's guard sources expect: the step's arguments, then the
+        # helpers, G and L, then the globals themselves (live).
+        scope = collections.ChainMap({"L": f_locals}, f_locals, self._scope, self.f_globals)
+        for (name, expected), code in zip(self.dropped, self._codes):
+            try:
+                now = fingerprint(eval(code, self._scope, scope))  # noqa: S307
+            except Exception as e:  # gone, or grown past what a fingerprint holds
+                return f"{name}: {type(e).__name__}: {e}"
+            if now != expected:
+                return f"{name} changed"
+        return None
 
     def hand_over(self, f_locals: dict[str, Any]) -> str | None:
         """`changed_structure` for a runner at a new run: a change is logged and counted
@@ -550,23 +563,3 @@ def count(name: str) -> None:
     from torch._dynamo.utils import counters
 
     counters["functrain"][name] += 1
-
-
-def _dropped_guard_changed(dropped: list[tuple[str, Any]], f_locals: dict[str, Any],
-                           f_globals: dict[str, Any]) -> str | None:
-    """Evaluate again each guard the artifact could not keep and compare its fingerprint:
-    the first that changed (``None``: none did)."""
-    _, helpers = _compat.aot_guard_names()
-    g = dict(f_globals)
-    scope = {**g, **helpers, "G": g, "L": f_locals, "__builtins__": builtins}
-    for name, expected in dropped:
-        for alias in _BUILTINS_DICT.findall(name):  # Dynamo's name for builtins' dict
-            g.setdefault(alias, builtins.__dict__)
-        try:
-            value = eval(name, scope, f_locals)  # noqa: S307 (Dynamo's own guard source)
-            now = fingerprint(value)
-        except Exception as e:  # gone, or grown past what a fingerprint holds
-            return f"{name}: {type(e).__name__}: {e}"
-        if now != expected:
-            return f"{name} changed"
-    return None
