@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 
 __all__ = [
     "all_reduce_in_graph",
+    "assume_constant_result",
     "aot_compile_available",
     "aot_compile_method",
     "aot_guard_names",
@@ -67,6 +69,23 @@ def _private(module: str, name: str) -> Any:
 
 
 # -- torch.compile ------------------------------------------------------------------------------
+
+
+def assume_constant_result(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.assume_constant_result(fn)``, without importing Dynamo when Dynamo is
+    not loaded yet.
+
+    torch's decorator imports ``torch._dynamo`` (~1 s, and ~0.3 s more at interpreter exit),
+    only to set a marker on ``fn`` that Dynamo reads when it traces a call to ``fn``; applied
+    at ``import functrain``, it made every process pay that, eager runs included. So until
+    Dynamo is loaded the marker is set here. Missing public API: a decorator that does not
+    load the compiler. Relies on the marker's name, ``_dynamo_marked_constant``
+    (tests/test_compat.py checks that torch's decorator sets exactly it).
+    """
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
 
 
 def with_own_code(fn: Callable[..., Any], name: str) -> types.FunctionType:

@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import functrain as ft
 from functrain import _background
@@ -164,6 +165,87 @@ def test_a_forked_child_runs_its_work_on_the_message_and_reports_by_exit_code(wo
             assert "ZeroDivisionError" in f.read()
     if code != 0:
         os.remove(job.log)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("idle", [False, True])
+def test_an_idle_child_runs_below_the_nice_19_children(idle):
+    def work(message):
+        policy = os.sched_getscheduler(0)
+        return os.getpriority(os.PRIO_PROCESS, 0) == 19 and policy == (
+            os.SCHED_IDLE if idle else os.SCHED_OTHER)
+
+    job = _background.BackgroundCompile.fork(work, autograd=False, idle=idle)
+    assert job.usable()
+    job.go()
+    assert _wait(job) == 0
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_an_evaluation_steps_background_compile_is_the_idle_one(monkeypatch, train):
+    # fit forks for its evaluation step first (the sanity check): that compile must not take
+    # half the spare CPU from the training step's, which runs thousands of times more.
+    forked = {}
+
+    class Stop(Exception):
+        pass
+
+    def fork(work, autograd=True, idle=False):
+        forked.update(autograd=autograd, idle=idle)
+        raise Stop
+
+    monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
+    monkeypatch.setattr(_background.BackgroundCompile, "fork", staticmethod(fork))
+
+    def step(state, batch):
+        return state, {"n": batch.sum()}
+
+    run = ft.CompiledStep(step, device="cpu", train=train, donate=False)
+    with pytest.raises(Stop):
+        run({"w": torch.zeros(2)}, torch.ones(3))
+    assert forked == {"autograd": train, "idle": not train}
+
+
+@pytest.mark.parametrize("threads,cores,expected", [(3, 4, 3), (3, 3, 2), (3, 2, 2), (1, 1, 1)])
+def test_eager_calls_leave_a_core_to_the_compile_when_the_threads_fill_the_cpus(
+        monkeypatch, threads, cores, expected):
+    seen = []
+
+    class Compiling:  # a background compile that never ends
+        exit = None
+
+        def usable(self):
+            return True
+
+        def go(self, message=""):
+            self.started = time.perf_counter()
+
+        def done(self):
+            return False
+
+        def cancel(self):
+            pass
+
+    def step(state, batch):
+        seen.append(torch.get_num_threads())  # runs eagerly
+        return {"w": state["w"] + batch.sum()}, {"n": batch.sum()}
+
+    monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
+    monkeypatch.setattr(_background.BackgroundCompile, "fork",
+                        staticmethod(lambda work, autograd=True, idle=False: Compiling()))
+    monkeypatch.setattr(_background, "_cores", lambda: cores)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run = ft.compile_step(step, device="cpu", donate=False)
+        state = {"w": torch.zeros(2)}
+        for _ in range(3):
+            state, _ = run(state, torch.ones(2))
+            assert torch.get_num_threads() == threads  # the caller's count between calls
+    finally:
+        torch.set_num_threads(before)
+    assert run.background.eager_calls == 3
+    assert seen[-3:] == [expected] * 3
 
 
 def test_a_cancelled_child_is_killed_and_leaves_no_log():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -304,3 +306,39 @@ def test_skip_unused_triton_key_leaves_inductors_key_as_it_was():
             assert codecache.triton_key() is None  # what get_system drops without CUDA anyway
     finally:
         codecache.triton_key.clear()
+
+
+def test_assume_constant_result_sets_the_marker_torchs_decorator_sets(monkeypatch):
+    import torch._dynamo  # noqa: F401  (loaded: torch's decorator is the reference)
+
+    def by_torch():
+        return 1
+
+    def by_functrain():
+        return 1
+
+    torch.compiler.assume_constant_result(by_torch)
+    monkeypatch.delitem(sys.modules, "torch._dynamo")  # as before Dynamo is first loaded
+    assert _compat.assume_constant_result(by_functrain) is by_functrain
+    assert vars(by_functrain) == vars(by_torch) == {"_dynamo_marked_constant": True}
+
+
+def test_import_functrain_and_an_eager_run_do_not_load_the_compiler():
+    # Dynamo's import takes ~1 s; an eager run without draws never needs it. (A draw does:
+    # torch wraps a custom operator's kernel in torch._disable_dynamo, which imports it.)
+    code = """
+import sys, torch, functrain as ft
+assert 'torch._dynamo' not in sys.modules, 'import'
+model = torch.nn.Linear(3, 2)
+state = ft.TrainState.create(model, ft.optim.adam(1e-2), seed=0)
+def step(state, x):
+    def loss_fn(params):
+        return ft.call(model, params, state.buffers, x)[0].square().mean()
+    loss, grads = ft.grad_and_value(loss_fn)(state.params)[::-1]
+    return state.apply_gradients(grads), {"loss": ft.metrics.Mean.from_value(loss)}
+ft.fit(step, state, [torch.ones(4, 3)] * 3, epochs=1, compile="eager",
+       callbacks=[ft.Logging.quiet()])
+assert 'torch._dynamo' not in sys.modules, 'eager fit'
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

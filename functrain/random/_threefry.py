@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import _compat
+
 _MASK32 = 0xFFFFFFFF
 # Threefry-2x32 rotation constants (Random123), four rounds between key injections.
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -312,7 +314,7 @@ _registered = False
 _lowered = False
 
 
-@torch.compiler.assume_constant_result
+@_compat.assume_constant_result
 def register_ops() -> bool:
     """Register ``torch.ops.functrain.{threefry2x32, threefry2x32_iota, threefry_bits32,
     threefry_bernoulli, normal, normal_from_uniform}`` once.
@@ -331,7 +333,7 @@ def register_ops() -> bool:
     return True
 
 
-@torch.compiler.assume_constant_result
+@_compat.assume_constant_result
 def register_lowerings() -> bool:
     """Give Inductor the fusable lowerings of ``threefry_bits32`` and ``threefry_bernoulli``.
 
@@ -400,7 +402,7 @@ def _bits32(key: Tensor, shape: tuple[int, ...]) -> Tensor:
     return _bits32_op(key, _count(shape)).reshape(shape)
 
 
-@torch.compiler.assume_constant_result
+@_compat.assume_constant_result
 def _threshold(p: float) -> int:
     """``ceil(float32(p) * 2**23)``: ``m * 2**-23 < float32(p)`` exactly when ``m < it``.
 
