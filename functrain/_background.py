@@ -12,12 +12,15 @@ step for this step, the runner does not wait for the compile:
    the parent's thread count (Inductor's kernels and Dynamo's guards depend on it, so a step
    compiled with another would not load in the parent) and never runs the step: an OpenMP
    region with more than one thread hangs in a child forked after its parent used OpenMP;
-2. meanwhile the steps run eagerly (an eager `functrain.CompiledStep` over the same step),
-   on one intra-op thread fewer when the process's threads would fill every CPU it may use:
-   otherwise the nice-19 child gets no CPU at all (the README's main job at its default 2
-   threads on 2 cores trained 20000 eager steps, 62 s, without the child finishing; eager
-   steps on 1 thread instead of 2 took ~7% longer). The thread count is back to what it was
-   for everything else, between calls and once the run is compiled;
+2. meanwhile the steps run eagerly (an eager `functrain.CompiledStep` over the same step).
+   Where the process's threads fill every CPU it may use, the nice-19 child gets no CPU at
+   all (the README's main job at its default 2 threads on 2 cores trained 20000 eager steps,
+   ~60 s, without the child finishing), so the eager calls leave it a core (one intra-op
+   thread fewer; the count is back to what it was between calls) while the run has more
+   than ``_WORTH_A_CORE`` seconds of eager steps left by its plan (`BackgroundSwitch.plan`;
+   no plan: always). A shorter run is over before a compile could pay off, and a core less
+   costs it time (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of
+   14.7-15.2 s); its child finishes after it, so the next run starts warm;
 3. every call checks (a non-blocking ``waitpid``) whether the child is done; once it is, the
    saved step is loaded from the cache, as a warm start would load it, and the run goes on
    compiled. A child that fails, or an artifact that does not load, leaves the run eager.
@@ -59,6 +62,8 @@ __all__ = ["BackgroundCompile", "BackgroundSwitch", "enabled"]
 
 _NOT_SAVED = 3  # the child's exit code when the step compiled but could not be saved
 _TIME_LIMIT = 1800  # seconds a background compile may take before it is killed (SIGALRM)
+_WORTH_A_CORE = 30.0  # eager seconds left in a run that make a core for the compile pay off
+_MEASURED_CALLS = 20  # eager calls timed before that estimate is made
 
 
 def enabled() -> bool:
@@ -264,6 +269,7 @@ class BackgroundSwitch:
         load_seconds: the time to load the compiled step at the switch.
         failure: why the run stayed eager, or ``None``.
         foreground: why the step compiled in the foreground though its cache was cold.
+        planned: the call the current run plans to end at (`plan`), or ``None``.
     """
 
     def __init__(self) -> None:
@@ -273,6 +279,8 @@ class BackgroundSwitch:
         self.switched_at: int | None = None
         self.load_seconds = 0.0
         self.failure: str | None = None
+        self.planned: int | None = None
+        self._cores = 0
         self.foreground: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -280,6 +288,22 @@ class BackgroundSwitch:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()
+
+    def plan(self, calls: int | None) -> None:
+        """The run starting now plans ``calls`` more calls (``None``: not known); see the
+        module's docstring, 2."""
+        self.planned = None if calls is None else self.eager_calls + calls
+
+    def _leave_a_core(self) -> bool:
+        threads = torch.get_num_threads()
+        if threads < 2 or threads < self._cores:
+            return False
+        if self.planned is None:
+            return True
+        if self.eager_calls < _MEASURED_CALLS:
+            return False
+        per_call = (time.perf_counter() - self.job.started) / self.eager_calls
+        return (self.planned - self.eager_calls) * per_call > _WORTH_A_CORE
 
     @property
     def note(self) -> str | None:
@@ -305,8 +329,8 @@ class BackgroundSwitch:
         elif self.failure is None and self.job.done():
             if self._switch(runner, state, batch, window):
                 return None
-        threads = torch.get_num_threads()
-        if threads > 1 and threads >= _cores():  # leave a core to the child (module doc, 2.)
+        if self._leave_a_core():  # module doc, 2.
+            threads = torch.get_num_threads()
             torch.set_num_threads(threads - 1)
             try:
                 out = self.eager._run(state, batch, window, steps)
@@ -364,6 +388,7 @@ class BackgroundSwitch:
             return False
         job.go(key + ("\nstale" if stale else ""))  # a stale artifact is compiled anew
         self.job = job
+        self._cores = _cores()
         self.eager = type(runner)(
             cache.step_fn, compile="eager", device=runner.device, donate=runner.donate,
             on_recompile=runner.on_recompile, return_metrics=runner.return_metrics,

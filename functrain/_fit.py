@@ -287,6 +287,8 @@ class _Run:
         if epochs is not None and n_batches is not None:
             by_epochs = self.run_start + epochs * n_batches
             total = by_epochs if total is None else min(total, by_epochs)
+        if self.runner.background is not None:  # compile="auto": may a compile have a core?
+            self.runner.background.plan(None if total is None else total - start_step)
         self.loop = Loop(state=state, step=start_step, epoch=pos.epoch, run_dir=self.run_dir,
                          callbacks=(*args.callbacks, *log.callbacks()), samples=pos.samples,
                          run_start=self.run_start,

@@ -206,34 +206,39 @@ def test_an_evaluation_steps_background_compile_is_the_idle_one(monkeypatch, tra
     assert forked == {"autograd": train, "idle": not train}
 
 
+class _Compiling:  # a background compile that never ends
+    exit = None
+
+    def usable(self):
+        return True
+
+    def go(self, message=""):
+        self.started = time.perf_counter()
+
+    def done(self):
+        return False
+
+    def cancel(self):
+        pass
+
+
+def _never_ending_compiles(monkeypatch, cores):
+    monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
+    monkeypatch.setattr(_background.BackgroundCompile, "fork",
+                        staticmethod(lambda work, autograd=True, idle=False: _Compiling()))
+    monkeypatch.setattr(_background, "_cores", lambda: cores)
+
+
 @pytest.mark.parametrize("threads,cores,expected", [(3, 4, 3), (3, 3, 2), (3, 2, 2), (1, 1, 1)])
 def test_eager_calls_leave_a_core_to_the_compile_when_the_threads_fill_the_cpus(
         monkeypatch, threads, cores, expected):
     seen = []
 
-    class Compiling:  # a background compile that never ends
-        exit = None
-
-        def usable(self):
-            return True
-
-        def go(self, message=""):
-            self.started = time.perf_counter()
-
-        def done(self):
-            return False
-
-        def cancel(self):
-            pass
-
     def step(state, batch):
         seen.append(torch.get_num_threads())  # runs eagerly
         return {"w": state["w"] + batch.sum()}, {"n": batch.sum()}
 
-    monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
-    monkeypatch.setattr(_background.BackgroundCompile, "fork",
-                        staticmethod(lambda work, autograd=True, idle=False: Compiling()))
-    monkeypatch.setattr(_background, "_cores", lambda: cores)
+    _never_ending_compiles(monkeypatch, cores)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -246,6 +251,53 @@ def test_eager_calls_leave_a_core_to_the_compile_when_the_threads_fill_the_cpus(
         torch.set_num_threads(before)
     assert run.background.eager_calls == 3
     assert seen[-3:] == [expected] * 3
+
+
+@pytest.mark.parametrize("worth,expected", [(1e9, [2, 2, 2, 2]), (0.0, [2, 2, 1, 1])])
+def test_a_run_planned_too_short_for_a_compile_to_pay_off_keeps_its_threads(
+        monkeypatch, worth, expected):
+    # With a plan, the core is left only once the eager calls so far project more than
+    # _WORTH_A_CORE seconds of eager steps still to run (here: measured over 2 calls).
+    seen = []
+
+    def step(state, batch):
+        seen.append(torch.get_num_threads())
+        return {"w": state["w"] + batch.sum()}, {"n": batch.sum()}
+
+    _never_ending_compiles(monkeypatch, cores=2)
+    monkeypatch.setattr(_background, "_WORTH_A_CORE", worth)
+    monkeypatch.setattr(_background, "_MEASURED_CALLS", 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = ft.compile_step(step, device="cpu", donate=False)
+        run.background.plan(1000)
+        state = {"w": torch.zeros(2)}
+        for _ in range(4):
+            state, _ = run(state, torch.ones(2))
+    finally:
+        torch.set_num_threads(before)
+    assert seen[-4:] == expected
+
+
+def test_fit_tells_the_plan_how_many_steps_its_run_has(monkeypatch):
+    _never_ending_compiles(monkeypatch, cores=1)
+    model = torch.nn.Linear(3, 1)
+
+    def step(state, x):
+        def loss_fn(params):
+            return ft.call(model, params, state.buffers, x)[0].square().mean()
+
+        loss, grads = ft.grad_and_value(loss_fn)(state.params)[::-1]
+        return state.apply_gradients(grads), {"loss": loss}
+
+    run = ft.compile_step(step, device="cpu")
+    state = ft.TrainState.create(model, ft.optim.sgd(0.1), seed=0)
+    state = ft.fit(run, state, [torch.ones(2, 3)] * 4, max_steps=3,
+                   callbacks=[ft.Logging.quiet()])
+    assert run.background.planned == 3 and run.background.eager_calls == 3
+    ft.fit(run, state, [torch.ones(2, 3)] * 4, epochs=2, callbacks=[ft.Logging.quiet()])
+    assert run.background.planned == 3 + 8 and run.background.eager_calls == 11
 
 
 def test_a_cancelled_child_is_killed_and_leaves_no_log():
