@@ -12,7 +12,10 @@ compilation, training, evaluation, all of it), which is what a researcher waits 
   importable (otherwise skipped with a note).
 - ``fit-eager``: ``python examples/mnist1d.py --compile eager``.
 - ``fit-auto-cold``: ``python examples/mnist1d.py --compile auto`` with a fresh, empty
-  ``TORCHINDUCTOR_CACHE_DIR`` (nothing cached from any earlier process).
+  ``TORCHINDUCTOR_CACHE_DIR``: no step, kernel or CPU probe cached from an earlier process.
+  Inductor's precompiled C++ header stays where it is (``/tmp/torchinductor_$USER``, which
+  that variable does not move), so it is warm after the first compile on a machine; the very
+  first one also builds it (~5 s for the MNIST-1D step, see benchmarks/README.md).
 - ``fit-auto-warm``: the same, right after the cold run, with that now-filled cache dir
   (after waiting for the cold run's background compile, if it outlived its process: see
   functrain/_background.py; the wait is printed, not counted).

@@ -15,12 +15,14 @@ step for this step, the runner does not wait for the compile:
 2. meanwhile the steps run eagerly (an eager `functrain.CompiledStep` over the same step).
    Where the process's threads fill every CPU it may use, the nice-19 child gets no CPU at
    all (the README's main job at its default 2 threads on 2 cores trained 20000 eager steps,
-   ~60 s, without the child finishing), so the eager calls leave it a core (one intra-op
-   thread fewer; the count is back to what it was between calls) while the run has more
-   than ``_WORTH_A_CORE`` seconds of eager steps left by its plan (`BackgroundSwitch.plan`;
-   no plan: always). A shorter run is over before a compile could pay off, and a core less
-   costs it time (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of
-   14.7-15.2 s); its child finishes after it, so the next run starts warm;
+   ~60 s, without the child finishing), so the eager calls leave it a core (they run on
+   one intra-op thread fewer than the CPUs; the count is back to what it was between calls)
+   while the run has more than ``_WORTH_A_CORE`` seconds of eager steps left by its plan
+   (`BackgroundSwitch.plan`: the calls left times the mean time of an eager call so far,
+   after ``_MEASURED_CALLS`` calls; no plan: always), and not after the compile failed.
+   A shorter run is over before a compile could pay off, and a core less costs it time
+   (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of 14.7-15.2 s); its
+   child finishes after it, so the next run starts warm;
 3. every call checks (a non-blocking ``waitpid``) whether the child is done; once it is, the
    saved step is loaded from the cache, as a warm start would load it, and the run goes on
    compiled. A child that fails, or an artifact that does not load, leaves the run eager.
@@ -281,6 +283,7 @@ class BackgroundSwitch:
         self.failure: str | None = None
         self.planned: int | None = None
         self._cores = 0
+        self._eager_seconds = 0.0
         self.foreground: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -290,20 +293,23 @@ class BackgroundSwitch:
         self.__init__()
 
     def plan(self, calls: int | None) -> None:
-        """The run starting now plans ``calls`` more calls (``None``: not known); see the
-        module's docstring, 2."""
+        """The run starting now plans ``calls`` more calls (``None``: not known, and how a
+        run ends: `fit` and `functrain.evaluate` plan theirs); see the module's docstring, 2."""
         self.planned = None if calls is None else self.eager_calls + calls
 
-    def _leave_a_core(self) -> bool:
+    def _leave_a_core(self) -> int | None:
+        """The thread count for the next eager call while the child compiles: ``None``, the
+        process's own, or one fewer than the CPUs it may use (module doc, 2.)."""
         threads = torch.get_num_threads()
-        if threads < 2 or threads < self._cores:
-            return False
-        if self.planned is None:
-            return True
-        if self.eager_calls < _MEASURED_CALLS:
-            return False
-        per_call = (time.perf_counter() - self.job.started) / self.eager_calls
-        return (self.planned - self.eager_calls) * per_call > _WORTH_A_CORE
+        if threads < 2 or threads < self._cores or self.failure is not None:
+            return None
+        if self.planned is not None:
+            if self.eager_calls < _MEASURED_CALLS:
+                return None
+            per_call = self._eager_seconds / self.eager_calls  # time in eager calls only
+            if (self.planned - self.eager_calls) * per_call <= _WORTH_A_CORE:
+                return None
+        return self._cores - 1
 
     @property
     def note(self) -> str | None:
@@ -329,15 +335,18 @@ class BackgroundSwitch:
         elif self.failure is None and self.job.done():
             if self._switch(runner, state, batch, window):
                 return None
-        if self._leave_a_core():  # module doc, 2.
+        fewer = self._leave_a_core()
+        t0 = time.perf_counter()
+        if fewer is not None:
             threads = torch.get_num_threads()
-            torch.set_num_threads(threads - 1)
+            torch.set_num_threads(fewer)
             try:
                 out = self.eager._run(state, batch, window, steps)
             finally:
                 torch.set_num_threads(threads)
         else:
             out = self.eager._run(state, batch, window, steps)
+        self._eager_seconds += time.perf_counter() - t0
         self.eager_calls += 1
         runner.calls += 1
         runner._checked_state = out[0]

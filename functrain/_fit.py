@@ -490,6 +490,8 @@ class _Run:
             loop.stop_reason = "interrupted (a second Ctrl-C)" if second else loop.stop_reason
             loop.error = error
         self.order.close()
+        if self.runner.background is not None:
+            self.runner.background.plan(None)  # the run's plan ends with it
         if is_donated(loop.state):  # interrupted between donation and hand-back
             loop.state = self.runner.last_state()
         if self.dp is not None and hasattr(loop.state, "replace"):

@@ -229,7 +229,7 @@ def _never_ending_compiles(monkeypatch, cores):
     monkeypatch.setattr(_background, "_cores", lambda: cores)
 
 
-@pytest.mark.parametrize("threads,cores,expected", [(3, 4, 3), (3, 3, 2), (3, 2, 2), (1, 1, 1)])
+@pytest.mark.parametrize("threads,cores,expected", [(3, 4, 3), (3, 3, 2), (3, 2, 1), (1, 1, 1)])
 def test_eager_calls_leave_a_core_to_the_compile_when_the_threads_fill_the_cpus(
         monkeypatch, threads, cores, expected):
     seen = []
@@ -280,11 +280,68 @@ def test_a_run_planned_too_short_for_a_compile_to_pay_off_keeps_its_threads(
     assert seen[-4:] == expected
 
 
-def test_fit_tells_the_plan_how_many_steps_its_run_has(monkeypatch):
+def _thread_counting_step(seen):
+    def step(state, batch):
+        seen.append(torch.get_num_threads())
+        return {"w": state["w"] + batch.sum()}, {"n": batch.sum()}
+    return step
+
+
+def _calls(run, n, pause=0.0):
+    state = {"w": torch.zeros(2)}
+    for _ in range(n):
+        state, _ = run(state, torch.ones(2))
+        time.sleep(pause)
+
+
+def test_after_a_failed_background_compile_the_eager_calls_keep_every_thread(monkeypatch):
+    class Failing(_Compiling):
+        log = os.devnull
+
+        def done(self):  # the child exits with an error by the second call
+            self.exit = 1
+            return True
+
+    seen = []
+    _never_ending_compiles(monkeypatch, cores=2)
+    monkeypatch.setattr(_background.BackgroundCompile, "fork",
+                        staticmethod(lambda work, autograd=True, idle=False: Failing()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = ft.compile_step(_thread_counting_step(seen), device="cpu", donate=False)
+        _calls(run, 3)
+    finally:
+        torch.set_num_threads(before)
+    assert run.background.failure is not None
+    assert seen[-3:] == [1, 2, 2]
+
+
+def test_the_plan_counts_the_time_in_eager_calls_not_between_them(monkeypatch):
+    # 0.3 s between calls: counted, 2 calls would project ~15 s for the 98 left.
+    seen = []
+    _never_ending_compiles(monkeypatch, cores=2)
+    monkeypatch.setattr(_background, "_WORTH_A_CORE", 10.0)
+    monkeypatch.setattr(_background, "_MEASURED_CALLS", 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = ft.compile_step(_thread_counting_step(seen), device="cpu", donate=False)
+        run.background.plan(100)
+        _calls(run, 3, pause=0.3)
+    finally:
+        torch.set_num_threads(before)
+    assert seen[-3:] == [2, 2, 2]
+
+
+def test_fit_and_evaluate_tell_the_plan_how_many_calls_their_run_has(monkeypatch):
     _never_ending_compiles(monkeypatch, cores=1)
     model = torch.nn.Linear(3, 1)
+    plans = []
 
     def step(state, x):
+        plans.append(run.background.planned)  # runs eagerly: the plan as the step sees it
+
         def loss_fn(params):
             return ft.call(model, params, state.buffers, x)[0].square().mean()
 
@@ -295,9 +352,24 @@ def test_fit_tells_the_plan_how_many_steps_its_run_has(monkeypatch):
     state = ft.TrainState.create(model, ft.optim.sgd(0.1), seed=0)
     state = ft.fit(run, state, [torch.ones(2, 3)] * 4, max_steps=3,
                    callbacks=[ft.Logging.quiet()])
-    assert run.background.planned == 3 and run.background.eager_calls == 3
-    ft.fit(run, state, [torch.ones(2, 3)] * 4, epochs=2, callbacks=[ft.Logging.quiet()])
-    assert run.background.planned == 3 + 8 and run.background.eager_calls == 11
+    assert plans[-3:] == [3] * 3 and run.background.eager_calls == 3
+    assert run.background.planned is None  # the plan ended with the run
+    state = ft.fit(run, state, [torch.ones(2, 3)] * 4, epochs=2,
+                   callbacks=[ft.Logging.quiet()])
+    assert plans[-8:] == [3 + 8] * 8 and run.background.eager_calls == 11
+
+    from functrain._evaluate import runner_for
+
+    def eval_fn(state, x):
+        plans.append(evaluator.background.planned)
+        return {"n": ft.metrics.Mean.from_value(x.sum())}
+
+    # the runner ft.evaluate will use (runners are kept per function and settings)
+    evaluator = runner_for(eval_fn, compile="auto", device="cpu", donate=False,
+                           precision="32", train=False)
+    ft.evaluate(eval_fn, state, [torch.ones(2, 3)] * 5)
+    assert plans[-5:] == [5] * 5 and evaluator.background.eager_calls == 5
+    assert evaluator.background.planned is None
 
 
 def test_a_cancelled_child_is_killed_and_leaves_no_log():

@@ -323,6 +323,28 @@ def test_assume_constant_result_sets_the_marker_torchs_decorator_sets(monkeypatc
     assert vars(by_functrain) == vars(by_torch) == {"_dynamo_marked_constant": True}
 
 
+def test_a_function_marked_before_dynamo_loads_runs_at_trace_time(monkeypatch):
+    import torch._dynamo
+
+    def untraceable():  # traced, a graph break; run (not traced), nothing
+        torch._dynamo.graph_break()
+        return 0.5
+
+    def marked():
+        return untraceable()
+
+    monkeypatch.delitem(sys.modules, "torch._dynamo")
+    _compat.assume_constant_result(marked)
+    monkeypatch.undo()
+    expected = torch.ones(2) * untraceable()
+    f = torch.compile(lambda x: x * marked(), backend="eager", fullgraph=True)
+    assert torch.equal(f(torch.ones(2)), expected)  # a constant in the graph
+    unmarked = torch.compile(lambda x: x * untraceable(), backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match="graph_break|graph break"):  # fullgraph refuses it
+        unmarked(torch.ones(2))
+    torch._dynamo.reset()
+
+
 def test_import_functrain_and_an_eager_run_do_not_load_the_compiler():
     # Dynamo's import takes ~1 s; an eager run without draws never needs it. (A draw does:
     # torch wraps a custom operator's kernel in torch._disable_dynamo, which imports it.)
@@ -340,5 +362,6 @@ ft.fit(step, state, [torch.ones(4, 3)] * 3, epochs=1, compile="eager",
        callbacks=[ft.Logging.quiet()])
 assert 'torch._dynamo' not in sys.modules, 'eager fit'
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
