@@ -23,6 +23,9 @@ step for this step, the runner does not wait for the compile:
    A shorter run is over before a compile could pay off, and a core less costs it time
    (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of 14.7-15.2 s); its
    child finishes after it, so the next run starts warm;
+   `fit`'s evaluation step, checked first (the sanity evaluation), sends its child to work
+   only once the training step's compile is done (`BackgroundSwitch.go_after`), so the step
+   that runs thousands of times is not slowed by the one that runs a few times;
 3. every call checks (a non-blocking ``waitpid``) whether the child is done; once it is, the
    saved step is loaded from the cache, as a warm start would load it, and the run goes on
    compiled. A child that fails, or an artifact that does not load, leaves the run eager.
@@ -109,13 +112,10 @@ class BackgroundCompile:
         self._fds = weakref.finalize(self, _close, go, ready)
 
     @classmethod
-    def fork(cls, work: Callable[[str], bool], autograd: bool = True,
-             idle: bool = False) -> BackgroundCompile:
+    def fork(cls, work: Callable[[str], bool], autograd: bool = True) -> BackgroundCompile:
         """Fork a child that, once told to `go` with a message, runs ``work(message)`` and
         exits 0 if it returns True, 3 if it returns False, 1 if it raises (the traceback goes
-        to its log). ``autograd``: the work needs autograd (the child checks it can).
-        ``idle``: the child runs in Linux's ``SCHED_IDLE`` class, below the nice-19 children
-        (elsewhere it is one of them)."""
+        to its log). ``autograd``: the work needs autograd (the child checks it can)."""
         fd, log = tempfile.mkstemp(prefix="functrain-compile-", suffix=".log")
         go_r, go_w = os.pipe()
         ready_r, ready_w = os.pipe()
@@ -127,7 +127,7 @@ class BackgroundCompile:
             try:
                 os.close(go_w)
                 os.close(ready_r)
-                _become_background(fd, idle)
+                _become_background(fd)
                 ok = not autograd or _autograd_works()
                 os.write(ready_w, b"1" if ok else b"0")
                 message = os.read(go_r, 4096) if ok else b""
@@ -196,10 +196,9 @@ def _autograd_works() -> bool:
     return True
 
 
-def _become_background(log_fd: int, idle: bool) -> None:
+def _become_background(log_fd: int) -> None:
     """In the forked child: its own process group (killed as one, and deaf to the terminal's
-    Ctrl-C), output to the log, lowest priority (``idle``: ``SCHED_IDLE``, lower still), a
-    time limit, compiles in-process."""
+    Ctrl-C), output to the log, lowest priority, a time limit, compiles in-process."""
     os.setpgid(0, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
@@ -207,9 +206,6 @@ def _become_background(log_fd: int, idle: bool) -> None:
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.nice(19)
-    if idle and hasattr(os, "SCHED_IDLE"):
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     signal.alarm(_TIME_LIMIT)  # a child stuck for any reason ends by itself
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
@@ -272,6 +268,7 @@ class BackgroundSwitch:
         failure: why the run stayed eager, or ``None``.
         foreground: why the step compiled in the foreground though its cache was cold.
         planned: the call the current run plans to end at (`plan`), or ``None``.
+        started: whether `run` was called (the plan decided, or is deciding, at that call).
     """
 
     def __init__(self) -> None:
@@ -282,6 +279,9 @@ class BackgroundSwitch:
         self.load_seconds = 0.0
         self.failure: str | None = None
         self.planned: int | None = None
+        self.started = False
+        self._after: Callable[[], BackgroundSwitch | None] = lambda: None
+        self._pending: str | None = None
         self._cores = 0
         self._eager_seconds = 0.0
         self.foreground: str | None = None
@@ -292,6 +292,32 @@ class BackgroundSwitch:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()
 
+    @property
+    def compiling(self) -> bool:
+        """Whether this plan has a background compile to wait for: not yet decided (its
+        step's first call has not come), or a child compiling."""
+        if not self.started:
+            return True
+        job = self.job
+        return job is not None and self.failure is None and self._pending is None \
+            and not job.done()
+
+    def go_after(self, plan: BackgroundSwitch) -> None:
+        """Start this plan's background compile only once ``plan`` compiles no more (`fit`
+        asks it of its evaluation step's plan, for its training step's; held weakly)."""
+        self._after = weakref.ref(plan)
+
+    def _go_when_free(self) -> None:
+        """Tell the child to compile, unless the plan this one comes after still compiles:
+        `fit` checks its evaluation step first (the sanity evaluation), and its training step,
+        which runs far more often, would share the spare CPU with that compile (and wait for
+        Inductor's locks it holds)."""
+        after = self._after()
+        if after is not None and after.compiling:
+            return
+        self.job.go(self._pending)
+        self._pending = None
+
     def plan(self, calls: int | None) -> None:
         """The run starting now plans ``calls`` more calls (``None``: not known, and how a
         run ends: `fit` and `functrain.evaluate` plan theirs); see the module's docstring, 2."""
@@ -301,7 +327,8 @@ class BackgroundSwitch:
         """The thread count for the next eager call while the child compiles: ``None``, the
         process's own, or one fewer than the CPUs it may use (module doc, 2.)."""
         threads = torch.get_num_threads()
-        if threads < 2 or threads < self._cores or self.failure is not None:
+        if (threads < 2 or threads < self._cores or self.failure is not None
+                or self._pending is not None):
             return None
         if self.planned is not None:
             if self.eager_calls < _MEASURED_CALLS:
@@ -323,15 +350,20 @@ class BackgroundSwitch:
                     f"{self.load_seconds:.1f} s)")
         if self.failure is not None:
             return f"eager: {self.failure}"
+        if self._pending is not None:
+            return "eager: its background compile waited for the training step's"
         return (f"eager: the background compile was still running after "
                 f"{time.perf_counter() - job.started:.1f} s ({self.eager_calls} eager calls)")
 
     def run(self, runner: Any, state: Any, batch: Any, window: Any, steps: int) -> Any:
         """Run this call eagerly and return its ``(state, metrics, window)``, or ``None``:
         the runner goes on compiled from this call."""
+        self.started = True
         if self.job is None:
             if steps != 1 or not self._start(runner, state, batch, window):
                 return None
+        elif self._pending is not None:
+            self._go_when_free()
         elif self.failure is None and self.job.done():
             if self._switch(runner, state, batch, window):
                 return None
@@ -376,10 +408,7 @@ class BackgroundSwitch:
             return cache.saved(key)
 
         # Forked first: the checks below run the step on fake tensors, through autograd.
-        # An evaluation step's compile yields the CPU to a training step's: `fit` checks
-        # (and so forks for) its evaluation step first, yet its training step runs far more.
-        job = BackgroundCompile.fork(compile_and_save, autograd=runner.train,
-                                     idle=not runner.train)
+        job = BackgroundCompile.fork(compile_and_save, autograd=runner.train)
         args = self._args(runner, state, batch, window)
         key = cache.key("_inner", args)
         if key is None or cache.unsaveable(key):
@@ -395,8 +424,9 @@ class BackgroundSwitch:
                                "tensors before (another step's check or compile), so a forked "
                                "child cannot")
             return False
-        job.go(key + ("\nstale" if stale else ""))  # a stale artifact is compiled anew
+        self._pending = key + ("\nstale" if stale else "")  # a stale one is compiled anew
         self.job = job
+        self._go_when_free()
         self._cores = _cores()
         self.eager = type(runner)(
             cache.step_fn, compile="eager", device=runner.device, donate=runner.donate,

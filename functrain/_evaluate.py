@@ -134,6 +134,8 @@ class Evaluator:
         self.runner = runner_for(eval_fn, compile=compile, device=like.device,
                                  donate=False, on_recompile=like.on_recompile,
                                  precision=like.policy, train=False, devices=like.devices)
+        if self.runner.background is not None and getattr(like, "background", None):
+            self.runner.background.go_after(like.background)  # its compile goes first
         self.window: MetricWindow | None = None  # kept across evaluations (fixed addresses)
 
     def __call__(self, state: Any, loader: Iterable[Any],

@@ -167,43 +167,76 @@ def test_a_forked_child_runs_its_work_on_the_message_and_reports_by_exit_code(wo
         os.remove(job.log)
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-@pytest.mark.parametrize("idle", [False, True])
-def test_an_idle_child_runs_below_the_nice_19_children(idle):
-    def work(message):
-        policy = os.sched_getscheduler(0)
-        return os.getpriority(os.PRIO_PROCESS, 0) == 19 and policy == (
-            os.SCHED_IDLE if idle else os.SCHED_OTHER)
-
-    job = _background.BackgroundCompile.fork(work, autograd=False, idle=idle)
+def test_a_forked_child_runs_at_the_lowest_priority():
+    job = _background.BackgroundCompile.fork(
+        lambda m: os.getpriority(os.PRIO_PROCESS, 0) == 19, autograd=False)
     assert job.usable()
     job.go()
     assert _wait(job) == 0
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_an_evaluation_steps_background_compile_is_the_idle_one(monkeypatch, train):
-    # fit forks for its evaluation step first (the sanity check): that compile must not take
-    # half the spare CPU from the training step's, which runs thousands of times more.
-    forked = {}
+def test_an_evaluation_steps_compile_waits_for_the_training_steps(monkeypatch):
+    # fit checks its evaluation step first (the sanity evaluation): its child must not take
+    # half the spare CPU (and Inductor's locks) from the training step's compile.
+    jobs = []
 
-    class Stop(Exception):
-        pass
+    class Job(_Compiling):
+        log = os.devnull
 
-    def fork(work, autograd=True, idle=False):
-        forked.update(autograd=autograd, idle=idle)
-        raise Stop
+        def __init__(self):
+            self.went, self.finished = False, False
+            jobs.append(self)
+
+        def go(self, message=""):
+            super().go(message)
+            self.went = True
+
+        def done(self):
+            if self.finished:
+                self.exit = 1  # failed: the training step stays eager, compiles no more
+            return self.finished
 
     monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
-    monkeypatch.setattr(_background.BackgroundCompile, "fork", staticmethod(fork))
+    monkeypatch.setattr(_background.BackgroundCompile, "fork",
+                        staticmethod(lambda work, autograd=True: Job()))
 
-    def step(state, batch):
+    def train_step(state, batch):
+        return {"w": state["w"] + batch.sum()}, {"n": batch.sum()}
+
+    def eval_step(state, batch):
+        return state, {"n": batch.sum() * 2}
+
+    train = ft.compile_step(train_step, device="cpu", donate=False)
+    evaluate = ft.CompiledStep(eval_step, device="cpu", train=False, donate=False)
+    evaluate.background.go_after(train.background)
+    state = {"w": torch.zeros(2)}
+    evaluate(state, torch.ones(2))  # before training's first call: it may still compile
+    assert len(jobs) == 1 and not jobs[0].went
+    assert "waited for the training step" in evaluate.background.note
+    state, _ = train(state, torch.ones(2))  # training's child starts at once
+    assert len(jobs) == 2 and jobs[1].went
+    evaluate(state, torch.ones(2))
+    assert not jobs[0].went  # training's child still compiles
+    jobs[1].finished = True
+    state, _ = train(state, torch.ones(2))  # sees its child done (failed: stays eager)
+    evaluate(state, torch.ones(2))
+    assert jobs[0].went and evaluate.background.eager_calls == 3
+
+
+def test_fits_evaluation_step_compiles_after_its_training_step(monkeypatch):
+    from functrain._evaluate import Evaluator
+
+    monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
+
+    def train_step(state, batch):
         return state, {"n": batch.sum()}
 
-    run = ft.CompiledStep(step, device="cpu", train=train, donate=False)
-    with pytest.raises(Stop):
-        run({"w": torch.zeros(2)}, torch.ones(3))
-    assert forked == {"autograd": train, "idle": not train}
+    def eval_step(state, batch):
+        return {"n": batch.sum()}
+
+    train = ft.compile_step(train_step, device="cpu")
+    evaluator = Evaluator(eval_step, train)  # what fit builds
+    assert evaluator.runner.background._after() is train.background
 
 
 class _Compiling:  # a background compile that never ends
@@ -225,7 +258,7 @@ class _Compiling:  # a background compile that never ends
 def _never_ending_compiles(monkeypatch, cores):
     monkeypatch.setenv("FUNCTRAIN_BACKGROUND_COMPILE", "1")
     monkeypatch.setattr(_background.BackgroundCompile, "fork",
-                        staticmethod(lambda work, autograd=True, idle=False: _Compiling()))
+                        staticmethod(lambda work, autograd=True: _Compiling()))
     monkeypatch.setattr(_background, "_cores", lambda: cores)
 
 
@@ -305,7 +338,7 @@ def test_after_a_failed_background_compile_the_eager_calls_keep_every_thread(mon
     seen = []
     _never_ending_compiles(monkeypatch, cores=2)
     monkeypatch.setattr(_background.BackgroundCompile, "fork",
-                        staticmethod(lambda work, autograd=True, idle=False: Failing()))
+                        staticmethod(lambda work, autograd=True: Failing()))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
