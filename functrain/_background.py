@@ -19,7 +19,8 @@ step for this step, the runner does not wait for the compile:
    one intra-op thread fewer than the CPUs; the count is back to what it was between calls)
    while the run has more than ``_WORTH_A_CORE`` seconds of eager steps left by its plan
    (`BackgroundSwitch.plan`: the calls left times the mean time of an eager call so far,
-   after ``_MEASURED_CALLS`` calls; no plan: always), and not after the compile failed.
+   after ``_MEASURED_CALLS`` calls, not counting the first, which also checks the step; no
+   plan: always), and not after the compile failed.
    A shorter run is over before a compile could pay off, and a core less costs it time
    (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of 14.7-15.2 s); its
    child finishes after it, so the next run starts warm;
@@ -333,7 +334,7 @@ class BackgroundSwitch:
         if self.planned is not None:
             if self.eager_calls < _MEASURED_CALLS:
                 return None
-            per_call = self._eager_seconds / self.eager_calls  # time in eager calls only
+            per_call = self._eager_seconds / max(self.eager_calls - 1, 1)  # in calls only
             if (self.planned - self.eager_calls) * per_call <= _WORTH_A_CORE:
                 return None
         return self._cores - 1
@@ -378,7 +379,8 @@ class BackgroundSwitch:
                 torch.set_num_threads(threads)
         else:
             out = self.eager._run(state, batch, window, steps)
-        self._eager_seconds += time.perf_counter() - t0
+        if self.eager_calls:  # not the first: it also checks the step (on fake tensors)
+            self._eager_seconds += time.perf_counter() - t0
         self.eager_calls += 1
         runner.calls += 1
         runner._checked_state = out[0]

@@ -367,6 +367,31 @@ def test_the_plan_counts_the_time_in_eager_calls_not_between_them(monkeypatch):
     assert seen[-3:] == [2, 2, 2]
 
 
+def test_the_plan_does_not_count_the_first_eager_call(monkeypatch):
+    # The first eager call also checks the step (~0.3 s for the main job's; here it sleeps
+    # 0.5 s): counted, the mean of 2 calls would project ~25 s for the 98 left, over 10 s.
+    seen, real = [], []
+    counting = _thread_counting_step(seen)
+
+    def step(state, batch):
+        if type(batch).__name__ != "FakeTensor" and not real:  # the first call on data
+            real.append(time.sleep(0.5))
+        return counting(state, batch)
+
+    _never_ending_compiles(monkeypatch, cores=2)
+    monkeypatch.setattr(_background, "_WORTH_A_CORE", 10.0)
+    monkeypatch.setattr(_background, "_MEASURED_CALLS", 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = ft.compile_step(step, device="cpu", donate=False)
+        run.background.plan(100)
+        _calls(run, 4)
+    finally:
+        torch.set_num_threads(before)
+    assert seen[-3:] == [2, 2, 2]
+
+
 def test_fit_and_evaluate_tell_the_plan_how_many_calls_their_run_has(monkeypatch):
     _never_ending_compiles(monkeypatch, cores=1)
     model = torch.nn.Linear(3, 1)
