@@ -18,9 +18,10 @@ step for this step, the runner does not wait for the compile:
    ~60 s, without the child finishing), so the eager calls leave it a core (they run on
    one intra-op thread fewer than the CPUs; the count is back to what it was between calls)
    while the run has more than ``_WORTH_A_CORE`` seconds of eager steps left by its plan
-   (`BackgroundSwitch.plan`: the calls left times the mean time of an eager call so far,
-   after ``_MEASURED_CALLS`` calls, not counting the first, which also checks the step; no
-   plan: always), and not after the compile failed.
+   (`BackgroundSwitch.plan`: the calls left times the median time of eager calls 2 to
+   ``_MEASURED_CALLS``, decided once per run: the first call also checks the step, and a
+   few slow early calls, after the forks, must not decide it; no plan: always), and not
+   after the compile failed.
    A shorter run is over before a compile could pay off, and a core less costs it time
    (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of 14.7-15.2 s); its
    child finishes after it, so the next run starts warm;
@@ -51,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -284,7 +286,8 @@ class BackgroundSwitch:
         self._after: Callable[[], BackgroundSwitch | None] = lambda: None
         self._pending: str | None = None
         self._cores = 0
-        self._eager_seconds = 0.0
+        self._durations: list[float] = []  # eager calls 2 to _MEASURED_CALLS, seconds
+        self._worth: bool | None = None  # this run's decision (module doc, 2.)
         self.foreground: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -323,6 +326,7 @@ class BackgroundSwitch:
         """The run starting now plans ``calls`` more calls (``None``: not known, and how a
         run ends: `fit` and `functrain.evaluate` plan theirs); see the module's docstring, 2."""
         self.planned = None if calls is None else self.eager_calls + calls
+        self._worth = None
 
     def _leave_a_core(self) -> int | None:
         """The thread count for the next eager call while the child compiles: ``None``, the
@@ -332,10 +336,12 @@ class BackgroundSwitch:
                 or self._pending is not None):
             return None
         if self.planned is not None:
-            if self.eager_calls < _MEASURED_CALLS:
-                return None
-            per_call = self._eager_seconds / max(self.eager_calls - 1, 1)  # in calls only
-            if (self.planned - self.eager_calls) * per_call <= _WORTH_A_CORE:
+            if self._worth is None:  # decided once per run, on the median eager call
+                if len(self._durations) < max(_MEASURED_CALLS - 1, 1):
+                    return None
+                per_call = statistics.median(self._durations)
+                self._worth = (self.planned - self.eager_calls) * per_call > _WORTH_A_CORE
+            if not self._worth:
                 return None
         return self._cores - 1
 
@@ -379,8 +385,8 @@ class BackgroundSwitch:
                 torch.set_num_threads(threads)
         else:
             out = self.eager._run(state, batch, window, steps)
-        if self.eager_calls:  # not the first: it also checks the step (on fake tensors)
-            self._eager_seconds += time.perf_counter() - t0
+        if 0 < self.eager_calls < _MEASURED_CALLS:  # not the first: it checks the step
+            self._durations.append(time.perf_counter() - t0)
         self.eager_calls += 1
         runner.calls += 1
         runner._checked_state = out[0]

@@ -392,6 +392,34 @@ def test_the_plan_does_not_count_the_first_eager_call(monkeypatch):
     assert seen[-3:] == [2, 2, 2]
 
 
+def test_one_slow_early_call_does_not_decide_the_plan(monkeypatch):
+    # Calls 2-4 are measured; the second sleeps 0.5 s (as copy-on-write faults after a fork
+    # can slow early calls). Their mean would project ~16 s for the 96 left, over 10 s; their
+    # median does not, and the decision, made once, stays.
+    seen, real = [], []
+    counting = _thread_counting_step(seen)
+
+    def step(state, batch):
+        if type(batch).__name__ != "FakeTensor":
+            real.append(None)
+            if len(real) == 2:
+                time.sleep(0.5)
+        return counting(state, batch)
+
+    _never_ending_compiles(monkeypatch, cores=2)
+    monkeypatch.setattr(_background, "_WORTH_A_CORE", 10.0)
+    monkeypatch.setattr(_background, "_MEASURED_CALLS", 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = ft.compile_step(step, device="cpu", donate=False)
+        run.background.plan(100)
+        _calls(run, 6)
+    finally:
+        torch.set_num_threads(before)
+    assert seen[-6:] == [2] * 6 and run.background._worth is False
+
+
 def test_fit_and_evaluate_tell_the_plan_how_many_calls_their_run_has(monkeypatch):
     _never_ending_compiles(monkeypatch, cores=1)
     model = torch.nn.Linear(3, 1)
