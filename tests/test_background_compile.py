@@ -300,16 +300,7 @@ def test_a_run_planned_too_short_for_a_compile_to_pay_off_keeps_its_threads(
     _never_ending_compiles(monkeypatch, cores=2)
     monkeypatch.setattr(_background, "_WORTH_A_CORE", worth)
     monkeypatch.setattr(_background, "_MEASURED_CALLS", 2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        run = ft.compile_step(step, device="cpu", donate=False)
-        run.background.plan(1000)
-        state = {"w": torch.zeros(2)}
-        for _ in range(4):
-            state, _ = run(state, torch.ones(2))
-    finally:
-        torch.set_num_threads(before)
+    _run_on_2_threads(step, 4, plan=1000)
     assert seen[-4:] == expected
 
 
@@ -327,6 +318,20 @@ def _calls(run, n, pause=0.0):
         time.sleep(pause)
 
 
+def _run_on_2_threads(step, calls, plan=None, pause=0.0):
+    """``calls`` calls of ``step`` through an ``auto`` runner, with 2 intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = ft.compile_step(step, device="cpu", donate=False)
+        if plan is not None:
+            run.background.plan(plan)
+        _calls(run, calls, pause)
+    finally:
+        torch.set_num_threads(before)
+    return run
+
+
 def test_after_a_failed_background_compile_the_eager_calls_keep_every_thread(monkeypatch):
     class Failing(_Compiling):
         log = os.devnull
@@ -339,13 +344,7 @@ def test_after_a_failed_background_compile_the_eager_calls_keep_every_thread(mon
     _never_ending_compiles(monkeypatch, cores=2)
     monkeypatch.setattr(_background.BackgroundCompile, "fork",
                         staticmethod(lambda work, autograd=True: Failing()))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        run = ft.compile_step(_thread_counting_step(seen), device="cpu", donate=False)
-        _calls(run, 3)
-    finally:
-        torch.set_num_threads(before)
+    run = _run_on_2_threads(_thread_counting_step(seen), 3)
     assert run.background.failure is not None
     assert seen[-3:] == [1, 2, 2]
 
@@ -356,14 +355,7 @@ def test_the_plan_counts_the_time_in_eager_calls_not_between_them(monkeypatch):
     _never_ending_compiles(monkeypatch, cores=2)
     monkeypatch.setattr(_background, "_WORTH_A_CORE", 10.0)
     monkeypatch.setattr(_background, "_MEASURED_CALLS", 2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        run = ft.compile_step(_thread_counting_step(seen), device="cpu", donate=False)
-        run.background.plan(100)
-        _calls(run, 3, pause=0.3)
-    finally:
-        torch.set_num_threads(before)
+    _run_on_2_threads(_thread_counting_step(seen), 3, plan=100, pause=0.3)
     assert seen[-3:] == [2, 2, 2]
 
 
@@ -381,14 +373,7 @@ def test_the_plan_does_not_count_the_first_eager_call(monkeypatch):
     _never_ending_compiles(monkeypatch, cores=2)
     monkeypatch.setattr(_background, "_WORTH_A_CORE", 10.0)
     monkeypatch.setattr(_background, "_MEASURED_CALLS", 2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        run = ft.compile_step(step, device="cpu", donate=False)
-        run.background.plan(100)
-        _calls(run, 4)
-    finally:
-        torch.set_num_threads(before)
+    _run_on_2_threads(step, 4, plan=100)
     assert seen[-3:] == [2, 2, 2]
 
 
@@ -409,14 +394,7 @@ def test_one_slow_early_call_does_not_decide_the_plan(monkeypatch):
     _never_ending_compiles(monkeypatch, cores=2)
     monkeypatch.setattr(_background, "_WORTH_A_CORE", 10.0)
     monkeypatch.setattr(_background, "_MEASURED_CALLS", 4)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        run = ft.compile_step(step, device="cpu", donate=False)
-        run.background.plan(100)
-        _calls(run, 6)
-    finally:
-        torch.set_num_threads(before)
+    run = _run_on_2_threads(step, 6, plan=100)
     assert seen[-6:] == [2] * 6 and run.background._worth is False
 
 
