@@ -374,17 +374,15 @@ class BackgroundSwitch:
         elif self.failure is None and self.job.done():
             if self._switch(runner, state, batch, window):
                 return None
-        fewer = self._leave_a_core()
+        fewer, threads = self._leave_a_core(), torch.get_num_threads()
         t0 = time.perf_counter()
         if fewer is not None:
-            threads = torch.get_num_threads()
             torch.set_num_threads(fewer)
-            try:
-                out = self.eager._run(state, batch, window, steps)
-            finally:
-                torch.set_num_threads(threads)
-        else:
+        try:
             out = self.eager._run(state, batch, window, steps)
+        finally:
+            if fewer is not None:
+                torch.set_num_threads(threads)
         if 0 < self.eager_calls < _MEASURED_CALLS:  # not the first: it checks the step
             self._durations.append(time.perf_counter() - t0)
         self.eager_calls += 1

@@ -203,15 +203,15 @@ def evaluate(
     runner = runner_for(eval_fn, compile=compile, device=device, donate=False,
                         precision=precision, train=False, devices=devices)
     window = None
-    plan = runner.background  # compile="auto": whether its eager calls may leave a core
-    if plan is not None:
-        plan.plan(loader_len(loader))
+    background = runner.background  # compile="auto": may its eager calls leave a core?
+    if background is not None:
+        background.plan(loader_len(loader))
     try:
         for batch in loader:
             state, window = runner.run(state, batch, window)
     finally:
-        if plan is not None:
-            plan.plan(None)
+        if background is not None:
+            background.plan(None)
     if window is None:
         raise ValueError("eval_loader is empty: it yielded no batches.")
     return window.compute()
