@@ -16,6 +16,10 @@ compilation, training, evaluation, all of it), which is what a researcher waits 
   Inductor's precompiled C++ header stays where it is (``/tmp/torchinductor_$USER``, which
   that variable does not move), so it is warm after the first compile on a machine; the very
   first one also builds it (~5 s for the MNIST-1D step, see benchmarks/README.md).
+- ``fit-auto-new``: the same with a fresh ``TORCHINDUCTOR_CACHE_DIR`` into which, before the
+  timed process, an untimed one compiled an unrelated one-op function: a new step on a machine
+  where Inductor has compiled before (its CPU probes cached, nothing of this step), what a
+  researcher meets each time they change the model. Not in the default set.
 - ``fit-auto-warm``: the same, right after the cold run, with that now-filled cache dir
   (after waiting for the cold run's background compile, if it outlived its process: see
   functrain/_background.py; the wait is printed, not counted).
@@ -254,6 +258,16 @@ def _compiled_line(stdout: str) -> str | None:
     return lines[-1] if lines else None
 
 
+def _seed_probes(cache_dir: str, threads: int) -> None:
+    """Compile an unrelated one-op function with ``cache_dir`` as Inductor's cache (untimed),
+    so it holds what any compile leaves behind on a machine (the CPU-ISA probes), nothing of
+    the step."""
+    code = "import torch; torch.compile(lambda x: x.sin() + 1)(torch.randn(8))"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": str(threads),
+                        "TORCHINDUCTOR_CACHE_DIR": cache_dir})
+
+
 def _wait_background(cache_dir: str, limit: float = 1800.0) -> float:
     """Wait until no background compile (functrain/_background.py) holds a lock in
     ``cache_dir``'s step cache, so the next run finds what it saved: the seconds waited."""
@@ -405,7 +419,10 @@ def main() -> None:
                     order.remove("fit-auto-warm")  # warm must follow its cold run
                     order.insert(order.index("fit-auto-cold") + 1, "fit-auto-warm")
                 for v in order:
-                    shared = cache if v.startswith("fit-auto") else tempfile.mkdtemp(dir=tmp)
+                    shared = (cache if v in ("fit-auto-cold", "fit-auto-warm")
+                              else tempfile.mkdtemp(dir=tmp))
+                    if v == "fit-auto-new":
+                        _seed_probes(shared, args.threads)
                     with _held(args.lock):
                         res = run_once(v, steps, args.threads, shared, tmp)
                     if v.startswith("fit-auto"):  # its background compile, if still running

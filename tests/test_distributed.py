@@ -187,12 +187,16 @@ def _graph_with(op):
     return torch.fx.GraphModule(torch.nn.Module(), g)
 
 
-@pytest.mark.parametrize("device, reduces, overlap", [("cpu", True, True), ("cpu", False, False),
-                                                      ("meta", True, False)])
-def test_cpu_graphs_that_all_reduce_get_inductors_overlap_pass(monkeypatch, device, reduces,
-                                                               overlap):
+@pytest.mark.parametrize("device, op, overlap, cpp", [("cpu", "all_reduce", True, False),
+                                                      ("cpu", "all_gather_into_tensor", False,
+                                                       False),
+                                                      ("cpu", None, False, True),
+                                                      ("meta", "all_reduce", False, False)])
+def test_cpu_graphs_that_all_reduce_get_inductors_overlap_pass(monkeypatch, device, op, overlap,
+                                                               cpp):
     # CPU (gloo) graphs that all-reduce are compiled with the comm/compute overlap pass (its
-    # schedule is checked on 2 ranks in tests/distributed); others keep Inductor's defaults.
+    # schedule is checked on 2 ranks in tests/distributed); CPU graphs without collectives with
+    # Inductor's C++ wrapper (`_backend.CPU_OPTIONS`); the rest with its defaults.
     from torch.distributed import _functional_collectives  # noqa: F401  (registers the ops)
 
     from functrain import _backend, _compat
@@ -200,9 +204,10 @@ def test_cpu_graphs_that_all_reduce_get_inductors_overlap_pass(monkeypatch, devi
     seen = []
     monkeypatch.setattr(_compat, "inductor_compile",
                         lambda gm, inputs, config_patches=None: seen.append(config_patches))
-    gm = _graph_with(torch.ops._c10d_functional.all_reduce if reduces else torch.neg)
+    gm = _graph_with(getattr(torch.ops._c10d_functional, op) if op else torch.neg)
     _backend.compile_graph("inductor", gm, [torch.ones(2, device=device)])
     assert (seen[0].get("reorder_for_compute_comm_overlap") is True) == overlap
+    assert seen[0].get("cpp_wrapper", False) == cpp
     if overlap:
         assert seen[0]["reorder_for_compute_comm_overlap_passes"] == [
             "reorder_compute_for_overlap"]

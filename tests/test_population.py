@@ -388,16 +388,30 @@ def test_population_step_runs_without_vmap_fallback(vmap_fallback_warnings):
     assert _fallbacks(caught) == [] and int(pop.step) == 2
 
 
-def test_compiled_population_step_updates_the_stacked_state_in_place():
+def test_compiled_population_step_updates_the_stacked_state_in_place(monkeypatch):
     """Donation covers stacked states: inductor's population graph writes every member's new
     params and optimizer state into the population's own tensors (no copy back after the
-    graph), and returns only the small per-member metric tensors."""
+    graph), and returns only the small per-member metric tensors. The graph's outputs are read
+    from Inductor's Python wrapper (functrain's CPU default, a C++ wrapper, is turned off for
+    that); the default's tensors are checked to stay in place too."""
     from torch._inductor.utils import run_and_get_code
 
+    from functrain import _backend
+
     n = 4
+    data = _data(3)
+    default = ft.compile_step(pop_lib.vmap(_step, per_member=False), compile="inductor")
+    pop = pop_lib.create(_make, ft.optim.adamw(1e-3, weight_decay=1e-2), seeds=n)
+    pop, _ = default(pop, data[0])
+    ptrs = [x.data_ptr() for x in ft.tree.leaves(pop)]
+    for b in data[1:]:
+        pop, _ = default(pop, b)
+    assert [x.data_ptr() for x in ft.tree.leaves(pop)] == ptrs and default.compiles == 1
+
+    monkeypatch.setattr(_backend, "CPU_OPTIONS", {})
+    monkeypatch.setenv("FUNCTRAIN_STEP_CACHE", "0")  # (else it loads the default's artifact)
     pop = pop_lib.create(_make, ft.optim.adamw(1e-3, weight_decay=1e-2), seeds=n)
     run = ft.compile_step(pop_lib.vmap(_step, per_member=False), compile="inductor")
-    data = _data(3)
     (pop, _), codes = run_and_get_code(run, pop, data[0])
     assert run.compiles == 1 and len(codes) == 1
     code = codes[0]

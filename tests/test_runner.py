@@ -156,10 +156,14 @@ def test_a_forked_state_class_is_donated_like_train_state(backend):
 
 
 def test_compiled_step_updates_state_in_place():
+    # (on the CPU through Inductor's C++ wrapper: `_backend.CPU_OPTIONS`)
+    from torch._inductor.utils import run_and_get_code
+
     model = _model()
     run = ft.compile_step(_step(model), compile="inductor")
     state = ft.TrainState.create(model, ft.optim.adamw(1e-2))
-    state, _ = run(state, _data(1)[0])
+    (state, _), codes = run_and_get_code(run, state, _data(1)[0])
+    assert len(codes) == 1 and "inductor_entry_impl" in codes[0]
     ptrs = [x.data_ptr() for x in ft.tree.leaves(state)]
     for b in _data(3):
         state, _ = run(state, b)
