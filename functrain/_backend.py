@@ -51,9 +51,10 @@ def compile_graph(backend: str, gm: torch.fx.GraphModule, example_inputs: list[A
     patches = {"triton.cudagraphs": True} if backend == "cudagraphs" else {}
     if traced_in(gm):  # keep remat's recomputation in the backward
         patches.update(INDUCTOR_OPTIONS)
-    if _cpu_all_reduce(gm, example_inputs):
+    cpu, collectives = _all_cpu(example_inputs), _collectives(gm)
+    if cpu and any(op.startswith("all_reduce") for op in collectives):
         patches.update(CPU_OVERLAP_OPTIONS)
-    elif backend == "inductor" and _all_cpu(example_inputs) and not _collective(gm):
+    elif cpu and not collectives and backend == "inductor":
         patches.update(CPU_OPTIONS)
     return _compat.inductor_compile(gm, example_inputs, config_patches=patches)
 
@@ -85,18 +86,11 @@ def _all_cpu(example_inputs: list[Any]) -> bool:
     return all(x.device.type == "cpu" for x in example_inputs if isinstance(x, torch.Tensor))
 
 
-def _collective(gm: torch.fx.GraphModule) -> bool:
-    """Whether ``gm`` calls a functional collective (all-reduce, all-gather, ...)."""
-    return any(n.op == "call_function" and str(n.target).startswith("_c10d_functional.")
-               for n in gm.graph.nodes)
-
-
-def _cpu_all_reduce(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> bool:
-    """Whether ``gm`` runs on the CPU and calls a functional all-reduce."""
-    if any(isinstance(x, torch.Tensor) and x.device.type != "cpu" for x in example_inputs):
-        return False
-    return any(n.op == "call_function" and str(n.target).startswith("_c10d_functional.all_reduce")
-               for n in gm.graph.nodes)
+def _collectives(gm: torch.fx.GraphModule) -> set[str]:
+    """The functional collectives ``gm`` calls (``"all_reduce.default"``, ...)."""
+    prefix = "_c10d_functional."
+    return {str(n.target)[len(prefix):] for n in gm.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith(prefix)}
 
 
 _COPIES = 0
