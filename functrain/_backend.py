@@ -96,18 +96,22 @@ def _collectives(gm: torch.fx.GraphModule) -> set[str]:
 _COPIES = 0
 
 
-def compile_method(method: Callable[..., Any], owner: Any,
-                   backend: Callable[..., Any]) -> tuple[Callable[..., Any], str]:
-    """``owner.method`` compiled whole (``fullgraph=True, dynamic=False``) by ``backend``.
+def own_code(method: Callable[..., Any]) -> types.FunctionType:
+    """A copy of ``method`` with its own code object, named ``functrain_step_N``.
 
-    Dynamo caches compiled code per code object, with a small limit per object; each call
+    Dynamo caches compiled code per code object, with a small limit per object; each runner
     compiles its own copy of the method's code, so runners never share (or evict) entries.
-    Returns the compiled callable and the name of its code object (to find Dynamo's guard
-    failures for it).
+    The copy's ``__code__.co_name`` finds Dynamo's guard failures for it.
     """
     global _COPIES
     _COPIES += 1
-    fn = _compat.with_own_code(method, f"functrain_step_{_COPIES}")
-    compiled = torch.compile(types.MethodType(fn, owner), backend=backend,
-                             fullgraph=True, dynamic=False)
-    return compiled, fn.__code__.co_name
+    return _compat.with_own_code(method, f"functrain_step_{_COPIES}")
+
+
+def compile_method(fn: types.FunctionType, owner: Any,
+                   backend: Callable[..., Any]) -> Callable[..., Any]:
+    """``owner.fn`` (``fn``: an `own_code` copy of a method) compiled whole
+    (``fullgraph=True, dynamic=False``) by ``backend``. The first call imports Dynamo (~1 s
+    on a CPU, once per process)."""
+    return torch.compile(types.MethodType(fn, owner), backend=backend, fullgraph=True,
+                         dynamic=False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from . import _background, _compat, _step_cache
 from . import metrics as _metrics
 from . import tree as _tree
-from ._backend import FUNCTIONAL, compile_graph, compile_method, resolve_backend
+from ._backend import FUNCTIONAL, compile_graph, compile_method, own_code, resolve_backend
 from ._compile_status import Compiling
 from ._donation import check_not_donated, poison, remember_nodes, write_back
 from ._errors import check_choice, check_int
@@ -177,17 +178,21 @@ class CompiledStep:
         self._real_first_call = self.backend == "eager" and self.device.type != "xla"
         # One step per call (`run`), and with steps_per_call=K > 1 also K steps per call
         # (`run_steps`), each compiled (once) on its first use.
+        # A compiled backend's functions are made at their first call (`_compiled_fn`):
+        # `torch.compile` imports Dynamo, ~1 s that a run that stays eager (a cold
+        # compile="auto" start) does without; `_code` holds the method copies they compile.
         self._fns: dict[int, Any] = Unsaved()
+        self._code: dict[int, types.FunctionType] = Unsaved()
         self._guards: dict[int, RecompileGuard] = {}
         self._calls = {1: 0, steps_per_call: 0}
         for k in {1, steps_per_call}:
             method = CompiledStep._inner if k == 1 else CompiledStep._inner_steps
             if self.backend == "eager":
-                fn, code_name = method.__get__(self), ""
+                self._fns[k], code_name = method.__get__(self), ""
             else:
-                fn, code_name = compile_method(
-                    method, self, lambda gm, inputs: self._compile_graph(gm, inputs))
-            self._fns[k], self._guards[k] = fn, RecompileGuard(on_recompile, code_name)
+                self._code[k] = own_code(method)
+                code_name = self._code[k].__code__.co_name
+            self._guards[k] = RecompileGuard(on_recompile, code_name)
 
     @property
     def status(self) -> Callable[[str | None], Any] | None:
@@ -246,13 +251,22 @@ class CompiledStep:
             method = CompiledStep._inner if steps == 1 else CompiledStep._inner_steps
             loaded = self._cache.first_call(self, method, args)
         if loaded is None:
-            return self._fns[steps](*args)
+            return self._compiled_fn(steps)(*args)
         self._install(steps, loaded)
         return self._fns[steps](*args)
 
+    def _compiled_fn(self, steps: int) -> Any:
+        """``torch.compile``'s function of the step method for ``steps`` steps per call,
+        made at its first use (see ``_code``)."""
+        fn = self._fns.get(steps)
+        if fn is None:
+            fn = self._fns[steps] = compile_method(
+                self._code[steps], self, lambda gm, inputs: self._compile_graph(gm, inputs))
+        return fn
+
     def _install(self, steps: int, loaded: Any) -> None:
         """Run the step cache's ``loaded`` step from now on (Dynamo's for calls it rejects)."""
-        self._dynamo_fns[steps] = self._fns[steps]
+        self._dynamo_fns[steps] = self._compiled_fn(steps)
         self._fns[steps] = functools.partial(loaded.fn, self)
         self._loaded[steps] = loaded
 

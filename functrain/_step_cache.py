@@ -86,12 +86,14 @@ def enabled() -> bool:
     """Whether the step cache is on: ``FUNCTRAIN_STEP_CACHE`` is not ``0`` and Inductor's
     caches are not force-disabled. (Whether this torch can save a compiled step at all, 2.14
     can and the XLA lane's 2.9 cannot, is checked at the first call: the check initializes
-    ``torch.compile``, ~0.7 s, which an eager start under ``compile="auto"`` does without.)"""
+    ``torch.compile``, ~0.7 s, which an eager start under ``compile="auto"`` does without.)
+    Read from ``torch.compiler.config``, which Inductor's flag aliases: importing
+    ``torch._inductor`` imports Dynamo too (~1.2 s), which such a start does without."""
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no"):
         return False
-    from torch._inductor import config
+    import torch.compiler.config
 
-    return not config.force_disable_caches
+    return not torch.compiler.config.force_disable_caches
 
 
 def in_process_group() -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pathlib
 import subprocess
 import sys
@@ -343,6 +344,24 @@ def test_a_function_marked_before_dynamo_loads_runs_at_trace_time(monkeypatch):
     with pytest.raises(Exception, match="graph_break|graph break"):  # fullgraph refuses it
         unmarked(torch.ones(2))
     torch._dynamo.reset()
+
+
+def test_a_compiled_runner_loads_the_compiler_at_its_first_call():
+    # torch.compile imports Dynamo (~1 s); building a runner must not, so that a cold
+    # compile="auto" start that stays eager does without it.
+    code = """
+import sys, torch, functrain as ft
+def step(state, x):
+    return {"w": state["w"] + x.sum()}, {"n": ft.metrics.Sum.from_value(x.sum())}
+runners = [ft.CompiledStep(step, compile=c) for c in ("inductor", "auto")]
+assert 'torch._dynamo' not in sys.modules, 'built'
+state, window = runners[0].run({"w": torch.zeros(())}, torch.ones(2), None)
+assert 'torch._dynamo' in sys.modules, 'called'
+assert float(state["w"]) == 2.0 and runners[0].compiles == 1
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "FUNCTRAIN_STEP_CACHE": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_import_functrain_and_an_eager_run_do_not_load_the_compiler():
