@@ -27,7 +27,6 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import optree
 import torch
 
 from . import _background, _compat, _step_cache
@@ -40,7 +39,7 @@ from ._errors import check_choice, check_int
 from ._placement import batch_size, check_devices, place, require_tensors, resolve_device
 from ._recompile import RecompileError, RecompileGuard
 from ._step_cache import StepCache, Unsaved
-from ._step_checks import explain_data_dependent, no_backward, warn_dropped_buffers, watch_buffers
+from ._step_checks import checked_call
 from ._window import NONFINITE, NONFINITE_PARAMS, FirstStep, MetricWindow
 
 __all__ = ["CompiledStep", "RecompileError", "compile_step", "resolve_device"]
@@ -280,51 +279,15 @@ class CompiledStep:
     # -- checks ------------------------------------------------------------------------------
     def _dry_run(self, state: Any, batch: Any) -> Any:
         """Run the step on fake tensors: validates its outputs and returns its metrics."""
-        # Real tensors the step closes over (class weights, masks) are allowed in.
-        mode = _compat.fake_tensor_mode()
-
-        def fake(x: Any) -> Any:
-            return mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
-
-        fstate = optree.tree_map(fake, state, namespace=_tree.NAMESPACE)
-        fbatch = optree.tree_map(fake, batch, namespace=_tree.NAMESPACE)
-        with watch_buffers() as calls, no_backward():
-            try:
-                with mode:
-                    out = self.step_fn(fstate, fbatch)
-            except Exception as e:
-                explained = explain_data_dependent(e, "step_fn" if self.train else "eval_fn")
-                if explained is None:
-                    raise
-                raise explained from e
-        new_state, step_metrics = self._check_outputs(state, out)
-        warn_dropped_buffers(calls, fstate, new_state, stacklevel=6)
+        new_state, step_metrics = checked_call(
+            self.step_fn, state, batch, fake_mode=_compat.fake_tensor_mode(),
+            where="step_fn" if self.train else "eval_fn", stacklevel=6)
         return self._window_metrics(step_metrics, new_state)
-
-    def _check_outputs(self, state: Any, out: Any) -> tuple[Any, Any]:
-        """The step's ``(new_state, metrics)``, checked against the state it received."""
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(
-                "step_fn must return a pair (state, metrics), got "
-                f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}"
-                ". HINT: end the step with `return new_state, {'loss': loss}`.")
-        new_state, step_metrics = out
-        try:
-            _tree.assert_trees_match(state, new_state, "step_fn(state, batch)[0]")
-        except _tree.TreeMismatchError as e:
-            raise _tree.TreeMismatchError(
-                f"{e} HINT: the step must return a state with the same tree, shapes and dtypes "
-                "as the one it received, so that it compiles once and can update it in place."
-            ) from None
-        return new_state, step_metrics
 
     def _first_real_call(self, state: Any, batch: Any) -> tuple[Any, Any, dict[str, Any]]:
         """Eager backend: run the step's first call for real (no fake-tensor dry run, so print,
         pdb and .item() see real values and side effects run once) and check its outputs."""
-        with watch_buffers() as calls, no_backward():
-            out = self.step_fn(state, batch)
-        new_state, raw_metrics = self._check_outputs(state, out)
-        warn_dropped_buffers(calls, state, new_state, stacklevel=6)
+        new_state, raw_metrics = checked_call(self.step_fn, state, batch, stacklevel=6)
         window_metrics = self._window_metrics(raw_metrics, new_state)
         self._empty = _metrics.empty_like(window_metrics)
         return new_state, raw_metrics, window_metrics

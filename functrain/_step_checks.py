@@ -6,6 +6,8 @@
   module's own tensors, silently fills ``.grad`` fields nobody reads.
 * `watch_buffers`: a step whose `functrain.call` returned updated buffers (BatchNorm's running
   statistics) but whose returned state keeps the old ones gets a warning, once.
+* `checked_call`: a step's first call, run under the two checks above (on fake tensors for a
+  compiled step), with its ``(state, metrics)`` return checked against the state it received.
 * `explain_data_dependent`: a compiled step that needs a tensor's value on the host (``.item()``,
   ``if loss > 1:``) or an op whose output shape depends on values (``bincount``, ``nonzero``)
   gets functrain's explanation instead of a bare ``DataDependentOutputException``.
@@ -18,10 +20,14 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import optree
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["explain_data_dependent", "no_backward", "watch_buffers"]
+from . import tree as _tree
+
+__all__ = ["check_outputs", "checked_call", "explain_data_dependent", "no_backward",
+           "watch_buffers"]
 
 _BACKWARD_HINT = (
     "functrain steps are pure functions: the params are plain tensors in state.params, and "
@@ -110,6 +116,59 @@ def warn_dropped_buffers(record: list[Any], state: Any, new_state: Any,
     msg = check_buffers(record, state, new_state)
     if msg:
         warnings.warn(msg, stacklevel=stacklevel)
+
+
+def check_outputs(state: Any, out: Any, where: str = "step_fn") -> tuple[Any, Any]:
+    """The step's ``(new_state, metrics)``, checked against the ``state`` it received: a pair,
+    and a state with the same tree, shapes and dtypes (else an error naming the leaf path)."""
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(
+            f"{where} must return a pair (state, metrics), got "
+            f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}"
+            ". HINT: end the step with `return new_state, {'loss': loss}`.")
+    new_state, step_metrics = out
+    try:
+        _tree.assert_trees_match(state, new_state, f"{where}(state, batch)[0]")
+    except _tree.TreeMismatchError as e:
+        raise _tree.TreeMismatchError(
+            f"{e} HINT: the step must return a state with the same tree, shapes and dtypes "
+            "as the one it received, so that it compiles once and can update it in place."
+        ) from None
+    return new_state, step_metrics
+
+
+def checked_call(step_fn: Any, state: Any, batch: Any, *, fake_mode: Any = None,
+                 where: str = "step_fn", stacklevel: int = 3) -> tuple[Any, Any]:
+    """Run a step's first call under the checks: ``-> (new_state, metrics)``.
+
+    ``loss.backward()`` is stopped (`no_backward`), dropped buffer updates warn
+    (`watch_buffers`), and the return is checked with `check_outputs`. With ``fake_mode`` (a
+    ``FakeTensorMode``) the step runs on fake copies of the state's and batch's tensors: no
+    compute, no memory; a data-dependent op then fails with `explain_data_dependent`'s
+    explanation. Real tensors the step closes over (class weights, masks) are allowed in.
+    """
+    run_state, run_batch = state, batch
+    if fake_mode is not None:
+        def fake(x: Any) -> Any:
+            return fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
+
+        run_state = optree.tree_map(fake, state, namespace=_tree.NAMESPACE)
+        run_batch = optree.tree_map(fake, batch, namespace=_tree.NAMESPACE)
+    with watch_buffers() as calls, no_backward():
+        if fake_mode is None:
+            out = step_fn(run_state, run_batch)
+        else:
+            try:
+                with fake_mode:
+                    out = step_fn(run_state, run_batch)
+            except Exception as e:
+                explained = explain_data_dependent(e, where)
+                if explained is None:
+                    raise
+                raise explained from e
+    new_state, step_metrics = check_outputs(state, out)
+    warn_dropped_buffers(calls, run_state, new_state, stacklevel=stacklevel + 1)
+    return new_state, step_metrics
 
 
 _ADVICE = (
