@@ -270,10 +270,14 @@ def _seed_probes(cache_dir: str, threads: int) -> None:
 
 def _wait_background(cache_dir: str, limit: float = 1800.0) -> float:
     """Wait until no background compile (functrain/_background.py) holds a lock in
-    ``cache_dir``'s step cache, so the next run finds what it saved: the seconds waited."""
+    ``cache_dir``'s step cache, so the next run finds what it saved: the seconds waited
+    after a 1 s settle (a child held for its run's end starts when its parent exits, and
+    takes its lock a few ms later)."""
     import fcntl
     import glob
 
+    settle = 1.0
+    time.sleep(settle)
     t0 = time.perf_counter()
     for path in glob.glob(os.path.join(cache_dir, "functrain_steps", "*.lock")):
         with open(path, "a") as f:

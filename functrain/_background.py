@@ -1,10 +1,10 @@
 """``compile="auto"`` on a cold CPU start: eager steps while the step compiles elsewhere (private).
 
 A cold compile of a training step costs seconds to minutes (the MNIST-1D example's step:
-~11 s on a 2-core CPU, ~9 s more the first time Inductor runs on a machine, which probes the
-CPU's vector instructions by compiling test programs); a run shorter than that is over sooner
-eagerly. So with ``compile="auto"`` on a CPU, when functrain's step cache holds no compiled
-step for this step, the runner does not wait for the compile:
+~7 s on one core of a 2-core CPU, ~8 s more the first time Inductor runs on a machine,
+which probes the CPU's vector instructions by compiling test programs); a run shorter than
+that is over sooner eagerly. So with ``compile="auto"`` on a CPU, when functrain's step cache
+holds no compiled step for this step, the runner does not wait for the compile:
 
 1. it forks a child process (``os.fork``: the child inherits the step, its closure, the state
    and the batch as they are, nothing is pickled), which runs at the lowest CPU priority
@@ -23,8 +23,11 @@ step for this step, the runner does not wait for the compile:
    few slow early calls, after the forks, must not decide it; no plan: always), and not
    after the compile failed.
    A shorter run is over before a compile could pay off, and a core less costs it time
-   (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of 14.7-15.2 s); its
-   child finishes after it, so the next run starts warm;
+   (the main job, 6000 steps: its eager phase took 16.5-17.1 s instead of 14.7-15.2 s). Its
+   child waits (`BackgroundCompile.send`): even starved, a compiling child slowed the run
+   (the main job at 2 threads, cold: 17.2/17.2/17.7 s against 16.7/16.7/16.4 s with the
+   child idle), and it starts when the run ends (`plan(None)`) or the process does, so
+   the next run starts warm. With fewer threads than CPUs the child compiles at once;
    `fit`'s evaluation step, checked first (the sanity evaluation), sends its child to work
    only once the training step's compile is done (`BackgroundSwitch.go_after`), so the step
    that runs thousands of times is not slowed by the one that runs a few times;
@@ -33,12 +36,12 @@ step for this step, the runner does not wait for the compile:
    compiled. A child that fails, or an artifact that does not load, leaves the run eager.
 
 A run that ends before the compile does leaves the child running until it has saved the step
-(it exits by itself, at most 30 minutes later), so the next start is warm; a second process
-starting meanwhile waits for that compile instead of repeating it. The child is forked at the
-step's first call, before functrain checks the step on fake tensors: torch forbids autograd in
-a child forked after its parent started autograd's device threads, which autograd on fake
-tensors does (https://github.com/pytorch/pytorch/wiki/Autograd-and-Fork; plain CPU backward
-passes do not). Where the process had done so already (it checked or compiled another
+(it exits by itself after at most 30 minutes of compiling), so the next start is warm; a second
+process starting meanwhile waits for that compile instead of repeating it. The child is forked
+at the step's first call, before functrain checks the step on fake tensors: torch forbids
+autograd in a child forked after its parent started autograd's device threads, which autograd
+on fake tensors does (https://github.com/pytorch/pytorch/wiki/Autograd-and-Fork; plain CPU
+backward passes do not). Where the process had done so already (it checked or compiled another
 training step: a second `fit` of a new step), ``"auto"`` compiles in the foreground as before.
 The step at which a run switches depends on timing, so a cold ``"auto"`` run is not bitwise
 reproducible (eager and compiled steps differ in rounding); ``compile="inductor"`` and
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import statistics
 import sys
@@ -81,16 +85,20 @@ def enabled() -> bool:
 
 
 class BackgroundCompile:
-    """A forked child process that runs ``work()`` when told to; poll it with `done`.
+    """A forked child process that runs ``work(message)`` when told to; poll it with `done`.
 
     Forked before the parent decides whether it needs the child (`fork`), because a child can
     use autograd only if its parent had not yet started autograd's device threads (see the
-    module's docstring); the child says whether it can (`usable`), then waits for `go` or is
-    cancelled.
+    module's docstring); the child says whether it can (`usable`), then waits for its work
+    (`send`) or is cancelled. Sent work waits for `go`, or for the parent to let go of the
+    child (its end, or the job dropped): then it runs at once, so that a run too short to
+    give the compile a CPU still leaves the compiled step to the next one. Work never sent
+    never runs.
 
     Attributes:
         exit: the child's exit code once `done` (``None`` while it runs).
         seconds: how long the child ran, from `go` (set by `done`).
+        held: whether work was sent and the child waits for `go`.
 
     Example:
         >>> job = BackgroundCompile.fork(lambda message: message == "hi", autograd=False)
@@ -109,6 +117,8 @@ class BackgroundCompile:
         self.started = time.perf_counter()
         self.exit: int | None = None
         self.seconds: float | None = None
+        self.held = False
+        self._sent = False
         self._go, self._ready = go, ready
         # Not killed when the parent ends: it finishes its compile (for the next start) and
         # exits; `cancel` kills it.
@@ -122,20 +132,22 @@ class BackgroundCompile:
         fd, log = tempfile.mkstemp(prefix="functrain-compile-", suffix=".log")
         go_r, go_w = os.pipe()
         ready_r, ready_w = os.pipe()
+        parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = 1
             try:
-                os.close(go_w)
-                os.close(ready_r)
+                for other in (go_w, ready_r, *_GO_ENDS):  # so a parent that lets go of
+                    _close(other)  # its other children (its end, a `done`) is seen: EOF
                 _become_background(fd)
                 ok = not autograd or _autograd_works()
                 os.write(ready_w, b"1" if ok else b"0")
-                message = os.read(go_r, 4096) if ok else b""
-                if message.startswith(b"g"):
-                    code = 0 if work(message[1:].decode()) else _NOT_SAVED
+                message = _wait_for_work(go_r, parent) if ok else None
+                if message is not None:
+                    signal.alarm(_TIME_LIMIT)  # a child stuck for any reason ends by itself
+                    code = 0 if work(message) else _NOT_SAVED
                 if code == 0:
                     _remove(log)  # the parent may be gone: nobody else would
             except BaseException:
@@ -150,16 +162,32 @@ class BackgroundCompile:
             pass
         for x in (fd, go_r, ready_w):
             os.close(x)
+        _GO_ENDS.add(go_w)
         return cls(pid, log, go_w, ready_r)
 
     def usable(self) -> bool:
         """Whether the child can compile (it can run autograd); waits for its answer (~ms)."""
         return os.read(self._ready, 1) == b"1"
 
-    def go(self, message: str = "") -> None:
-        """Tell the child to run its work, on ``message`` (under 4 KiB)."""
+    def send(self, message: str = "") -> None:
+        """Give the child its work's ``message`` (under 4 KiB, no NUL): it runs on `go`, or
+        when this process lets go of the child."""
+        data = message.encode()
+        if b"\0" in data or len(data) >= 4096:
+            raise ValueError("a background compile's message must be under 4 KiB, no NUL")
+        self.held, self._sent = True, True
+        with contextlib.suppress(BrokenPipeError):  # the child died: `done` says how
+            os.write(self._go, data + b"\0")
+
+    def go(self, message: str | None = None) -> None:
+        """Tell the child to run its work now (``message``: `send` it first; none sent
+        before: ``""``)."""
+        if message is not None or not self._sent:
+            self.send(message or "")
         self.started = time.perf_counter()
-        os.write(self._go, b"g" + message.encode())
+        self.held = False
+        with contextlib.suppress(BrokenPipeError):  # the child died: `done` says how
+            os.write(self._go, b"g")
 
     def done(self) -> bool:
         """Whether the child has exited (a non-blocking check, ~1 µs)."""
@@ -199,9 +227,30 @@ def _autograd_works() -> bool:
     return True
 
 
+def _wait_for_work(fd: int, parent: int) -> str | None:
+    """In the child: the work's message once it may run (`BackgroundCompile.go`, or the
+    parent let go of the child: the pipe's end or the parent's), or ``None``: let go before
+    any work was sent."""
+    data = b""
+    while b"\0" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        data += chunk
+    message, _, rest = data.partition(b"\0")
+    while b"g" not in rest:
+        if select.select([fd], [], [], 1.0)[0]:
+            rest = os.read(fd, 16)
+            if not rest:  # every write end closed: the parent let go
+                break
+        elif os.getppid() != parent:  # the parent ended (a write end may live on in a
+            break  # sibling forked before this pipe's end was tracked)
+    return message.decode()
+
+
 def _become_background(log_fd: int) -> None:
     """In the forked child: its own process group (killed as one, and deaf to the terminal's
-    Ctrl-C), output to the log, lowest priority, a time limit, compiles in-process."""
+    Ctrl-C), output to the log, lowest priority, compiles in-process."""
     os.setpgid(0, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
@@ -209,7 +258,6 @@ def _become_background(log_fd: int) -> None:
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.nice(19)
-    signal.alarm(_TIME_LIMIT)  # a child stuck for any reason ends by itself
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     _compat.compile_in_process()  # the parent's compile workers are not the child's to use
@@ -239,8 +287,12 @@ def _locked(path: str) -> Iterator[None]:
         yield
 
 
+_GO_ENDS: set[int] = set()  # this process's open write ends of its children's `go` pipes
+
+
 def _close(*fds: int) -> None:
     for fd in fds:
+        _GO_ENDS.discard(fd)
         try:
             os.close(fd)
         except OSError:
@@ -284,7 +336,7 @@ class BackgroundSwitch:
         self.planned: int | None = None
         self.started = False
         self._after: Callable[[], BackgroundSwitch | None] = lambda: None
-        self._pending: str | None = None
+        self._released_at: int | None = None  # eager calls run when the child was told to go
         self._cores = 0
         self._durations: list[float] = []  # eager calls 2 to _MEASURED_CALLS, seconds
         self._worth: bool | None = None  # this run's decision (module doc, 2.)
@@ -303,46 +355,55 @@ class BackgroundSwitch:
         if not self.started:
             return True
         job = self.job
-        return job is not None and self.failure is None and self._pending is None \
-            and not job.done()
+        return job is not None and self.failure is None and not job.done()
 
     def go_after(self, plan: BackgroundSwitch) -> None:
         """Start this plan's background compile only once ``plan`` compiles no more (`fit`
         asks it of its evaluation step's plan, for its training step's; held weakly)."""
         self._after = weakref.ref(plan)
 
-    def _go_when_free(self) -> None:
-        """Tell the child to compile, unless the plan this one comes after still compiles:
-        `fit` checks its evaluation step first (the sanity evaluation), and its training step,
-        which runs far more often, would share the spare CPU with that compile (and wait for
-        Inductor's locks it holds)."""
+    def _release_if_due(self) -> None:
+        """Tell the held child to compile now, where it gets a CPU without slowing the run
+        (module doc, 2.), and not while the plan this one comes after compiles: `fit` checks
+        its evaluation step first (the sanity evaluation), and its training step, which runs
+        far more often, would share the spare CPU with that compile (and wait for Inductor's
+        locks it holds)."""
+        job = self.job
+        if job is None or not job.held or self.failure is not None:
+            return
         after = self._after()
         if after is not None and after.compiling:
             return
-        self.job.go(self._pending)
-        self._pending = None
+        if torch.get_num_threads() < self._cores or self._worth_a_core():
+            job.go()
+            self._released_at = self.eager_calls
 
     def plan(self, calls: int | None) -> None:
         """The run starting now plans ``calls`` more calls (``None``: not known, and how a
         run ends: `fit` and `functrain.evaluate` plan theirs); see the module's docstring, 2."""
         self.planned = None if calls is None else self.eager_calls + calls
         self._worth = None
+        self._release_if_due()
+
+    def _worth_a_core(self) -> bool | None:
+        """Whether this run's eager calls leave the compile a core (``None``: not decided
+        yet); no plan: yes."""
+        if self.planned is None:
+            return True
+        if self._worth is None:  # decided once per run, on the median eager call
+            if len(self._durations) < max(_MEASURED_CALLS - 1, 1):
+                return None
+            per_call = statistics.median(self._durations)
+            self._worth = (self.planned - self.eager_calls) * per_call > _WORTH_A_CORE
+        return self._worth
 
     def _leave_a_core(self) -> int | None:
         """The thread count for the next eager call while the child compiles: ``None``, the
         process's own, or one fewer than the CPUs it may use (module doc, 2.)."""
         threads = torch.get_num_threads()
         if (threads < 2 or threads < self._cores or self.failure is not None
-                or self._pending is not None):
+                or self.job.held or not self._worth_a_core()):
             return None
-        if self.planned is not None:
-            if self._worth is None:  # decided once per run, on the median eager call
-                if len(self._durations) < max(_MEASURED_CALLS - 1, 1):
-                    return None
-                per_call = statistics.median(self._durations)
-                self._worth = (self.planned - self.eager_calls) * per_call > _WORTH_A_CORE
-            if not self._worth:
-                return None
         return self._cores - 1
 
     @property
@@ -357,8 +418,11 @@ class BackgroundSwitch:
                     f"{self.load_seconds:.1f} s)")
         if self.failure is not None:
             return f"eager: {self.failure}"
-        if self._pending is not None:
+        if job.held:
             return "eager: its background compile waited for the training step's"
+        if self._released_at == self.eager_calls:
+            return (f"eager: {self.eager_calls} eager calls, too few to give the compile a "
+                    f"core; the step compiles in the background now, for the next start")
         return (f"eager: the background compile was still running after "
                 f"{time.perf_counter() - job.started:.1f} s ({self.eager_calls} eager calls)")
 
@@ -369,8 +433,8 @@ class BackgroundSwitch:
         if self.job is None:
             if steps != 1 or not self._start(runner, state, batch, window):
                 return None
-        elif self._pending is not None:
-            self._go_when_free()
+        elif self.job.held:
+            self._release_if_due()
         elif self.failure is None and self.job.done():
             if self._switch(runner, state, batch, window):
                 return None
@@ -430,10 +494,10 @@ class BackgroundSwitch:
                                "tensors before (another step's check or compile), so a forked "
                                "child cannot")
             return False
-        self._pending = key + ("\nstale" if stale else "")  # a stale one is compiled anew
+        job.send(key + ("\nstale" if stale else ""))  # a stale one is compiled anew
         self.job = job
-        self._go_when_free()
         self._cores = _cores()
+        self._release_if_due()
         self.eager = type(runner)(
             cache.step_fn, compile="eager", device=runner.device, donate=runner.donate,
             on_recompile=runner.on_recompile, return_metrics=runner.return_metrics,

@@ -187,7 +187,7 @@ def test_an_evaluation_steps_compile_waits_for_the_training_steps(monkeypatch):
             self.went, self.finished = False, False
             jobs.append(self)
 
-        def go(self, message=""):
+        def go(self, message=None):
             super().go(message)
             self.went = True
 
@@ -211,7 +211,7 @@ def test_an_evaluation_steps_compile_waits_for_the_training_steps(monkeypatch):
     evaluate.background.go_after(train.background)
     state = {"w": torch.zeros(2)}
     evaluate(state, torch.ones(2))  # before training's first call: it may still compile
-    assert len(jobs) == 1 and not jobs[0].went
+    assert len(jobs) == 1 and not jobs[0].went and jobs[0].held  # its work, held
     assert "waited for the training step" in evaluate.background.note
     state, _ = train(state, torch.ones(2))  # training's child starts at once
     assert len(jobs) == 2 and jobs[1].went
@@ -241,12 +241,19 @@ def test_fits_evaluation_step_compiles_after_its_training_step(monkeypatch):
 
 class _Compiling:  # a background compile that never ends
     exit = None
+    held = False
+    message = None
 
     def usable(self):
         return True
 
-    def go(self, message=""):
-        self.started = time.perf_counter()
+    def send(self, message=""):
+        self.message, self.held = message, True
+
+    def go(self, message=None):
+        if message is not None:
+            self.send(message)
+        self.started, self.held = time.perf_counter(), False
 
     def done(self):
         return False
@@ -453,6 +460,100 @@ def test_a_child_that_is_never_told_to_go_exits_when_its_parent_lets_go():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 1  # never ran its work
     os.remove(job.log)
+
+
+def _wrote(path, work=lambda m: True):
+    def run(message):
+        with open(path, "w") as f:
+            f.write(message)
+        return work(message)
+    return run
+
+
+def test_a_held_child_waits_for_go(tmp_path):
+    job = _background.BackgroundCompile.fork(_wrote(tmp_path / "ran"), autograd=False)
+    assert job.usable()
+    job.send("work")
+    assert job.held
+    time.sleep(1.5)  # a poll of the child's (1 s) has passed
+    assert not job.done() and not (tmp_path / "ran").exists()
+    job.go()
+    assert not job.held and _wait(job) == 0
+    assert (tmp_path / "ran").read_text() == "work"
+
+
+def test_a_held_child_runs_its_work_when_its_parent_lets_go(tmp_path):
+    # The job dropped (its finalizer closes the pipe): the compile goes on for the next start.
+    job = _background.BackgroundCompile.fork(_wrote(tmp_path / "ran"), autograd=False)
+    job.send("work")
+    other = _background.BackgroundCompile.fork(lambda m: True, autograd=False)  # forked
+    job._fds()  # after it: it must not keep the first child's pipe open (EOF is the signal)
+    assert _wait(job) == 0 and (tmp_path / "ran").read_text() == "work"
+    other.cancel()
+
+
+HELD_AT_EXIT = """
+import os, sys
+from functrain import _background
+
+def work(message):
+    with open(sys.argv[1], "w") as f:
+        f.write(message)
+    return True
+
+job = _background.BackgroundCompile.fork(work, autograd=False)
+job.usable()
+job.send("at exit")
+os._exit(0)  # the parent ends without `go` (no finalizer runs)
+"""
+
+
+def test_a_held_child_runs_its_work_when_its_parent_ends(tmp_path):
+    path = tmp_path / "ran"
+    out = subprocess.run([sys.executable, "-c", HELD_AT_EXIT, str(path)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr[-3000:]
+    deadline = time.time() + 60
+    while not path.exists() or path.read_text() != "at exit":
+        assert time.time() < deadline, "the held child did not run after its parent ended"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("threads,cores,worth,held", [
+    (2, 2, 1e9, [True, True, True, True]),  # too short for a core: held to the run's end
+    (2, 2, 0.0, [True, True, False, False]),  # worth a core: released once decided
+    (2, 4, 1e9, [False] * 4)])  # a free CPU: released at once
+def test_a_run_too_short_to_give_the_compile_a_core_holds_its_child_to_its_end(
+        monkeypatch, capsys, threads, cores, worth, held):
+    seen = []
+
+    def step(state, batch):
+        if type(batch).__name__ != "FakeTensor":  # not the first call's check
+            seen.append(run.background.job.held)  # as each eager call starts
+        return {"w": state["w"] + batch.sum()}, {"n": batch.sum()}
+
+    _never_ending_compiles(monkeypatch, cores=cores)
+    monkeypatch.setattr(_background, "_WORTH_A_CORE", worth)
+    monkeypatch.setattr(_background, "_MEASURED_CALLS", 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run = ft.compile_step(step, device="cpu", donate=False)
+        run.background.plan(4)
+        _calls(run, 4)
+    finally:
+        torch.set_num_threads(before)
+    assert seen[-4:] == held
+    job = run.background.job
+    assert job.message is not None  # the work was sent at the first call
+    run.background.plan(None)  # the run ends: the child compiles now, for the next start
+    assert not job.held
+    if held[-1]:
+        assert run.background.note == ("eager: 4 eager calls, too few to give the compile a "
+                                       "core; the step compiles in the background now, for "
+                                       "the next start")
+    else:
+        assert run.background.note.startswith("eager: the background compile was still")
 
 
 def test_the_run_summary_says_how_the_background_compile_went(capsys):
