@@ -35,6 +35,17 @@ holds no compiled step for this step, the runner does not wait for the compile:
    saved step is loaded from the cache, as a warm start would load it, and the run goes on
    compiled. A child that fails, or an artifact that does not load, leaves the run eager.
 
+Whether the start is cold is asked first without the compiler: the step cache's key includes
+the compiler's configs, and both the key and the step's check on fake tensors import Dynamo
+and Inductor (~1.15 s of a cold start at 2 threads). So the parent computes the key without
+the configs, on the state and batch as they came (`StepCache.prekey`), and where no process
+ever computed the full key of that step (`StepCache.keyed`: the child marks it), nothing can
+be saved for it: the child keys it and checks it on fake tensors, and the parent runs its
+first eager call at once, checked for real (as ``compile="eager"`` checks it). A step whose
+check fails in the child (a data-dependent op such as ``.item()``, which only a compiled step
+cannot have) is not marked: every cold start of it trains eagerly, with the child's error in
+the run summary's note.
+
 A run that ends before the compile does leaves the child running until it has saved the step
 (it exits by itself after at most 30 minutes of compiling), so the next start is warm; a second
 process starting meanwhile waits for that compile instead of repeating it. The child is forked
@@ -147,6 +158,9 @@ class BackgroundCompile:
                 message = _wait_for_work(go_r, parent) if ok else None
                 if message is not None:
                     signal.alarm(_TIME_LIMIT)  # a child stuck for any reason ends by itself
+                    # The parent's compile workers are not the child's to use. Set only now:
+                    # it imports Inductor and Dynamo (~1 s), and the parent waits for `usable`.
+                    _compat.compile_in_process()
                     code = 0 if work(message) else _NOT_SAVED
                 if code == 0:
                     _remove(log)  # the parent may be gone: nobody else would
@@ -248,9 +262,19 @@ def _wait_for_work(fd: int, parent: int) -> str | None:
     return message.decode()
 
 
+def _last_line(path: str) -> str:
+    """The last line of a child's log (its error), shortened; where there is none, a dash."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f.read()[-4096:].splitlines() if line.strip()]
+    except OSError:
+        return "-"
+    return (lines[-1][:300] + ("..." if len(lines[-1]) > 300 else "")) if lines else "-"
+
+
 def _become_background(log_fd: int) -> None:
     """In the forked child: its own process group (killed as one, and deaf to the terminal's
-    Ctrl-C), output to the log, lowest priority, compiles in-process."""
+    Ctrl-C), output to the log, lowest priority."""
     os.setpgid(0, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
@@ -260,7 +284,6 @@ def _become_background(log_fd: int) -> None:
     os.nice(19)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-    _compat.compile_in_process()  # the parent's compile workers are not the child's to use
 
 
 def _stop(pid: int, log: str) -> None:
@@ -467,34 +490,46 @@ class BackgroundSwitch:
             return False
 
         def compile_and_save(message: str) -> bool:
-            key, _, stale = message.partition("\n")
+            key, _, how = message.partition("\n")
+            args = None
+            if how.startswith("unkeyed "):  # keyed here, not by the parent (module doc)
+                args = self._args(runner, state, batch, window)
+                key = cache.key("_inner", args)
+                cache.mark_keyed(how.removeprefix("unkeyed "))
+                if key is None:
+                    return False
             # One compile per step at a time: a child of another process that is compiling
             # this step already (the previous run's, still finishing) is waited for.
             with _locked(cache.lock_path(key)):
-                if stale or not cache.saved(key):
+                if how or not cache.saved(key):  # loaded if valid, else compiled anew
                     # Compiled and saved, not run (see the module's docstring).
-                    args = self._args(runner, state, batch, window)
+                    args = args or self._args(runner, state, batch, window)
                     cache.first_call(runner, type(runner)._inner, args)
             return cache.saved(key)
 
         # Forked first: the checks below run the step on fake tensors, through autograd.
         job = BackgroundCompile.fork(compile_and_save, autograd=runner.train)
-        args = self._args(runner, state, batch, window)
-        key = cache.key("_inner", args)
-        if key is None or cache.unsaveable(key):
-            job.cancel()
-            return False  # not cacheable: the usual first compiled call
-        stale = cache.saved(key)
-        if stale and self._load(runner, key, args, state):
-            job.cancel()
-            return False  # warm: compiled from this call on
+        prekey = cache.prekey("_inner", (state, batch))
+        if prekey is not None and not cache.keyed(prekey):
+            message = "\nunkeyed " + prekey  # surely cold: no check or key here
+        else:
+            args = self._args(runner, state, batch, window)
+            key = cache.key("_inner", args)
+            if key is None or cache.unsaveable(key):
+                job.cancel()
+                return False  # not cacheable: the usual first compiled call
+            stale = cache.saved(key)
+            if stale and self._load(runner, key, args, state):
+                job.cancel()
+                return False  # warm: compiled from this call on
+            message = key + ("\nstale" if stale else "")  # a stale one is compiled anew
         if not job.usable():
             job.cancel()
             self.foreground = ("compiled in the foreground: this process ran autograd on fake "
                                "tensors before (another step's check or compile), so a forked "
                                "child cannot")
             return False
-        job.send(key + ("\nstale" if stale else ""))  # a stale one is compiled anew
+        job.send(message)
         self.job = job
         self._cores = _cores()
         self._release_if_due()
@@ -513,8 +548,8 @@ class BackgroundSwitch:
         if job.exit != 0:
             self.failure = ("the background compile could not save the step (run with "
                             "compile='inductor' to see why)" if job.exit == _NOT_SAVED else
-                            f"the background compile failed (exit code {job.exit}; its output "
-                            f"is in {job.log})")
+                            f"the background compile failed (exit code {job.exit}: "
+                            f"{_last_line(job.log)}; its output is in {job.log})")
             return False
         args = self._args(runner, state, batch, window)
         key = runner._cache.key("_inner", args)

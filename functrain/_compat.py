@@ -39,6 +39,7 @@ __all__ = [
     "functorch_transform_active",
     "guard_failure_reason",
     "has_dcp_slice_file",
+    "inductor_cache_dir",
     "inductor_compile",
     "is_autograd_device_queue_error",
     "is_functional_call_key_error",
@@ -109,6 +110,28 @@ def inductor_compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
     """
     compile_fx = _private("torch._inductor.compile_fx", "compile_fx")
     return compile_fx(gm, example_inputs, config_patches=config_patches or {})
+
+
+def inductor_cache_dir() -> str:
+    """Inductor's cache directory: ``TORCHINDUCTOR_CACHE_DIR``, else its default
+    ``<temp dir>/torchinductor_<user>``, as ``torch._inductor.runtime.cache_dir_utils.cache_dir``
+    computes it (outside Meta's fbcode), but found without importing ``torch._inductor``, which
+    imports Dynamo (~0.9 s): a cold start asks before it compiles anything. Public API
+    missing: the cache directory's location."""
+    import getpass
+    import os
+    import re
+    import tempfile
+
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if folder is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, ModuleNotFoundError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        folder = os.path.join(tempfile.gettempdir(),
+                              "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+    return os.path.abspath(folder)
 
 
 def compile_in_process() -> None:

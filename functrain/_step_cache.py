@@ -106,10 +106,9 @@ def in_process_group() -> bool:
 
 
 def directory() -> str:
-    """Where artifacts live: ``functrain_steps`` in Inductor's cache dir."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    return os.path.join(cache_dir(), "functrain_steps")
+    """Where artifacts live: ``functrain_steps`` in Inductor's cache dir (found without
+    importing Inductor: `functrain._compat.inductor_cache_dir`)."""
+    return os.path.join(_compat.inductor_cache_dir(), "functrain_steps")
 
 
 class Unfingerprintable(Exception):
@@ -398,11 +397,34 @@ class StepCache:
 
     def key(self, method: str, args: tuple[Any, ...]) -> str | None:
         """The artifact's key for calling ``method`` on ``args``, or None (not cacheable)."""
+        return self._hash(method, args, with_configs=True)
+
+    def prekey(self, method: str, args: tuple[Any, ...]) -> str | None:
+        """`key` without the compiler's configs, so computed without importing the compiler
+        (Dynamo and Inductor: ~1 s), on the arguments before the runner checks them: a cold
+        start asks `keyed` whether any process computed the full key for it, and where
+        none did, nothing can be saved for it and the start skips that cost."""
+        return self._hash(method, args, with_configs=False)
+
+    def keyed(self, prekey: str) -> bool:
+        """Whether `mark_keyed` marked ``prekey``."""
+        return os.path.exists(os.path.join(directory(), prekey + ".keyed"))
+
+    def mark_keyed(self, prekey: str) -> None:
+        """Remember that a process computed the full `key` of the step ``prekey`` names."""
+        try:
+            os.makedirs(directory(), exist_ok=True)
+            with open(os.path.join(directory(), prekey + ".keyed"), "a"):
+                pass
+        except OSError as e:  # the next start asks again, nothing else
+            log.warning("functrain step cache: cannot write to %s (%s).", directory(), e)
+
+    def _hash(self, method: str, args: tuple[Any, ...], with_configs: bool) -> str | None:
         try:
             leaves = _tree.leaves(args)
             parts = (_FORMAT, functrain_digest(), torch.__version__, sys.version,
                      platform.machine(), torch.backends.cpu.get_cpu_capability(),
-                     _configs(), method, repr(self.settings),
+                     _configs() if with_configs else "prekey", method, repr(self.settings),
                      repr(_step_digest(self.step_fn)), _structure(args),
                      repr([fingerprint(x) for x in leaves]))
         except Unfingerprintable as e:

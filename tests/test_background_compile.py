@@ -43,6 +43,7 @@ def step(state, batch):
         return {scale} * ((out - y) ** 2).mean()
 
     loss, grads = ft.grad_and_value(loss_fn)(state.params)[::-1]
+    {extra}
     return state.apply_gradients(grads), {{"loss": loss}}
 
 
@@ -60,6 +61,8 @@ expected = ft.TrainState.create(model, ft.optim.sgd(0.05), seed=0)
 calls, deadline, extra = 0, time.time() + 400, 10
 while extra:
     state, _ = run(state, batches[calls % 4])
+    if calls == 0:
+        dynamo_at_first_call = "torch._dynamo" in sys.modules
     expected, _ = ref(expected, batches[calls % 4])
     calls += 1
     bg = run.background
@@ -72,16 +75,16 @@ print(json.dumps({{
     "calls": calls, "compiles": run.compiles, "hits": run.cache_hits,
     "recompiles": run.recompiles, "started": bg.job is not None,
     "eager_calls": bg.eager_calls, "switched_at": bg.switched_at, "failure": bg.failure,
-    "foreground": bg.foreground, "note": bg.note,
+    "foreground": bg.foreground, "note": bg.note, "dynamo_at_first_call": dynamo_at_first_call,
     "max_diff": max(float((a - b).abs().max()) for a, b in
                     zip(ft.tree.leaves(state.params), ft.tree.leaves(expected.params))),
 }}))
 '''
 
 
-def _run(tmp_path, mode: str, scale: str) -> dict:
+def _run(tmp_path, mode: str, scale: str, extra: str = "pass") -> dict:
     script = tmp_path / f"child_{scale.replace('.', '_')}.py"
-    script.write_text(CHILD.format(scale=scale))
+    script.write_text(CHILD.format(scale=scale, extra=extra))
     out = subprocess.run(
         [sys.executable, str(script), mode], capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "2",  # > 1: see below
@@ -106,6 +109,9 @@ def test_cold_start_runs_eagerly_then_switches_to_the_step_compiled_in_the_backg
     assert cold["compiles"] == 1 and cold["hits"] == 1 and cold["recompiles"] == []
     assert cold["calls"] == cold["eager_calls"] + 10
     assert cold["note"].startswith("in the background: ")
+    # Nothing was ever saved for this step, and the parent knew it without the compiler: its
+    # first call ran eagerly before anything imported Dynamo (the child checked the step).
+    assert not cold["dynamo_at_first_call"]
     # With 2 threads the child compiles under the parent's thread count (Dynamo guards it: a
     # step compiled with 1 thread would not load) and never runs the step (an OpenMP region
     # with 2 threads hangs in a forked child), so the switch above happened at all.
@@ -116,7 +122,21 @@ def test_cold_start_runs_eagerly_then_switches_to_the_step_compiled_in_the_backg
     warm = _run(tmp_path, "plain", scale)
     assert not warm["started"] and warm["note"] is None
     assert warm["compiles"] == 1 and warm["hits"] == 1 and warm["calls"] == 10
-    assert warm["max_diff"] < 1e-5
+    assert warm["max_diff"] < 1e-5 and warm["dynamo_at_first_call"]
+
+
+def test_a_step_only_eager_can_run_trains_eagerly_on_every_cold_start(tmp_path):
+    # The parent skips the check on fake tensors on a surely cold start; the child's check
+    # fails (.item() in a compiled step), so the run stays eager and says why, every time:
+    # the child marks only a step it could key.
+    scale = _fresh_scale()
+    for _ in range(2):
+        out = _run(tmp_path, "plain", scale, extra="float(loss)")
+        assert out["started"] and out["switched_at"] is None and out["compiles"] == 0, out
+        assert out["failure"].startswith("the background compile failed (exit code 1: ")
+        assert ".item()" in out["failure"] and "reads a tensor's value" in out["failure"]
+        assert out["note"] == f"eager: {out['failure']}"
+        assert out["max_diff"] == 0.0  # eager calls, as the eager reference's
 
 
 def test_after_autograd_on_fake_tensors_auto_compiles_in_the_foreground(tmp_path):

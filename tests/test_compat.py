@@ -157,6 +157,20 @@ def test_missing_private_api_raises_naming_it():
         _compat._private("torch.nn.init", "_no_such_fn")
 
 
+@pytest.mark.parametrize("set_dir", [False, True])
+def test_inductor_cache_dir_is_inductors_without_importing_it(set_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    if set_dir:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "rel" / ".." / "inductor"))
+    ours = _compat.inductor_cache_dir()
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert ours == cache_dir()  # (which sets TORCHINDUCTOR_CACHE_DIR: monkeypatch resets it)
+    code = "import sys, functrain._compat as c; c.inductor_cache_dir(); " \
+           "assert 'torch._inductor' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
 def test_every_compat_function_is_tested_here():
     source = pathlib.Path(inspect.getfile(test_with_own_code_gives_a_renamed_copy)).read_text()
     untested = [n for n in _compat.__all__ if f"_compat.{n}(" not in source]

@@ -344,6 +344,25 @@ def test_fingerprint_tells_values_functions_and_tensors_apart():
         fp(list(range(1000)))
 
 
+def test_a_prekey_is_the_key_without_the_compilers_configs_and_is_marked_once_keyed(
+        cache_dir):
+    def step(state, x):
+        return {"w": state["w"] + x.sum()}, {}
+
+    cache = _step_cache.StepCache(step, ("inductor", True))
+    args = ({"w": torch.zeros(3)}, torch.ones(2))
+    pre = cache.prekey("_inner", args)
+    assert pre == cache.prekey("_inner", ({"w": torch.ones(3)}, torch.zeros(2)))  # metadata
+    assert pre not in (None, cache.key("_inner", args))
+    assert pre != cache.prekey("_inner", ({"w": torch.zeros(4)}, torch.ones(2)))
+    assert pre != _step_cache.StepCache(step, ("inductor", False)).prekey("_inner", args)
+    assert not cache.keyed(pre)
+    cache.mark_keyed(pre)
+    assert cache.keyed(pre) and (cache_dir / f"{pre}.keyed").exists()
+    cache.mark_keyed(pre)  # again: no error
+    assert cache.keyed(pre)
+
+
 def test_fit_summary_says_whether_the_compile_was_warm(cache_dir, capsys):
     for expected in ("cold: traced and compiled", "warm: 1 of 1 loaded from the step cache"):
         model, step, batches = _setup()  # a new step function: fit keeps a runner per step
