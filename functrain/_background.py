@@ -503,7 +503,8 @@ class BackgroundSwitch:
             with _locked(cache.lock_path(key)):
                 if how or not cache.saved(key):  # loaded if valid, else compiled anew
                     # Compiled and saved, not run (see the module's docstring).
-                    args = args or self._args(runner, state, batch, window)
+                    if args is None:
+                        args = self._args(runner, state, batch, window)
                     cache.first_call(runner, type(runner)._inner, args)
             return cache.saved(key)
 

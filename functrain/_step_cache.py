@@ -412,12 +412,13 @@ class StepCache:
 
     def mark_keyed(self, prekey: str) -> None:
         """Remember that a process computed the full `key` of the step ``prekey`` names."""
+        folder = directory()
         try:
-            os.makedirs(directory(), exist_ok=True)
-            with open(os.path.join(directory(), prekey + ".keyed"), "a"):
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, prekey + ".keyed"), "a"):
                 pass
         except OSError as e:  # the next start asks again, nothing else
-            log.warning("functrain step cache: cannot write to %s (%s).", directory(), e)
+            log.warning("functrain step cache: cannot write to %s (%s).", folder, e)
 
     def _hash(self, method: str, args: tuple[Any, ...], with_configs: bool) -> str | None:
         try:

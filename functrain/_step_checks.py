@@ -118,17 +118,17 @@ def warn_dropped_buffers(record: list[Any], state: Any, new_state: Any,
         warnings.warn(msg, stacklevel=stacklevel)
 
 
-def check_outputs(state: Any, out: Any, where: str = "step_fn") -> tuple[Any, Any]:
+def check_outputs(state: Any, out: Any) -> tuple[Any, Any]:
     """The step's ``(new_state, metrics)``, checked against the ``state`` it received: a pair,
     and a state with the same tree, shapes and dtypes (else an error naming the leaf path)."""
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(
-            f"{where} must return a pair (state, metrics), got "
+            "step_fn must return a pair (state, metrics), got "
             f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}"
             ". HINT: end the step with `return new_state, {'loss': loss}`.")
     new_state, step_metrics = out
     try:
-        _tree.assert_trees_match(state, new_state, f"{where}(state, batch)[0]")
+        _tree.assert_trees_match(state, new_state, "step_fn(state, batch)[0]")
     except _tree.TreeMismatchError as e:
         raise _tree.TreeMismatchError(
             f"{e} HINT: the step must return a state with the same tree, shapes and dtypes "
