@@ -57,7 +57,7 @@ _OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
 def test_foreach_path_gives_the_per_leaf_bits(name, dtype, monkeypatch, count_foreach):
     fast = _run(_OPTIMIZERS[name](), _params(dtype))
@@ -76,6 +76,72 @@ def test_foreach_path_gives_the_per_leaf_bits(name, dtype, monkeypatch, count_fo
     assert list(fast[0]) == ["z", "a"]
     if name.startswith("adam"):
         assert list(fast[1][0].mu) == ["z", "a"] and list(fast[1][0].nu["a"]) == ["w", "s"]
+
+
+def _flat_params(dtype=torch.float32):
+    """A flat dict of tensors, as `split_module` gives (`_foreach.leaves` reads it without
+    optree), in an unsorted key order."""
+    g = torch.Generator().manual_seed(1)
+    return {"z": torch.randn(4, 3, generator=g, dtype=dtype),
+            "a.w": torch.randn(5, generator=g, dtype=dtype),
+            "a.s": torch.randn((), generator=g, dtype=dtype)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_flat_dict_path_gives_the_per_leaf_bits_and_keeps_key_order(name, dtype, monkeypatch,
+                                                                    count_foreach):
+    params = _flat_params(dtype)
+    found = _foreach.leaves(params, _grads(params, 0))
+    assert found is not None and found[1] == [("z", "a.w", "a.s")] * 2  # the key tuple spec
+    fast = _run(_OPTIMIZERS[name](), params)
+    assert "add" in count_foreach
+    _per_leaf(monkeypatch)
+    slow = _run(_OPTIMIZERS[name](), _flat_params(dtype))
+    for a, b in zip(ft.tree.leaves(fast), ft.tree.leaves(slow)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert list(fast[0]) == ["z", "a.w", "a.s"]
+    if name.startswith("adam"):
+        assert list(fast[1][0].mu) == ["z", "a.w", "a.s"]
+
+
+def test_leaves_of_dicts_in_other_key_orders_or_nested_go_through_optree():
+    params = _flat_params()
+    reordered = {k: params[k] + 1 for k in reversed(params)}
+    (flat, other), specs = _foreach.leaves(params, reordered)
+    for x, y in zip(flat, other):  # paired leaf by leaf, whatever each dict's order
+        assert torch.equal(x + 1, y)
+    assert list(_foreach.unflatten(specs[1], other)) == list(reordered)  # each keeps its order
+    nested = {"a": {"w": torch.ones(2)}, "b": torch.ones(3)}
+    (flat,), (spec,) = _foreach.leaves(nested)
+    assert len(flat) == 2 and _foreach.unflatten(spec, flat)["a"]["w"] is flat[0]
+    assert _foreach.leaves({"a": torch.ones(2), "b": None}) is not None  # None: no leaf
+    assert _foreach.leaves({"a": torch.ones(2), "b": 1.0}) is None  # a number leaf
+    assert _foreach.leaves({"a": torch.ones(2)}, {"a": torch.ones(3)}) is None  # shapes
+    assert _foreach.leaves({"a": torch.ones(2)}, {"b": torch.ones(2)}) is None  # keys
+    assert _foreach.leaves({}) is None
+
+
+def test_number_operands_become_cached_0d_tensors_only_where_the_bits_agree():
+    x32 = torch.ones(3)
+    t = _foreach._operand(0.999, x32)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.dim() == 0
+    assert _foreach._operand(0.999, torch.ones(2)) is t  # cached
+    assert _foreach._operand(0.999, x32.double()).dtype == torch.float64
+    assert _foreach._operand(0.999, x32.bfloat16()) == 0.999  # half: the number stays
+    assert _foreach._operand(True, x32) is True  # (a bool is no number here)
+    lr = torch.tensor(0.1)
+    assert _foreach._operand(lr, x32) is lr
+    # not under a dispatch mode: the runner's dry run on fake tensors must neither cache a fake
+    # tensor nor meet a real one
+    _foreach._NUMBERS.clear()
+    with torch._subclasses.fake_tensor.FakeTensorMode() as fake:
+        assert _foreach._operand(0.5, fake.from_tensor(x32)) == 0.5
+        _run(optim.adam(1e-2), ft.tree.map(fake.from_tensor, _flat_params()))
+    assert not _foreach._NUMBERS
+    for i in range(200):  # a number that changes every step does not grow the cache forever
+        _foreach._operand(float(i), x32)
+    assert len(_foreach._NUMBERS) <= 64
 
 
 @pytest.mark.parametrize("weight_decay", [None, 0.1])

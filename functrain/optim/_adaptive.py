@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
 from . import _checks, _foreach
@@ -119,9 +118,9 @@ def scale_by_adam(
             u, mu, nu = _foreach.adam(gs, ms, vs, b1, b2, eps, eps_root,
                                       corrections.inverse("b1", b1, dt),
                                       corrections.inverse("b2", b2, dt))
-            return optree.tree_unflatten(specs[0], u), ScaleByAdamState(
-                count=count, mu=optree.tree_unflatten(specs[1], mu),
-                nu=optree.tree_unflatten(specs[2], nu))
+            return _foreach.unflatten(specs[0], u), ScaleByAdamState(
+                count=count, mu=_foreach.unflatten(specs[1], mu),
+                nu=_foreach.unflatten(specs[2], nu))
         count, corrections = next_count(updates, state, params)
 
         def one(g, m, v):

@@ -12,7 +12,6 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-import optree
 import torch
 
 from functrain import tree as _tree
@@ -234,7 +233,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     fast = _foreach.leaves(params, updates)
     if fast:  # eager: one foreach op, the same bits (its checks imply the two below)
         (ps, us), (spec, _) = fast
-        return optree.tree_unflatten(spec, _foreach.add(ps, us))
+        return _foreach.unflatten(spec, _foreach.add(ps, us))
     _checks.float_leaves(params, "params")
     _checks.updates(updates, params, dtype=False)
     return _tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)

@@ -25,7 +25,6 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
 from functrain import tree as _tree
@@ -99,7 +98,7 @@ def scale_tree(updates: Updates, step_size: Any, params: Params | None) -> Updat
     fast = _foreach.leaves(updates, *(() if params is None else (params,)))
     if fast:  # (its checks imply update_inputs')
         (gs, *_), (spec, *_) = fast
-        return optree.tree_unflatten(spec, _foreach.scale(gs, step_size))
+        return _foreach.unflatten(spec, _foreach.scale(gs, step_size))
     _checks.update_inputs(updates, params)
     return _tree.map(lambda g: (g * step_size).to(g.dtype), updates)
 
@@ -379,7 +378,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
             fast = _foreach.leaves(updates, params)
             if fast:  # eager: one foreach op, the same bits (its checks imply update_inputs')
                 (gs, ps), (spec, _) = fast
-                return optree.tree_unflatten(spec, _foreach.decay(gs, ps, weight_decay)), state
+                return _foreach.unflatten(spec, _foreach.decay(gs, ps, weight_decay)), state
         _checks.update_inputs(updates, params)
         if scheduled:
             wd = weight_decay(state.count)
