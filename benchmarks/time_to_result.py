@@ -269,16 +269,23 @@ def _seed_probes(cache_dir: str, threads: int) -> None:
 
 
 def _wait_background(cache_dir: str, limit: float = 1800.0) -> float:
-    """Wait until no background compile (functrain/_background.py) holds a lock in
-    ``cache_dir``'s step cache, so the next run finds what it saved: the seconds waited
-    after a 1 s settle (a child held for its run's end starts when its parent exits, and
-    takes its lock a few ms later)."""
+    """Wait until the background compile of the run that used ``cache_dir`` is over
+    (functrain/_background.py), so the next run finds what it saved: the seconds waited after
+    a 1 s settle. A child held for its run's end starts when its parent exits and first imports
+    the compiler at nice 19, so the step cache's lock (which it takes next) can come seconds
+    later; on Linux this waits instead for every process whose environment names
+    ``cache_dir`` (the run's children inherit it), elsewhere for the step cache's locks."""
     import fcntl
     import glob
 
     settle = 1.0
     time.sleep(settle)
     t0 = time.perf_counter()
+    if os.path.isdir("/proc/self"):
+        marker = f"TORCHINDUCTOR_CACHE_DIR={cache_dir}".encode()
+        while _processes_with(marker) and time.perf_counter() - t0 < limit:
+            time.sleep(0.2)
+        return time.perf_counter() - t0
     for path in glob.glob(os.path.join(cache_dir, "functrain_steps", "*.lock")):
         with open(path, "a") as f:
             while True:
@@ -291,6 +298,23 @@ def _wait_background(cache_dir: str, limit: float = 1800.0) -> float:
                         break
                     time.sleep(0.2)
     return time.perf_counter() - t0
+
+
+def _processes_with(marker: bytes) -> list[int]:
+    """The live processes (not zombies) whose environment holds the entry ``marker``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    continue
+        except OSError:  # gone, or not ours to read
+            continue
+        found.append(int(pid))
+    return found
 
 
 def goal(args: argparse.Namespace) -> None:
