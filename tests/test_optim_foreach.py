@@ -130,6 +130,16 @@ def test_number_operands_become_cached_0d_tensors_only_where_the_bits_agree():
     assert _foreach._operand(0.999, x32.double()).dtype == torch.float64
     assert _foreach._operand(0.999, x32.bfloat16()) == 0.999  # half: the number stays
     assert _foreach._operand(True, x32) is True  # (a bool is no number here)
+    assert _foreach._operand(2, x32) == 2  # ints stay numbers
+    # zeros stay numbers: 0.0 == -0.0 would share an entry, and g * -0.0 is -0.0 for g > 0
+    assert _foreach._operand(0.0, x32) == 0.0
+    negative_zero = _foreach._operand(-0.0, x32)
+    assert not isinstance(negative_zero, torch.Tensor)
+    assert torch.equal(torch._foreach_mul([x32], negative_zero)[0].signbit(),
+                       torch.ones(3, dtype=torch.bool))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as fake:
+        fake_leaf = fake.from_tensor(x32)
+    assert _foreach._operand(0.999, fake_leaf) == 0.999  # a fake leaf outside its mode
     lr = torch.tensor(0.1)
     assert _foreach._operand(lr, x32) is lr
     # not under a dispatch mode: the runner's dry run on fake tensors must neither cache a fake

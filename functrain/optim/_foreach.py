@@ -36,17 +36,20 @@ __all__ = ["adam", "add", "decay", "leaves", "scale", "unflatten"]
 
 # 0-d CPU tensors of the numbers the ops below were given, by (number, dtype); never written to
 # (only ever an operand). Bounded: a number that changes every step must not grow it forever.
-_NUMBERS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
+_NUMBERS: dict[tuple[float, torch.dtype], torch.Tensor] = {}  # (no zeros: see _operand)
 _EXACT_DTYPES = (torch.float32, torch.float64)
 
 
 def _operand(value: Any, leaf: torch.Tensor) -> Any:
     """``value`` as the scalar operand of an op over leaves like ``leaf``: a cached 0-d tensor of
-    the leaf's dtype for a Python number and float32/float64 CPU leaves, else ``value``. Not
-    under a dispatch mode (the runner's dry run on fake tensors): a tensor made there would be
-    fake, and a cached real one is no operand there."""
-    if ((type(value) is not float and type(value) is not int) or leaf.dtype not in _EXACT_DTYPES
-            or leaf.device.type != "cpu" or torch._C._len_torch_dispatch_stack()):
+    the leaf's dtype for a nonzero Python float and float32/float64 CPU leaves (plain tensors,
+    not subclasses such as fake tensors), else ``value``. Zeros stay numbers: ``0.0 == -0.0``
+    would share a cache entry, and the sign of a zero product is part of the bits. Not under a
+    dispatch mode (the runner's dry run on fake tensors): a tensor made there would be fake."""
+    if (type(value) is not float or not value or leaf.dtype not in _EXACT_DTYPES
+            or leaf.device.type != "cpu" or (type(leaf) is not torch.Tensor
+                                             and type(leaf) is not torch.nn.Parameter)
+            or torch._C._len_torch_dispatch_stack()):
         return value
     key = (value, leaf.dtype)
     t = _NUMBERS.get(key)
