@@ -32,6 +32,17 @@ def _jax_bits(x, view: torch.dtype) -> np.ndarray:
     return np.asarray(x).view(width).astype(np.int64)
 
 
+def _xla_fuses_float16_multiply_add() -> bool:
+    """Whether XLA's CPU code computes float16 ``a * b + c`` with one rounding on this machine
+    (it does on some CPUs; on others, such as an Intel Xeon with AVX-512F but no AVX512-FP16,
+    it rounds the product and the sum separately)."""
+    a = np.arange(1, 2048, dtype=np.float16) / np.float16(2048)
+    b, c = np.float16(0.6), np.float16(0.1)
+    got = np.asarray(jax.jit(lambda a, b, c: a * b + c)(a, b, c))
+    fused = (a.astype(np.float64) * float(b) + float(c)).astype(np.float16)
+    return bool((got == fused).all())
+
+
 @pytest.mark.parametrize("name", DTYPES)
 @pytest.mark.parametrize("bounds", [(0.1, 0.7), (-3.0, 5.5), (0.0, 1.0), (-1e-3, 2e-3)])
 @pytest.mark.parametrize("seed", [0, 12345])
@@ -39,7 +50,25 @@ def test_uniform_with_any_bounds_is_bit_identical_to_jax(name, bounds, seed):
     dtype, jdtype, view = DTYPES[name]
     ours = ft.random.uniform(ft.random.key(seed), (N,), dtype, *bounds)
     theirs = jax.random.uniform(jax.random.PRNGKey(seed), (N,), getattr(jnp, jdtype), *bounds)
+    if name == "float16" and not _xla_fuses_float16_multiply_add():
+        # JAX's draws here round the product and the sum separately; ours stay fused (the same
+        # on every CPU): compare with JAX's unit draws scaled by a fused multiply-add, as XLA
+        # computes them where it fuses float16.
+        unit = np.asarray(jax.random.uniform(jax.random.PRNGKey(seed), (N,), jnp.float16))
+        lo = np.float16(bounds[0])
+        span = np.float16(np.float16(bounds[1]) - lo)
+        theirs = np.maximum((unit.astype(np.float64) * float(span) + float(lo)).astype(
+            np.float16), lo)
     np.testing.assert_array_equal(_bits(ours, view), _jax_bits(theirs, view))
+
+
+def test_the_float16_multiply_add_probe_tells_fused_from_separate_rounding():
+    a = np.arange(1, 2048, dtype=np.float16) / np.float16(2048)
+    fused = (a.astype(np.float64) * 0.6 + 0.1).astype(np.float16)
+    separate = ((a * np.float16(0.6)).astype(np.float16) + np.float16(0.1)).astype(np.float16)
+    assert (fused != separate).any()  # the probe's values tell the two roundings apart
+    got = np.asarray(jax.jit(lambda a, b, c: a * b + c)(a, np.float16(0.6), np.float16(0.1)))
+    assert (got == fused).all() or (got == separate).all()  # XLA does one or the other
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])

@@ -49,11 +49,15 @@ Mechanism:
     `jax.random` gives with its default threefry implementation (checked against JAX 0.10 for
     seeds below ``2**31`` and ``fold_in`` data below ``2**32``); so does `randint` for ranges up
     to ``2**16``. Exactly, against JAX 0.10 on XLA's CPU (``tests/test_random_jax.py``):
-    `uniform` with any bounds is bit-identical in float32, float16 and bfloat16 (the
-    multiply-add is rounded as XLA rounds it); in float64 with bounds other than ``[0, 1)`` the
-    last bit may differ. `normal` is bit-identical in float16 and bfloat16; in float32 it
-    computes XLA's erfinv polynomial, and ~1% of draws differ by 1-3 ULP (XLA's float32
-    ``log1p`` is not correctly rounded); float64 uses ``torch.erfinv``, not XLA's algorithm.
+    `uniform` with any bounds is bit-identical in float32 and bfloat16 (the multiply-add is
+    rounded as XLA rounds it), and in float16 where XLA fuses float16's multiply-add: XLA's
+    CPU code does on some CPUs and rounds the product and the sum separately on others (an
+    Intel Xeon with AVX-512F but no AVX512-FP16, JAX 0.10.2: ~20% of draws then differ by 1
+    ULP). functrain always fuses, so its draws do not depend on the CPU. In float64 with
+    bounds other than ``[0, 1)`` the last bit may differ. `normal` is bit-identical in float16
+    and bfloat16; in float32 it computes XLA's erfinv polynomial, and ~1% of draws differ by
+    1-3 ULP (XLA's float32 ``log1p`` is not correctly rounded); float64 uses ``torch.erfinv``,
+    not XLA's algorithm.
 
 Guarantees:
     * ``(key, shape, dtype)`` fix every draw. Compiled and eager draws are bit-identical

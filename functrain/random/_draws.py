@@ -61,8 +61,9 @@ def uniform(
     With the default range the values are exact multiples of ``2**-23`` (float32; ``2**-52``
     for float64, ``2**-10`` float16, ``2**-7`` bfloat16), computed as ``jax.random.uniform``
     does. Other ranges are ``max(low, u * (high - low) + low)`` with the bounds rounded to
-    ``dtype`` and the multiply-add rounded as XLA rounds it, so float32, float16 and bfloat16
-    draws equal ``jax.random.uniform``'s bit for bit with any bounds.
+    ``dtype`` and the multiply-add rounded as XLA rounds it, so float32 and bfloat16 draws
+    equal ``jax.random.uniform``'s bit for bit with any bounds; float16 draws do where XLA
+    fuses float16's multiply-add, which depends on the CPU (see `functrain.random`).
 
     Args:
         key: A key, shape ``(2,)``.

@@ -193,8 +193,10 @@ def _round_bf16(x: Tensor) -> Tensor:
 def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """``a * b + c`` in the inputs' dtype, rounded as XLA's CPU code rounds it.
 
-    XLA fuses the multiply-add in float32 and float16 (one rounding); the product of two such
-    values is exact in float64, so adding there and rounding once gives the fused result.
+    XLA fuses the multiply-add in float32, and in float16 on some CPUs (on others it rounds the
+    float16 product and sum separately; this stays fused, the same on every CPU); the product
+    of two such values is exact in float64, so adding there and rounding once gives the fused
+    result.
     bfloat16 is not fused there; float64 is, but is not emulated here (no wider type).
     """
     if a.dtype == torch.float64:
