@@ -6,6 +6,8 @@ bit-identical and how far the others may be, over many draws and several keys.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -32,14 +34,23 @@ def _jax_bits(x, view: torch.dtype) -> np.ndarray:
     return np.asarray(x).view(width).astype(np.int64)
 
 
-def _xla_fuses_float16_multiply_add() -> bool:
-    """Whether XLA's CPU code computes float16 ``a * b + c`` with one rounding on this machine
-    (it does on some CPUs; on others, such as an Intel Xeon with AVX-512F but no AVX512-FP16,
-    it rounds the product and the sum separately)."""
+@functools.cache
+def _float16_multiply_add_probe() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """XLA's float16 ``a * b + c`` on this machine beside the fused (one rounding) and the
+    separately rounded results, over float16 values that tell the two apart."""
     a = np.arange(1, 2048, dtype=np.float16) / np.float16(2048)
     b, c = np.float16(0.6), np.float16(0.1)
     got = np.asarray(jax.jit(lambda a, b, c: a * b + c)(a, b, c))
     fused = (a.astype(np.float64) * float(b) + float(c)).astype(np.float16)
+    separate = (a * b).astype(np.float16) + c  # numpy rounds each float16 op
+    return got, fused, separate
+
+
+def _xla_fuses_float16_multiply_add() -> bool:
+    """Whether XLA's CPU code computes float16 ``a * b + c`` with one rounding on this machine
+    (it does on some CPUs; on others, such as an Intel Xeon with AVX-512F but no AVX512-FP16,
+    it rounds the product and the sum separately)."""
+    got, fused, _ = _float16_multiply_add_probe()
     return bool((got == fused).all())
 
 
@@ -63,11 +74,8 @@ def test_uniform_with_any_bounds_is_bit_identical_to_jax(name, bounds, seed):
 
 
 def test_the_float16_multiply_add_probe_tells_fused_from_separate_rounding():
-    a = np.arange(1, 2048, dtype=np.float16) / np.float16(2048)
-    fused = (a.astype(np.float64) * 0.6 + 0.1).astype(np.float16)
-    separate = ((a * np.float16(0.6)).astype(np.float16) + np.float16(0.1)).astype(np.float16)
-    assert (fused != separate).any()  # the probe's values tell the two roundings apart
-    got = np.asarray(jax.jit(lambda a, b, c: a * b + c)(a, np.float16(0.6), np.float16(0.1)))
+    got, fused, separate = _float16_multiply_add_probe()
+    assert separate.dtype == np.float16 and (fused != separate).any()  # tells them apart
     assert (got == fused).all() or (got == separate).all()  # XLA does one or the other
 
 
